@@ -1,0 +1,36 @@
+"""The contract between :class:`~pyterrier_reasonrank.ReasonRanker` and an inference engine."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from ..prompts import Mode, PromptEncoder
+
+
+@dataclass
+class Judgements:
+    """What a backend returns for ``n`` prompts, in prompt order.
+
+    Attributes:
+        explanations: The explanation written before the label (empty strings in direct mode).
+        probabilities: ``(n, 3)`` probabilities of labels 0, 1, 2, renormalised over the labels.
+        forced: Whether the label marker had to be appended because the model ran out of
+            explanation budget or left the format.
+    """
+
+    explanations: list[str]
+    probabilities: np.ndarray
+    forced: np.ndarray
+
+
+class Backend(Protocol):
+    """An engine that judges prompts built by a :class:`~pyterrier_reasonrank.prompts.PromptEncoder`."""
+
+    tokenizer: object
+
+    def judge(self, prompts: Sequence[list[int]], encoder: PromptEncoder, *, mode: Mode, batch_size: int,
+              max_new_tokens: int, verbose: bool = False) -> Judgements:
+        """Judge each prompt (token ids ending with the response start for ``mode``)."""
+        ...

@@ -1,0 +1,153 @@
+"""ReasonRanker: a generative model that explains, then grades, each retrieved document."""
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Union
+
+import pandas as pd
+import pyterrier as pt
+import torch
+
+from . import scoring
+from .backends import hf
+from .prompts import MODES, Mode, PromptEncoder
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
+"""Used when neither ``model`` nor ``adapter`` is given: small, ungated, Apache-2.0, and each label
+digit is one token in its tokenizer. Zero-shot it is a weak judge; a distilled adapter is the point."""
+
+OUTPUT_COLUMNS = ["explanation", "label", "score", "forced", "rank"]
+
+
+class ReasonRanker(pt.Transformer):
+    """Re-ranks documents by a small generative model's graded, explained relevance judgement.
+
+    For each (query, document) pair the model writes a short explanation, then a label
+    (0 irrelevant, 1 partially relevant, 2 relevant). The score is the expected label
+    ``sum_l l * p(l)`` read from the label-token probabilities after the explanation, in ``[0, 2]``.
+
+    .. code-block:: python
+
+        bm25 = pyterrier_pisa.PisaIndex("index").bm25(num_results=20)
+        pipeline = bm25 >> pt.text.get_text(dataset, "text") >> ReasonRanker()
+
+    Args:
+        model: Hugging Face Hub id or local directory of a causal LM with a chat template. Default:
+            the adapter's base model when ``adapter`` is given, else :data:`DEFAULT_MODEL`.
+        adapter: A PEFT adapter (Hub id or directory), e.g. one made by ``reasonrank-train``.
+        mode: ``"explain"`` (explanation, then label) or ``"direct"`` (label only: one forward pass,
+            no generation; faster, for a first cut in a cascade).
+        batch_size: Number of pairs judged at once, across queries.
+        max_new_tokens: Explanation budget in tokens. A model that has not written the label marker
+            by then gets it appended, and the row is marked ``forced``.
+        max_query_tokens: The query is cut to this many tokens.
+        max_doc_tokens: The document is cut to this many tokens. Instructions and the response
+            marker are never cut.
+        text_field: The input column holding the document text.
+        device: ``"cuda"``, ``"cpu"``, ... Default: CUDA when available.
+        dtype: ``torch.dtype`` or its name. Default: bfloat16 on a GPU, float32 on CPU.
+        verbose: Show a progress bar.
+        trust_remote_code: Allow the model's own code from its repository to run. Off unless you
+            trust the repository.
+
+    The model is loaded on first use, not on construction.
+    """
+
+    def __init__(self, model: Optional[str] = None, *, adapter: Optional[str] = None, mode: Mode = "explain",
+                 batch_size: int = 16, max_new_tokens: int = 128, max_query_tokens: int = 512,
+                 max_doc_tokens: int = 1024, text_field: str = "text",
+                 device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
+                 verbose: bool = False, trust_remote_code: bool = False):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens),
+                            ("max_query_tokens", max_query_tokens), ("max_doc_tokens", max_doc_tokens)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.model = model
+        self.adapter = adapter
+        self.mode = mode
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.max_query_tokens = max_query_tokens
+        self.max_doc_tokens = max_doc_tokens
+        self.text_field = text_field
+        self.device = device
+        self.dtype = dtype
+        self.verbose = verbose
+        self.trust_remote_code = trust_remote_code
+        self._backend = None
+        self._encoder = None
+
+    def load(self) -> "ReasonRanker":
+        """Load the model now (it is otherwise loaded on first use) and return this ranker.
+
+        Raises:
+            ModelNotFoundError: The model or adapter could not be found.
+            ValueError: The tokenizer does not write each label as a single token.
+        """
+        if self._backend is None:
+            model = self.model if self.model is not None or self.adapter is not None else DEFAULT_MODEL
+            backend = hf.load(model, adapter=self.adapter, device=self.device, dtype=self.dtype,
+                              trust_remote_code=self.trust_remote_code)
+            self._encoder = PromptEncoder(backend.tokenizer, self.mode, max_query_tokens=self.max_query_tokens,
+                                          max_doc_tokens=self.max_doc_tokens)
+            self._backend = backend
+        return self
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        """Score and rank the documents of each query.
+
+        Args:
+            inp: A result frame with ``qid``, ``query``, ``docno`` and the text field.
+
+        Returns:
+            The input columns (score and rank replaced) plus ``explanation``, ``label``, ``score``,
+            ``forced`` and ``rank``, sorted by qid, then rank. Ties keep the input order.
+        """
+        pt.validate.result_frame(inp, extra_columns=["query", self.text_field])
+        frame = inp.drop(columns=["score", "rank"], errors="ignore").reset_index(drop=True)
+        if len(frame) == 0:
+            empty = frame.assign(explanation=pd.Series(dtype=object), label=pd.Series(dtype="int64"),
+                                 score=pd.Series(dtype="float64"), forced=pd.Series(dtype=bool))
+            return pt.model.add_ranks(empty)
+        blank_query = _is_blank(frame["query"])
+        if blank_query.any():
+            qids = list(dict.fromkeys(frame.loc[blank_query, "qid"].astype(str)))
+            raise ValueError(f"ReasonRanker: the query is missing or empty for qid(s) {qids[:10]}")
+        blank_text = _is_blank(frame[self.text_field])
+        if blank_text.any():
+            warnings.warn(f"ReasonRanker: {int(blank_text.sum())} of {len(frame)} documents have no text (NaN, None "
+                          f"or empty) in column {self.text_field!r} and are judged as empty documents; load the "
+                          "text first, e.g. with pt.text.get_text(dataset, 'text').", stacklevel=2)
+        queries = frame["query"].astype(str)
+        documents = frame[self.text_field].where(~blank_text, "").astype(str)
+        self.load()
+        prompts = [self._encoder.encode(q, d) for q, d in zip(queries, documents)]
+        judged = self._backend.judge(prompts, self._encoder, mode=self.mode, batch_size=self.batch_size,
+                                     max_new_tokens=self.max_new_tokens, verbose=self.verbose)
+        frame = frame.assign(
+            explanation=judged.explanations,
+            label=scoring.most_probable_label(judged.probabilities),
+            score=scoring.expected_label(judged.probabilities),
+            forced=judged.forced,
+        )
+        # add_ranks breaks ties by frame order, which is still the input order here.
+        frame = pt.model.add_ranks(frame)
+        return frame.sort_values(["qid", "rank"], kind="stable", ignore_index=True)
+
+    def __repr__(self) -> str:
+        args = [repr(self.model)] if self.model is not None else []
+        if self.adapter is not None:
+            args.append(f"adapter={self.adapter!r}")
+        args.append(f"mode={self.mode!r}")
+        return f"ReasonRanker({', '.join(args)})"
+
+    def schematic(self, *, input_columns=None) -> dict:
+        # help_url given, so that drawing a pipeline does not look the class up online.
+        return {"label": f"ReasonRank {self.mode}", "help_url": None}
+
+
+def _is_blank(column: pd.Series) -> pd.Series:
+    """True where a text column holds NaN, None or only white space."""
+    return column.isna() | (column.astype(str).str.strip() == "")

@@ -1,0 +1,96 @@
+"""A tiny causal language model for offline tests.
+
+:func:`build_tiny_model` writes a Llama-architecture model with random weights and a byte-level
+BPE tokenizer trained here, with a ChatML chat template, to a directory — no network needed. It
+loads like any Hugging Face checkpoint, so ``ReasonRanker(model=path)`` exercises the real loading,
+prompting, generation and scoring code; its judgements are meaningless.
+
+From the shell::
+
+    python -m pyterrier_reasonrank.testing /tmp/tiny-model
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Union
+
+from . import prompts
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+
+
+def tokenizer_corpus() -> list[str]:
+    """Texts the tiny tokenizer is trained on: the prompt format and the bundled demo collection."""
+    demo = resources.files("pyterrier_reasonrank") / "data" / "demo"
+    documents = [json.loads(line)["text"] for line in (demo / "docs.jsonl").read_text().splitlines()]
+    queries = [line.split("\t", 1)[1] for line in (demo / "topics.tsv").read_text().splitlines()]
+    formats = [prompts.INSTRUCTIONS[mode] for mode in prompts.MODES]
+    responses = [prompts.format_response(doc[:80], label) for doc in documents for label in prompts.LABELS]
+    return formats + queries + documents + responses
+
+
+def build_tiny_model(path: Union[str, Path], *, seed: int = 0, vocab_size: int = 1024, hidden_size: int = 64,
+                     num_layers: int = 2, num_heads: int = 4, initializer_range: float = 0.2) -> Path:
+    """Write a tiny random Llama-style model and its tokenizer to ``path``.
+
+    Args:
+        path: Directory to write (created if needed).
+        seed: Seed for the random weights; the tokenizer is deterministic.
+        vocab_size: Tokenizer vocabulary size (byte-level BPE, so any text can be encoded).
+        hidden_size: Width of the model.
+        num_layers: Number of transformer layers.
+        num_heads: Number of attention heads (half as many key/value heads).
+        initializer_range: Standard deviation of the random weights. Larger than the usual 0.02 so
+            that greedy decoding is decisive rather than a coin toss between near-equal logits.
+
+    Returns:
+        The directory, loadable with ``from_pretrained`` and ``ReasonRanker(model=...)``.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(tokenizer_corpus(), trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|im_end|>",
+                                        pad_token="<|pad|>", unk_token=None, model_max_length=4096)
+    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.save_pretrained(path)
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=max(1, num_heads // 2),
+        max_position_embeddings=4096, initializer_range=initializer_range, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    return path
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pyterrier_reasonrank.testing", description=build_tiny_model.__doc__.split("\n")[0])
+    parser.add_argument("path", help="directory to write the model to")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(build_tiny_model(args.path, seed=args.seed))
+
+
+if __name__ == "__main__":
+    main()

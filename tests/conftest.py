@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny local models (random, or scripted so that their output is known) and the
+real collections from ../shared, copied to a temporary ir_datasets home. No network is used."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(os.environ.get("REASONRANK_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+# ir_datasets writes docstores beside the data, so it gets a private copy of the shared home,
+# set before anything imports ir_datasets.
+_IRDS_HOME = Path(tempfile.mkdtemp(prefix="reasonrank-irds-"))
+if not (SHARED / "irds_home").is_dir():
+    raise RuntimeError(f"the shared data folder is missing: {SHARED / 'irds_home'} (set REASONRANK_SHARED)")
+shutil.copytree(SHARED / "irds_home", _IRDS_HOME, dirs_exist_ok=True)
+os.environ["IR_DATASETS_HOME"] = str(_IRDS_HOME)
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from pyterrier_reasonrank.prompts import PromptEncoder  # noqa: E402
+from pyterrier_reasonrank.testing import build_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random Llama-style model with a locally trained tokenizer."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def script_model(tiny_model, tmp_path_factory):
+    """Make a copy of the tiny model whose next token depends only on the current token, as scripted.
+
+    ``transitions`` maps a token to the token that follows it (greedy); ``label_logits`` are the
+    logits of the label tokens 0, 1, 2 after the label marker. Every layer's output projection is
+    zeroed, so the last hidden state is the current token's embedding; scripted tokens get one-hot
+    embeddings and their own column in the output matrix.
+    """
+    def make(transitions: dict[str, str], label_logits=(0.0, 0.0, 0.0)) -> Path:
+        tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model)
+        encoder = PromptEncoder(tokenizer)
+        marker_end = tokenizer.convert_ids_to_tokens(encoder.marker_ids[-1])
+        ids = tokenizer.convert_tokens_to_ids
+        hidden = model.config.hidden_size
+        scripted = list(dict.fromkeys([marker_end, *transitions]))
+        assert len(scripted) <= hidden
+        model.config.rms_norm_eps = 1e-12
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.o_proj.weight.zero_()
+                layer.mlp.down_proj.weight.zero_()
+            model.model.norm.weight.fill_(1.0)
+            scale = hidden ** 0.5  # the final RMS norm turns a one-hot embedding into sqrt(hidden) * one-hot
+            for k, token in enumerate(scripted):
+                model.model.embed_tokens.weight[ids(token)] = torch.nn.functional.one_hot(torch.tensor(k), hidden)
+                column = torch.zeros(model.config.vocab_size)
+                if token in transitions:
+                    column[ids(transitions[token])] = 20.0
+                if token == marker_end:
+                    column[encoder.label_ids] = torch.tensor(label_logits, dtype=torch.float32)
+                model.lm_head.weight[:, k] = column / scale
+        path = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp(), prefix="scripted-"))
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        return path
+
+    return make

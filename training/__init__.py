@@ -1,0 +1,1 @@
+"""Training a reasoning re-ranker: teacher annotation, distillation and refinement (``reasonrank-train``)."""
