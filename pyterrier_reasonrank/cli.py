@@ -29,6 +29,10 @@ def main(argv=None) -> int:
     demo.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     demo.add_argument("--explanations", type=int, default=3, help="explanations shown for the first query")
     args = parser.parse_args(argv)
+    # The Hub client logs each retry of an unreachable server; the error below says it once.
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()
     try:
         return _demo(args)
     except ModelNotFoundError as error:

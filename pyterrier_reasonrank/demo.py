@@ -98,6 +98,7 @@ def run_demo(ranker: ReasonRanker, *, dataset: Optional[str] = None, k: int = 10
         k: BM25 depth, and so the number of documents re-ranked per query.
         num_queries: Use only the first queries (all when ``None``).
     """
+    ranker.load()  # fail fast on a missing model, before any indexing
     collection = load_collection(dataset)
     topics = collection.get_topics()
     if num_queries is not None:
@@ -105,7 +106,6 @@ def run_demo(ranker: ReasonRanker, *, dataset: Optional[str] = None, k: int = 10
     qrels = collection.get_qrels()
     first_stage = bm25(collection, dataset or "demo", k)
     baseline = first_stage(topics)
-    ranker.load()
     start = time.perf_counter()
     reranked = (pt.text.get_text(collection, "text") >> ranker)(baseline)
     seconds = time.perf_counter() - start

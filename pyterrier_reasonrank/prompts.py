@@ -114,7 +114,7 @@ def parse_response(text: str) -> ParsedResponse:
         explanation = explanation[len(EXPLANATION_PREFIX):].strip()
     if not matches:
         return ParsedResponse(explanation, None, f"no '{LABEL_MARKER}' line in the response")
-    raw = matches[-1].group(1).strip(".,;:*)(\"'")
+    raw = matches[-1].group(1).strip(".,;:*_)(\"'")
     if raw not in {str(label) for label in LABELS}:
         return ParsedResponse(explanation, None, f"label {raw!r} is not one of {list(LABELS)}")
     return ParsedResponse(explanation, int(raw))

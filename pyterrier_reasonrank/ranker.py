@@ -102,11 +102,12 @@ class ReasonRanker(pt.Transformer):
             inp: A result frame with ``qid``, ``query``, ``docno`` and the text field.
 
         Returns:
-            The input columns (score and rank replaced) plus ``explanation``, ``label``, ``score``,
+            The input columns (a previous score and rank replaced) plus ``explanation``, ``label``, ``score``,
             ``forced`` and ``rank``, sorted by qid, then rank. Ties keep the input order.
         """
         pt.validate.result_frame(inp, extra_columns=["query", self.text_field])
-        frame = inp.drop(columns=["score", "rank"], errors="ignore").reset_index(drop=True)
+        # A previous stage's judgement (score, rank, or a whole ReasonRanker's output) is replaced.
+        frame = inp.drop(columns=OUTPUT_COLUMNS, errors="ignore").reset_index(drop=True)
         if len(frame) == 0:
             empty = frame.assign(explanation=pd.Series(dtype=object), label=pd.Series(dtype="int64"),
                                  score=pd.Series(dtype="float64"), forced=pd.Series(dtype=bool))

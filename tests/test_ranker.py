@@ -222,3 +222,13 @@ def test_rankers_of_the_same_model_share_its_weights(tiny_model):
 
 
 TestInspection = pt.testing.transformer_test_class(lambda: ReasonRanker("/no/such/model"))
+
+
+def test_cascade_of_direct_then_explain(tiny_model):
+    inp = pairs(2, 6)
+    cascade = ReasonRanker(str(tiny_model), mode="direct") % 3 >> ReasonRanker(str(tiny_model), max_new_tokens=4)
+    out = cascade(inp)
+    direct = ReasonRanker(str(tiny_model), mode="direct")(inp)
+    assert list(out.columns) == ["qid", "query", "docno", "text", *OUTPUT]
+    assert len(out) == 6 and (out.explanation != "").all()
+    assert set(out.docno) == set(direct[direct["rank"] < 3].docno)  # the explain stage saw the direct top 3
