@@ -107,9 +107,8 @@ class HFBackend:
         rows = list(range(n))  # prompt index of each row still in the batch
         while rows:
             step = []
-            for b, i in enumerate(rows):
+            for i, token in zip(rows, logits.argmax(-1).tolist()):
                 if not to_append[i]:
-                    token = int(logits[b].argmax())
                     if token not in self.stop_ids and len(generated[i]) < max_new_tokens:
                         generated[i].append(token)
                         step.append(token)
