@@ -38,14 +38,15 @@ def tokenizer_corpus() -> list[str]:
     return formats + queries + documents + responses
 
 
-def build_tiny_model(path: Union[str, Path], *, seed: int = 0, vocab_size: int = 1024, hidden_size: int = 64,
+def build_tiny_model(path: Union[str, Path], *, seed: int = 0, vocab_size: int = 4096, hidden_size: int = 64,
                      num_layers: int = 2, num_heads: int = 4, initializer_range: float = 0.2) -> Path:
     """Write a tiny random Llama-style model and its tokenizer to ``path``.
 
     Args:
         path: Directory to write (created if needed).
         seed: Seed for the random weights; the tokenizer is deterministic.
-        vocab_size: Tokenizer vocabulary size (byte-level BPE, so any text can be encoded).
+        vocab_size: Largest tokenizer vocabulary (byte-level BPE, so any text can be encoded; the small
+            training corpus gives about 1,700 tokens).
         hidden_size: Width of the model.
         num_layers: Number of transformer layers.
         num_heads: Number of attention heads (half as many key/value heads).
