@@ -1,17 +1,22 @@
-"""The prompt and response format, in one place.
+"""The prompt and response formats, in one place.
 
-Inference (:class:`~pyterrier_reasonrank.ReasonRanker`) and training (teacher
-annotation, distillation, refinement) all build their prompts here, because a
-mismatch between the format a model was trained on and the one it is queried
-with silently ruins it.
+Inference (:class:`~pyterrier_reasonrank.ReasonRanker`) and training (teacher annotation,
+distillation, refinement) all build their prompts here, because a mismatch between the format a
+model was trained on and the one it is queried with silently ruins it.
 
-A response in ``"explain"`` mode reads::
+A relevance response in ``"explain"`` mode reads::
 
     Explanation: <why the document does or does not help answer the query>
     Relevance: <0|1|2>
 
-and in ``"direct"`` mode only the last line. The relevance label is read from
-the probabilities of the label tokens at the position after ``Relevance:``.
+and in ``"direct"`` mode only the last line. The relevance label is read from the probabilities of
+the label tokens at the position after ``Relevance:``.
+
+The second task, query generation, turns a long question into search queries::
+
+    Queries:
+    1. <query>
+    2. <query>
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ LABEL_NAMES = {0: "irrelevant", 1: "partially relevant", 2: "relevant"}
 
 EXPLANATION_PREFIX = "Explanation:"
 LABEL_MARKER = "Relevance:"
+QUERIES_PREFIX = "Queries:"
+MAX_QUERIES = 10
 
 _SCALE = "0 (irrelevant), 1 (partially relevant) or 2 (relevant)"
 INSTRUCTIONS = {
@@ -43,35 +50,44 @@ INSTRUCTIONS = {
         f"{_SCALE}.\nAnswer in exactly this format:\n{LABEL_MARKER} <0, 1 or 2>"
     ),
 }
+QUERY_INSTRUCTIONS = (
+    f"You help a search engine answer a long question. Write up to {MAX_QUERIES} short search queries "
+    "that together would find the documents needed to answer it, one per line.\n"
+    f"Answer in exactly this format:\n{QUERIES_PREFIX}\n1. <query>\n2. <query>"
+)
 
-# Placeholders for the user's text while the chat template is rendered; the
-# rendered string is cut at them so that query and document are tokenized on
-# their own (truncated by tokens, and never parsed for special tokens).
+# Placeholders for the user's text while a chat template is rendered; the rendered string is cut
+# at them so that user text is tokenized on its own (truncated by tokens, never parsed for special
+# tokens).
 _QUERY_SLOT = "[[REASONRANK_QUERY]]"
 _DOCUMENT_SLOT = "[[REASONRANK_DOCUMENT]]"
+_QUESTION_SLOT = "[[REASONRANK_QUESTION]]"
 
 
-def user_message(query: str, document: str) -> str:
-    """The user turn. The query comes first, so all documents of a query share a prompt prefix.
+def user_message(query: str, document: str, hint: Optional[str] = None) -> str:
+    """The user turn of a relevance judgement.
 
-    Query and document each start a line, so that they tokenize the same on their own as in context.
+    The query comes first, so all documents of a query share a prompt prefix. Query and document
+    each start a line, so that they tokenize the same on their own as in context. A teacher may be
+    given a ``hint`` (see :func:`hint_text`) after the document.
     """
-    return f"Query:\n{query}\n\nDocument:\n{document}"
+    message = f"Query:\n{query}\n\nDocument:\n{document}"
+    return message if hint is None else f"{message}\n\n{hint}"
 
 
-def messages(query: str, document: str, mode: Mode = "explain") -> list[dict[str, str]]:
+def hint_text(label: int) -> str:
+    """The gold-label hint given to a teacher: what human assessors judged."""
+    _check_label(label)
+    return f"Hint: human assessors judged this document {label} ({LABEL_NAMES[label]})."
+
+
+def messages(query: str, document: str, mode: Mode = "explain", hint: Optional[str] = None) -> list[dict[str, str]]:
     """The chat messages (system, user) for one query-document pair."""
     _check_mode(mode)
     return [
         {"role": "system", "content": INSTRUCTIONS[mode]},
-        {"role": "user", "content": user_message(query, document)},
+        {"role": "user", "content": user_message(query, document, hint)},
     ]
-
-
-def response_prefix(mode: Mode = "explain") -> str:
-    """The start of the assistant's response, written into the prompt rather than generated."""
-    _check_mode(mode)
-    return EXPLANATION_PREFIX if mode == "explain" else LABEL_MARKER
 
 
 def format_response(explanation: str, label: int, mode: Mode = "explain") -> str:
@@ -85,7 +101,7 @@ def format_response(explanation: str, label: int, mode: Mode = "explain") -> str
 
 @dataclass(frozen=True)
 class ParsedResponse:
-    """A response text split into its parts.
+    """A relevance response split into its parts.
 
     Attributes:
         explanation: The explanation (everything before the label marker, without the prefix).
@@ -102,16 +118,14 @@ _LABEL_LINE = re.compile(rf"{re.escape(LABEL_MARKER)}\s*(\S+)", re.IGNORECASE)
 
 
 def parse_response(text: str) -> ParsedResponse:
-    """Split a response text into explanation and label.
+    """Split a relevance response into explanation and label.
 
     The last ``Relevance:`` line counts. A response without one, or whose label is not 0, 1 or 2,
     comes back with ``label=None`` and an ``error`` saying why; it is never read as label 0.
     """
     matches = list(_LABEL_LINE.finditer(text))
     head = text[: matches[-1].start()] if matches else text
-    explanation = head.strip()
-    if explanation.lower().startswith(EXPLANATION_PREFIX.lower()):
-        explanation = explanation[len(EXPLANATION_PREFIX):].strip()
+    explanation = _strip_prefix(head, EXPLANATION_PREFIX)
     if not matches:
         return ParsedResponse(explanation, None, f"no '{LABEL_MARKER}' line in the response")
     raw = matches[-1].group(1).strip(".,;:*_)(\"'")
@@ -120,8 +134,67 @@ def parse_response(text: str) -> ParsedResponse:
     return ParsedResponse(explanation, int(raw))
 
 
-class PromptEncoder:
-    """Turns (query, document) pairs into token ids for one tokenizer.
+def query_messages(question: str) -> list[dict[str, str]]:
+    """The chat messages (system, user) asking for search queries for a long question."""
+    return [{"role": "system", "content": QUERY_INSTRUCTIONS}, {"role": "user", "content": f"Question:\n{question}"}]
+
+
+def format_queries(queries: Sequence[str]) -> str:
+    """The response text listing search queries (at most :data:`MAX_QUERIES`)."""
+    if not 1 <= len(queries) <= MAX_QUERIES:
+        raise ValueError(f"a response lists 1 to {MAX_QUERIES} queries, got {len(queries)}")
+    lines = [f"{i}. {' '.join(query.split())}" for i, query in enumerate(queries, start=1)]
+    return "\n".join([QUERIES_PREFIX, *lines])
+
+
+@dataclass(frozen=True)
+class ParsedQueries:
+    """A query-generation response: the queries, or an error saying why there are none."""
+
+    queries: list[str]
+    error: Optional[str] = None
+
+
+_NUMBERING = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022])\s*")
+
+
+def parse_queries(text: str) -> ParsedQueries:
+    """Read the search queries from a response: one per line, numbering or bullets removed, at most
+    :data:`MAX_QUERIES`, duplicates dropped. No query at all is an error."""
+    lines = _strip_prefix(text, QUERIES_PREFIX).splitlines()
+    queries = [_NUMBERING.sub("", line).strip().strip('"') for line in lines]
+    queries = list(dict.fromkeys(q for q in queries if q))[:MAX_QUERIES]
+    return ParsedQueries(queries) if queries else ParsedQueries([], "no queries in the response")
+
+
+class _TemplateEncoder:
+    """Renders a chat template around slots for user text and encodes the pieces once."""
+
+    def __init__(self, tokenizer, turns: list[dict[str, str]], slots: Sequence[str], response_start: str):
+        self.tokenizer = tokenizer
+        pieces = _render(tokenizer, turns, slots)
+        self._pieces = [self._encode_template(piece) for piece in pieces]
+        self._pieces[-1] += self._encode_template(response_start)
+        eos = tokenizer.eos_token_id
+        self.end_ids: list[int] = [] if eos is None else [eos]
+        """What ends a response in training: the tokenizer's end of turn (or of text)."""
+
+    def encode_text(self, text: str, max_tokens: Optional[int] = None) -> list[int]:
+        """Token ids of user text, cut to ``max_tokens``; special-token strings in it stay plain text."""
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"][:max_tokens]
+
+    def _fill(self, *texts: list[int]) -> list[int]:
+        ids = list(self._pieces[0])
+        for text, piece in zip(texts, self._pieces[1:]):
+            ids += text + piece
+        return ids
+
+    def _encode_template(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+class PromptEncoder(_TemplateEncoder):
+    """Turns (query, document) pairs into token ids for one tokenizer, and responses into training targets.
 
     It checks that the three labels are single tokens after the marker in this tokenizer (a
     ``ValueError`` names the tokenizer otherwise), and it exposes the token ids that the scoring
@@ -141,73 +214,116 @@ class PromptEncoder:
         for name, value in (("max_query_tokens", max_query_tokens), ("max_doc_tokens", max_doc_tokens)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        self.tokenizer = tokenizer
         self.mode = mode
         self.max_query_tokens = max_query_tokens
         self.max_doc_tokens = max_doc_tokens
-        self.marker_ids, self.forced_marker_ids, self.label_ids = self._label_tokens()
-        head, middle, tail = self._template_pieces()
-        self._head = self._encode_template(head)
-        self._middle = self._encode_template(middle)
-        tail_ids = self._encode_template(tail)
+        self.marker_ids, self.forced_marker_ids, self.label_ids = _label_tokens(tokenizer)
         # The explain prompt ends with the explanation prefix; the direct prompt with the marker,
-        # exactly as the model writes it before a label.
-        self._tail = tail_ids + (self._encode_template(EXPLANATION_PREFIX) if mode == "explain" else self.marker_ids)
+        # as the model writes it before a label.
+        super().__init__(tokenizer, messages(_QUERY_SLOT, _DOCUMENT_SLOT, mode), [_QUERY_SLOT, _DOCUMENT_SLOT],
+                         EXPLANATION_PREFIX if mode == "explain" else "")
+        if mode == "direct":
+            self._pieces[-1] += self.marker_ids
 
-    def encode(self, query: str, document: str) -> list[int]:
-        """Token ids of the prompt for one pair: instructions, truncated query and document, response start."""
-        return self._head + self.encode_text(query, self.max_query_tokens) + self._middle \
-            + self.encode_text(document, self.max_doc_tokens) + self._tail
+    def encode(self, query: str, document: str, hint: Optional[str] = None) -> list[int]:
+        """Token ids of the prompt for one pair: instructions, truncated query and document, response start.
 
-    def encode_text(self, text: str, max_tokens: int) -> list[int]:
-        """Token ids of user text, cut to ``max_tokens``; special-token strings in it stay plain text."""
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"][:max_tokens]
+        Args:
+            query: The query text.
+            document: The document text.
+            hint: Text after the document, never truncated (a teacher's gold-label hint).
+        """
+        document_ids = self.encode_text(document, self.max_doc_tokens)
+        if hint is not None:
+            document_ids += self.encode_text(f"\n\n{hint}")
+        return self._fill(self.encode_text(query, self.max_query_tokens), document_ids)
 
-    @property
-    def prefix_length(self) -> int:
-        """Number of prompt tokens before the query (the same for every pair)."""
-        return len(self._head)
+    def encode_response(self, explanation: str, label: int) -> list[int]:
+        """Token ids of the response that follows :meth:`encode`'s prompt, as training targets.
 
-    def _encode_template(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        Raises:
+            ValueError: The response does not end with the marker and label tokens that inference
+                reads (an explanation that tokenizes into the marker).
+        """
+        _check_label(label)
+        if self.mode == "direct":
+            return [self.label_ids[label]] + self.end_ids
+        text = format_response(explanation, label)[len(EXPLANATION_PREFIX):]
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ending = self.marker_ids + [self.label_ids[label]]
+        if ids[-len(ending):] != ending:
+            raise ValueError(f"the response {text!r} does not end with the marker and label tokens that "
+                             "inference reads")
+        return ids + self.end_ids
 
-    def _template_pieces(self) -> tuple[str, str, str]:
-        turns = messages(_QUERY_SLOT, _DOCUMENT_SLOT, self.mode)
-        if self.tokenizer.chat_template is None:
-            bos = self.tokenizer.bos_token if getattr(self.tokenizer, "add_bos_token", False) else None
-            rendered = f"{bos or ''}{turns[0]['content']}\n\n{turns[1]['content']}\n\n"
-        else:
-            try:
-                rendered = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-            except jinja2.TemplateError:
-                # Some templates (e.g. Gemma's) have no system role: put the instructions in the user turn.
-                turns = [{"role": "user", "content": f"{turns[0]['content']}\n\n{turns[1]['content']}"}]
-                rendered = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-        head, rest = rendered.split(_QUERY_SLOT)
-        middle, tail = rest.split(_DOCUMENT_SLOT)
-        return head, middle, tail
 
-    def _label_tokens(self) -> tuple[list[int], list[int], list[int]]:
-        # Tokenize whole responses, so that the marker and labels are split as they are in context.
-        # A word ends the explanation: a full stop would merge with the line break in some tokenizers.
-        tokenize = self.tokenizer.__call__
-        name = getattr(self.tokenizer, "name_or_path", type(self.tokenizer).__name__)
-        responses = [tokenize(format_response("x", label), add_special_tokens=False)["input_ids"]
-                     for label in LABELS]
-        common = _common_prefix(responses)
-        tails = [ids[len(common):] for ids in responses]
-        decoded = [self.tokenizer.decode(tail).strip() for tail in tails]
-        if any(len(tail) != 1 for tail in tails) or decoded != [str(label) for label in LABELS]:
-            raise ValueError(
-                f"The labels {list(LABELS)} are not single tokens after {LABEL_MARKER!r} for the tokenizer "
-                f"{name!r} (got {[self.tokenizer.convert_ids_to_tokens(t) for t in tails]}); "
-                "pyterrier_reasonrank needs a tokenizer that writes each label as one token.")
+class QueryPromptEncoder(_TemplateEncoder):
+    """Turns a long question into the token ids of the query-generation prompt.
 
-        def tail_spelling(text: str) -> list[int]:
-            start = max(j for j in range(len(common)) if text in self.tokenizer.decode(common[j:]))
-            return common[start:]
+    Args:
+        tokenizer: A Hugging Face tokenizer. Its chat template is used when it has one.
+        max_question_tokens: The question is cut to this many tokens.
+    """
 
-        return tail_spelling(LABEL_MARKER), tail_spelling("\n" + LABEL_MARKER), [t[0] for t in tails]
+    def __init__(self, tokenizer, *, max_question_tokens: int = 1024):
+        if max_question_tokens < 1:
+            raise ValueError(f"max_question_tokens must be at least 1, got {max_question_tokens}")
+        self.max_question_tokens = max_question_tokens
+        super().__init__(tokenizer, query_messages(_QUESTION_SLOT), [_QUESTION_SLOT], QUERIES_PREFIX)
+
+    def encode(self, question: str) -> list[int]:
+        """Token ids of the prompt for one question, ending with the response start."""
+        return self._fill(self.encode_text(question, self.max_question_tokens))
+
+    def encode_response(self, queries: Sequence[str]) -> list[int]:
+        """Token ids of the response listing ``queries``, as training targets."""
+        text = format_queries(queries)[len(QUERIES_PREFIX):]
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] + self.end_ids
+
+
+def _render(tokenizer, turns: list[dict[str, str]], slots: Sequence[str]) -> list[str]:
+    """The prompt text around the slots: ``len(slots) + 1`` pieces."""
+    if tokenizer.chat_template is None:
+        bos = tokenizer.bos_token if getattr(tokenizer, "add_bos_token", False) else None
+        rendered = (bos or "") + "".join(f"{turn['content']}\n\n" for turn in turns)
+    else:
+        try:
+            rendered = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        except jinja2.TemplateError:
+            # Some templates (e.g. Gemma's) have no system role: put the instructions in the user turn.
+            turns = [{"role": "user", "content": "\n\n".join(turn["content"] for turn in turns)}]
+            rendered = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    pieces = []
+    for slot in slots:
+        piece, rendered = rendered.split(slot)
+        pieces.append(piece)
+    return pieces + [rendered]
+
+
+def _label_tokens(tokenizer) -> tuple[list[int], list[int], list[int]]:
+    """Marker, forced marker and label token ids, found by tokenizing whole responses."""
+    # Whole responses, so that marker and labels are split as in context. A word ends the
+    # explanation: a full stop would merge with the line break in some tokenizers.
+    responses = [tokenizer(format_response("x", label), add_special_tokens=False)["input_ids"] for label in LABELS]
+    common = _common_prefix(responses)
+    tails = [ids[len(common):] for ids in responses]
+    if any(len(tail) != 1 for tail in tails) or [tokenizer.decode(t).strip() for t in tails] != list(map(str, LABELS)):
+        name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
+        raise ValueError(
+            f"The labels {list(LABELS)} are not single tokens after {LABEL_MARKER!r} for the tokenizer "
+            f"{name!r} (got {[tokenizer.convert_ids_to_tokens(t) for t in tails]}); "
+            "pyterrier_reasonrank needs a tokenizer that writes each label as one token.")
+
+    def spelling(text: str) -> list[int]:
+        start = max(j for j in range(len(common)) if text in tokenizer.decode(common[j:]))
+        return common[start:]
+
+    return spelling(LABEL_MARKER), spelling("\n" + LABEL_MARKER), [tail[0] for tail in tails]
+
+
+def _strip_prefix(text: str, prefix: str) -> str:
+    text = text.strip()
+    return text[len(prefix):].strip() if text.lower().startswith(prefix.lower()) else text
 
 
 def _common_prefix(sequences: Sequence[Sequence[int]]) -> list[int]:

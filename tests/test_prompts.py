@@ -112,3 +112,45 @@ def test_template_without_system_role_gets_the_instructions_in_the_user_turn(tin
 def test_truncation_limits_must_be_positive(tokenizer):
     with pytest.raises(ValueError, match="max_doc_tokens must be at least 1"):
         PromptEncoder(tokenizer, max_doc_tokens=0)
+
+
+def test_hint_follows_the_document_untruncated(tokenizer):
+    encoder = PromptEncoder(tokenizer, max_doc_tokens=2)
+    rendered = tokenizer.decode(encoder.encode("q", "alpha beta gamma delta", hint=prompts.hint_text(2)))
+    assert "\n\nHint: human assessors judged this document 2 (relevant).<|im_end|>" in rendered
+    assert prompts.user_message("q", "d", "Hint: x") == "Query:\nq\n\nDocument:\nd\n\nHint: x"
+
+
+@pytest.mark.parametrize("mode", ["explain", "direct"])
+def test_training_response_ends_with_what_inference_reads(tokenizer, mode):
+    encoder = PromptEncoder(tokenizer, mode)
+    ids = encoder.encode_response("The moon pulls the ocean.", 1)
+    assert ids[-1] == tokenizer.eos_token_id
+    assert ids[-2] == encoder.label_ids[1]
+    if mode == "explain":
+        assert ids[-2 - len(encoder.marker_ids):-2] == encoder.marker_ids
+        assert tokenizer.decode(encoder.encode("q", "d") + ids).endswith(
+            "Explanation: The moon pulls the ocean.\nRelevance: 1<|im_end|>")
+    else:
+        assert len(ids) == 2
+
+
+def test_query_generation_format_round_trip(tokenizer):
+    text = prompts.format_queries(["tide causes", "moon  gravity oceans"])
+    assert text == "Queries:\n1. tide causes\n2. moon gravity oceans"
+    assert prompts.parse_queries(text) == prompts.ParsedQueries(["tide causes", "moon gravity oceans"])
+    assert prompts.parse_queries("Queries:\n- a\n* b\n3) a\n").queries == ["a", "b"]
+    assert prompts.parse_queries("Queries:\n\n").error == "no queries in the response"
+    with pytest.raises(ValueError, match="1 to 10 queries"):
+        prompts.format_queries([f"q{i}" for i in range(11)])
+
+
+def test_query_prompt_encoder(tokenizer):
+    encoder = prompts.QueryPromptEncoder(tokenizer, max_question_tokens=4)
+    question = "why does the moon cause two tides a day and not one"
+    prompt = tokenizer.decode(encoder.encode(question))
+    assert prompt.startswith(f"<|im_start|>system\n{prompts.QUERY_INSTRUCTIONS}<|im_end|>\n<|im_start|>user\nQuestion:\n")
+    assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\nQueries:")
+    assert tokenizer.decode(encoder.encode_text(question, 4)) in prompt and question not in prompt
+    completion = tokenizer.decode(encoder.encode_response(["moon tides", "tidal forces"]))
+    assert completion == "\n1. moon tides\n2. tidal forces<|im_end|>"

@@ -155,7 +155,7 @@ def test_long_document_is_truncated_by_tokens(tiny_model):
     short = encoder.encode("tides", "x")
     long = encoder.encode("tides", "the moon pulls the ocean " * 5000)
     assert len(long) == len(short) - len(encoder.encode_text("x", 32)) + 32
-    assert long[-len(encoder._tail):] == encoder._tail  # the response start is intact
+    assert ranker._backend.tokenizer.decode(long).endswith("<|im_end|>\n<|im_start|>assistant\nExplanation:")
     out = ranker(pd.DataFrame([{"qid": "1", "query": "tides", "docno": "long",
                                 "text": "the moon pulls the ocean " * 5000}]))
     assert len(out) == 1 and math.isfinite(out.score.iloc[0])
