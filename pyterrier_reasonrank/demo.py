@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Iterator, Optional
 
 import pandas as pd
 import pyterrier as pt
 
+from .indexing import bm25
 from .ranker import ReasonRanker
 
 
@@ -69,25 +67,6 @@ def load_collection(dataset: Optional[str]):
     return DemoCollection() if dataset is None else pt.get_dataset(dataset)
 
 
-def bm25(collection, name: str, k: int) -> pt.Transformer:
-    """pyterrier_pisa BM25 (porter2 stemming) over the collection, indexed on first use and cached.
-
-    The bundled collection is indexed in a temporary directory; other collections under
-    ``$REASONRANK_CACHE`` (default ``~/.cache/pyterrier_reasonrank``).
-    """
-    from pyterrier_pisa import PisaIndex
-
-    if isinstance(collection, DemoCollection):
-        path = Path(tempfile.mkdtemp(prefix="reasonrank-demo-")) / "index.pisa"
-    else:
-        cache = Path(os.environ.get("REASONRANK_CACHE", Path.home() / ".cache" / "pyterrier_reasonrank"))
-        path = cache / "indexes" / (name.replace(":", "-").replace("/", "-") + ".pisa")
-    index = PisaIndex(str(path), stemmer="porter2")
-    if not index.built():
-        index.index(collection.get_corpus_iter())
-    return index.bm25(num_results=k)
-
-
 def run_demo(ranker: ReasonRanker, *, dataset: Optional[str] = None, k: int = 10,
              num_queries: Optional[int] = None) -> DemoResult:
     """Compare BM25 with BM25 >> ranker in ``pt.Experiment``.
@@ -104,7 +83,7 @@ def run_demo(ranker: ReasonRanker, *, dataset: Optional[str] = None, k: int = 10
     if num_queries is not None:
         topics = topics.head(num_queries)
     qrels = collection.get_qrels()
-    first_stage = bm25(collection, dataset or "demo", k)
+    first_stage = bm25(collection, name=dataset, num_results=k)
     baseline = first_stage(topics)
     start = time.perf_counter()
     reranked = (pt.text.get_text(collection, "text") >> ranker)(baseline)

@@ -187,29 +187,36 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, device: Union[s
 def _load(model, adapter, device, dtype, trust_remote_code) -> HFBackend:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if adapter is not None:
-        from peft import PeftConfig, PeftModel
-
-        with _clear_load_error("adapter", adapter):
-            adapter_config = PeftConfig.from_pretrained(adapter)
-        model = model or adapter_config.base_model_name_or_path
-    with _clear_load_error("model", model):
+    model = model or base_model(adapter)
+    with clear_load_errors("model", model):
         lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code)
-        tokenizer_source = adapter if adapter is not None and _has_tokenizer(adapter) else model
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(model, adapter), trust_remote_code=trust_remote_code)
     if adapter is not None:
-        with _clear_load_error("adapter", adapter):
+        from peft import PeftModel
+
+        with clear_load_errors("adapter", adapter):
             # Merged, so that inference costs what the base model costs.
             lm = PeftModel.from_pretrained(lm, adapter).merge_and_unload()
     return HFBackend(lm.to(device).eval(), tokenizer)
 
 
-def _has_tokenizer(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "tokenizer_config.json"))
+def base_model(adapter: str) -> str:
+    """The base model a PEFT adapter was trained on, from its configuration."""
+    from peft import PeftConfig
+
+    with clear_load_errors("adapter", adapter):
+        return PeftConfig.from_pretrained(adapter).base_model_name_or_path
+
+
+def tokenizer_source(model: str, adapter: Optional[str]) -> str:
+    """Where the tokenizer comes from: an adapter directory that saved one (training does), else the model."""
+    if adapter is not None and os.path.isfile(os.path.join(adapter, "tokenizer_config.json")):
+        return adapter
+    return model
 
 
 @contextlib.contextmanager
-def _clear_load_error(what: str, name: str):
+def clear_load_errors(what: str, name: str):
     """Turns the loaders' errors for a missing model into one sentence that says what to do."""
     try:
         yield

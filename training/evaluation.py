@@ -1,0 +1,80 @@
+"""Measuring a student on held-out annotated pairs: label accuracy, and mean reward of its samples."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from pyterrier_reasonrank.backends.hf import HFBackend
+from pyterrier_reasonrank.prompts import PromptEncoder
+from pyterrier_reasonrank.scoring import most_probable_label
+
+from .sampling import sample_completions
+
+LABEL_SOURCES = ("gold_or_teacher", "gold", "teacher")
+
+
+def target_label(record: dict, source: str = "gold_or_teacher") -> Optional[int]:
+    """The label a pair should get: its gold label, the teacher's, or the gold one when known else the teacher's."""
+    if source not in LABEL_SOURCES:
+        raise ValueError(f"label source must be one of {LABEL_SOURCES}, got {source!r}")
+    gold, teacher = record.get("gold_label"), record.get("label")
+    if source == "gold":
+        return gold
+    if source == "teacher":
+        return teacher
+    return gold if gold is not None else teacher
+
+
+def label_accuracy(model, tokenizer, records: Sequence[dict], *, label_source: str = "gold_or_teacher",
+                   max_query_tokens: int = 512, max_doc_tokens: int = 1024, max_new_tokens: int = 128,
+                   batch_size: int = 16) -> dict:
+    """How often the student's label (explain mode, as ``ReasonRanker`` reads it) is the target label.
+
+    Returns:
+        ``accuracy``, ``majority_rate`` (accuracy of always answering the most frequent target) and ``pairs``.
+    """
+    pairs = [(r, target_label(r, label_source)) for r in records]
+    pairs = [(r, t) for r, t in pairs if t is not None]
+    if not pairs:
+        raise ValueError("no held-out pairs with a target label")
+    encoder = PromptEncoder(tokenizer, max_query_tokens=max_query_tokens, max_doc_tokens=max_doc_tokens)
+    was_training = model.training
+    model.eval()
+    judged = HFBackend(model, tokenizer).judge([encoder.encode(r["query"], r["text"]) for r, _ in pairs], encoder,
+                                               mode="explain", batch_size=batch_size, max_new_tokens=max_new_tokens)
+    model.train(was_training)
+    targets = np.array([t for _, t in pairs])
+    majority = Counter(targets.tolist()).most_common(1)[0][1] / len(targets)
+    accuracy = float((most_probable_label(judged.probabilities) == targets).mean())
+    return {"accuracy": accuracy, "majority_rate": majority, "pairs": len(targets)}
+
+
+def mean_reward(model, tokenizer, records: Sequence[dict], reward_funcs: Sequence[Callable], *,
+                label_source: str = "gold_or_teacher", num_samples: int = 4, temperature: float = 1.0,
+                max_new_tokens: int = 128, max_query_tokens: int = 512, max_doc_tokens: int = 1024,
+                batch_size: int = 16, reward_weights: Optional[Sequence[float]] = None) -> float:
+    """The mean (weighted) reward of ``num_samples`` responses sampled per held-out pair."""
+    encoder = PromptEncoder(tokenizer, max_query_tokens=max_query_tokens, max_doc_tokens=max_doc_tokens)
+    samples = sample_completions(model, tokenizer, [encoder.encode(r["query"], r["text"]) for r in records],
+                                 num_samples=num_samples, temperature=temperature, max_new_tokens=max_new_tokens,
+                                 batch_size=batch_size)
+    completions = [c.text for per_pair in samples for c in per_pair]
+    columns = {"target_label": [target_label(r, label_source) for r in records for _ in range(num_samples)],
+               "query": [r["query"] for r in records for _ in range(num_samples)],
+               "text": [r["text"] for r in records for _ in range(num_samples)]}
+    return float(np.mean(total_rewards(completions, columns, reward_funcs, reward_weights)))
+
+
+def total_rewards(completions: Sequence[str], columns: dict, reward_funcs: Sequence[Callable],
+                  reward_weights: Optional[Sequence[float]] = None) -> np.ndarray:
+    """The weighted sum of the reward functions for each completion (a missing reward counts 0)."""
+    weights = reward_weights or [1.0] * len(reward_funcs)
+    if len(weights) != len(reward_funcs):
+        raise ValueError(f"{len(weights)} reward weights for {len(reward_funcs)} reward functions")
+    total = np.zeros(len(completions))
+    for weight, function in zip(weights, reward_funcs):
+        values = function(completions=list(completions), **columns)
+        total += weight * np.array([0.0 if v is None else v for v in values])
+    return total

@@ -1,0 +1,130 @@
+"""Reward functions for refinement, as plain callables in trl's convention.
+
+Each takes the sampled ``completions`` (the response text after the prompt) and the dataset's
+columns as keyword arguments, and returns one float per completion::
+
+    label_reward(completions, target_label=[2, 0]) -> [1.0, 0.0]
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from pyterrier_reasonrank import prompts
+
+def label_reward(completions: Sequence[str], target_label: Sequence[Optional[int]], partial_credit: float = 0.5,
+                 **kwargs) -> list[Optional[float]]:
+    """1 for the target label, ``partial_credit`` for a label off by one, 0 for a wrong or missing label.
+
+    A pair without a target label gets ``None`` (trl leaves it out of the reward).
+    """
+    rewards: list[Optional[float]] = []
+    for completion, target in zip(completions, target_label):
+        if target is None:
+            rewards.append(None)
+            continue
+        label = prompts.parse_response(completion).label
+        rewards.append(0.0 if label is None else 1.0 if label == target
+                       else partial_credit if abs(label - target) == 1 else 0.0)
+    return rewards
+
+
+def format_reward(completions: Sequence[str], **kwargs) -> list[float]:
+    """1 for a response in the format — a non-empty explanation, then one ``Relevance:`` line with a
+    label and nothing after it — else 0."""
+    return [1.0 if _well_formed(completion) else 0.0 for completion in completions]
+
+
+def _well_formed(completion: str) -> bool:
+    head, marker, tail = completion.rpartition("\n" + prompts.LABEL_MARKER)
+    # The prompt already holds "Explanation:", so a completion may start without it.
+    explanation = head.strip().removeprefix(prompts.EXPLANATION_PREFIX).strip()
+    return bool(marker and explanation) and prompts.LABEL_MARKER not in head \
+        and tail.strip() in {str(label) for label in prompts.LABELS}
+
+
+class RewardModelReward:
+    """The judgement of a Hugging Face sequence-classification reward model on each response.
+
+    The reward model sees the conversation (the judging instructions and the user's query and
+    document, then the student's response) through its own chat template, and its first logit is
+    the reward.
+
+    Args:
+        model: Hub id or local directory of an ``AutoModelForSequenceClassification`` reward model.
+        device: Default: CUDA when available.
+        dtype: Default: bfloat16 on a GPU, float32 on CPU.
+        batch_size: Responses scored at once.
+        max_length: Conversations are cut to this many tokens.
+        trust_remote_code: Allow the model's own code to run.
+    """
+
+    __name__ = "reward_model"
+
+    def __init__(self, model: str, *, device=None, dtype=None, batch_size: int = 8, max_length: int = 4096,
+                 trust_remote_code: bool = False):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from pyterrier_reasonrank.backends.hf import clear_load_errors, resolve_device, resolve_dtype
+
+        device = resolve_device(device)
+        with clear_load_errors("reward model", model):
+            self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                model, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code).to(device).eval()
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.batch_size = batch_size
+        self.max_length = max_length
+
+    @torch.inference_mode()
+    def __call__(self, completions: Sequence[str], query: Sequence[str], text: Sequence[str],
+                 **kwargs) -> list[float]:
+        conversations = [
+            prompts.messages(q, d) + [{"role": "assistant", "content": f"{prompts.EXPLANATION_PREFIX} {c.strip()}"}]
+            for c, q, d in zip(completions, query, text)]
+        if self.tokenizer.chat_template is not None:
+            texts = [self.tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+        else:
+            texts = ["\n\n".join(turn["content"] for turn in c) for c in conversations]
+        rewards: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
+                                   max_length=self.max_length, add_special_tokens=False,
+                                   return_tensors="pt").to(self.model.device)
+            rewards += self.model(**batch).logits[:, 0].float().tolist()
+        return rewards
+
+
+REWARDS = ("label", "format", "reward_model")
+
+
+def reward_functions(names: Sequence[str], *, partial_credit: float = 0.5, reward_model: Optional[str] = None,
+                     **reward_model_options) -> list[Callable]:
+    """The named reward functions, ready for refinement (and for trl's ``GRPOTrainer``).
+
+    Args:
+        names: Any of ``"label"``, ``"format"`` and ``"reward_model"``.
+        partial_credit: The label reward for a label off by one.
+        reward_model: The reward model, when ``"reward_model"`` is named.
+        reward_model_options: Passed to :class:`RewardModelReward`.
+    """
+    unknown = sorted(set(names) - set(REWARDS))
+    if unknown:
+        raise ValueError(f"unknown reward function(s) {unknown}; choose from {list(REWARDS)}")
+    functions: list[Callable] = []
+    for name in names:
+        if name == "label":
+            functions.append(functools.update_wrapper(functools.partial(label_reward, partial_credit=partial_credit),
+                                                      label_reward))
+        elif name == "format":
+            functions.append(format_reward)
+        else:
+            if not reward_model:
+                raise ValueError("the reward_model reward needs `reward_model`: a sequence-classification model id")
+            functions.append(RewardModelReward(reward_model, **reward_model_options))
+    return functions

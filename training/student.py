@@ -1,0 +1,78 @@
+"""The student model: which one, how it is adapted (LoRA, QLoRA or full fine-tuning), and loading it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from trl import ModelConfig
+from trl import get_quantization_config
+
+from pyterrier_reasonrank.backends.hf import base_model, clear_load_errors, tokenizer_source
+
+
+@dataclass
+class StudentConfig(ModelConfig):
+    """trl's ``ModelConfig`` with LoRA on by default, plus an adapter to continue from.
+
+    ``use_peft: true`` trains a LoRA adapter (``lora_r``, ``lora_alpha``, ``lora_dropout``,
+    ``lora_target_modules``); adding ``load_in_4bit: true`` makes it QLoRA (needs a CUDA GPU and
+    bitsandbytes); ``use_peft: false`` fine-tunes every weight.
+    """
+
+    use_peft: bool = field(default=True, metadata={"help": "train a LoRA adapter (false: full fine-tuning)"})
+    adapter: Optional[str] = field(default=None, metadata={
+        "help": "a trained adapter to continue from (refinement starts from the distilled one)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.model_name_or_path is None and self.adapter is None:
+            raise ValueError("no student model: set `model_name_or_path` (or `adapter`, whose base model is used)")
+
+
+def load_student(config: StudentConfig, *, trust_remote_code: bool = False):
+    """The student model (with its adapter, trainable, when one is given) and its tokenizer.
+
+    Args:
+        config: Which model and adapter.
+        trust_remote_code: Allow the model's own code to run (the trainer configuration's setting).
+
+    Raises:
+        RuntimeError: QLoRA / 8-bit loading was asked for without a CUDA GPU or bitsandbytes.
+        ModelNotFoundError: The model or adapter could not be found.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quantization = None
+    if config.load_in_4bit or config.load_in_8bit:
+        if not torch.cuda.is_available():
+            raise RuntimeError("QLoRA (load_in_4bit / load_in_8bit) needs a CUDA GPU, and none is available; "
+                               "train LoRA in full precision instead (load_in_4bit: false).")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise RuntimeError("QLoRA needs bitsandbytes: pip install bitsandbytes") from None
+        quantization = get_quantization_config(config)
+    name = config.model_name_or_path or base_model(config.adapter)
+    with clear_load_errors("model", name):
+        model = AutoModelForCausalLM.from_pretrained(
+            name, revision=config.model_revision, dtype=config.dtype, trust_remote_code=trust_remote_code,
+            attn_implementation=config.attn_implementation, quantization_config=quantization,
+            device_map=_local_gpu() if quantization is not None else None)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(name, config.adapter),
+                                                  trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # batches need one; masked, so its value does not matter
+    if config.adapter is not None:
+        from peft import PeftModel
+
+        with clear_load_errors("adapter", config.adapter):
+            model = PeftModel.from_pretrained(model, config.adapter, is_trainable=True)
+    return model, tokenizer
+
+
+def _local_gpu() -> dict:
+    """Quantized weights load straight onto this process's GPU (one per process under accelerate)."""
+    from accelerate import PartialState
+
+    return {"": PartialState().local_process_index}

@@ -1,0 +1,170 @@
+"""Teachers: large models that write an explanation and a label (or search queries) for the student.
+
+Both teachers take the same requests and yield ``(index, fields)`` as answers arrive, where
+``fields`` holds what goes into the annotation record: ``label``, ``explanation`` and ``raw`` for a
+judgement, ``queries`` and ``raw`` for query generation, and ``error`` when the teacher's answer is
+not in the format (such a record is kept, counted, and never trained on).
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Callable, Iterator, Optional, Sequence
+
+from pyterrier_reasonrank import prompts
+from pyterrier_reasonrank.backends import hf
+from pyterrier_reasonrank.scoring import most_probable_label
+
+from .sampling import sample_completions
+
+
+def judgement_fields(text: str) -> dict:
+    """The record fields for a judgement the teacher wrote as text."""
+    parsed = prompts.parse_response(text)
+    fields = {"label": parsed.label, "explanation": parsed.explanation, "raw": text}
+    if parsed.error:
+        fields["error"] = parsed.error
+    return fields
+
+
+def query_fields(text: str) -> dict:
+    """The record fields for search queries the teacher wrote as text."""
+    parsed = prompts.parse_queries(text)
+    fields = {"queries": parsed.queries, "raw": text}
+    if parsed.error:
+        fields["error"] = parsed.error
+    return fields
+
+
+class OpenAITeacher:
+    """A teacher behind an OpenAI-compatible chat-completions endpoint: a vLLM server or a hosted API.
+
+    Requests run concurrently; the ``openai`` client retries rate limits (429), server errors (5xx)
+    and dropped connections with exponential backoff. An error that outlasts the retries (a wrong
+    key, an unreachable server) stops the run, so that the unanswered pairs are asked again on
+    resume instead of being recorded as failures.
+
+    Args:
+        model: The model name the endpoint serves, e.g. ``"meta-llama/Llama-3.3-70B-Instruct"``.
+        base_url: The endpoint, e.g. ``"http://localhost:8000/v1"``. Default: ``$OPENAI_BASE_URL``,
+            else OpenAI's.
+        api_key: Default: ``$OPENAI_API_KEY``; a local server that needs none gets a placeholder.
+        concurrency: Requests in flight.
+        max_retries: Retries per request.
+        timeout: Seconds per request.
+        temperature: Sampling temperature (the paper's teacher used 0).
+        max_tokens: Longest answer.
+        max_doc_chars: Documents are cut to this many characters before they are sent.
+    """
+
+    def __init__(self, model: str, *, base_url: Optional[str] = None, api_key: Optional[str] = None,
+                 concurrency: int = 16, max_retries: int = 6, timeout: float = 120.0, temperature: float = 0.0,
+                 max_tokens: int = 512, max_doc_chars: int = 8000):
+        from openai import OpenAI
+
+        self.name = model
+        self.concurrency = concurrency
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.max_doc_chars = max_doc_chars
+        self._client = OpenAI(base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None,
+                              api_key=api_key or os.environ.get("OPENAI_API_KEY") or "no-key",
+                              max_retries=max_retries, timeout=timeout)
+
+    def judge(self, queries: Sequence[str], documents: Sequence[str],
+              hints: Sequence[Optional[str]]) -> Iterator[tuple[int, dict]]:
+        conversations = [prompts.messages(q, d[:self.max_doc_chars], "explain", h)
+                         for q, d, h in zip(queries, documents, hints)]
+        return self._answers(conversations, judgement_fields)
+
+    def write_queries(self, questions: Sequence[str]) -> Iterator[tuple[int, dict]]:
+        return self._answers([prompts.query_messages(q) for q in questions], query_fields)
+
+    def _answers(self, conversations: list[list[dict]], to_fields: Callable[[str], dict]) -> Iterator[tuple[int, dict]]:
+        for index, text in _bounded_map(self._complete, conversations, self.concurrency):
+            yield index, to_fields(text)
+
+    def _complete(self, messages: list[dict]) -> str:
+        response = self._client.chat.completions.create(model=self.name, messages=messages,
+                                                        temperature=self.temperature, max_tokens=self.max_tokens)
+        return response.choices[0].message.content or ""
+
+
+def _bounded_map(fn: Callable, items: Sequence, concurrency: int) -> Iterator[tuple[int, object]]:
+    """``(index, fn(item))`` in completion order, with at most ``2 * concurrency`` calls pending; the
+    first error cancels what has not started and is raised."""
+    pending = {}
+    queue = iter(enumerate(items))
+    with ThreadPoolExecutor(concurrency) as pool:
+        try:
+            while True:
+                for index, item in queue:
+                    pending[pool.submit(fn, item)] = index
+                    if len(pending) >= 2 * concurrency:
+                        break
+                if not pending:
+                    return
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield pending.pop(future), future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+class LocalTeacher:
+    """A teacher run with transformers on this machine.
+
+    Judgements use the student's own format machinery: the teacher writes its explanation
+    greedily, and its label is the most probable label token after the marker (appended, and the
+    record marked ``forced``, when the teacher did not write it) — so every answer has a valid
+    label, and the record also keeps the teacher's label ``probabilities``. Queries are generated
+    as text and parsed.
+
+    Args:
+        model: Hub id or local directory of the teacher.
+        adapter: Optional PEFT adapter for it.
+        device: Default: CUDA when available.
+        dtype: Default: bfloat16 on a GPU, float32 on CPU.
+        trust_remote_code: Allow the model's own code to run.
+        batch_size: Requests judged at once.
+        max_new_tokens: Explanation (or query list) budget.
+        max_doc_tokens: Documents are cut to this many tokens.
+        temperature: For query generation; 0 decodes greedily.
+    """
+
+    def __init__(self, model: str, *, adapter: Optional[str] = None, device=None, dtype=None,
+                 trust_remote_code: bool = False, batch_size: int = 8, max_new_tokens: int = 256,
+                 max_doc_tokens: int = 2048, temperature: float = 0.0):
+        self.name = model if adapter is None else f"{model}+{adapter}"
+        self._backend = hf.load(model, adapter=adapter, device=device, dtype=dtype,
+                                trust_remote_code=trust_remote_code)
+        self._encoder = prompts.PromptEncoder(self._backend.tokenizer, max_doc_tokens=max_doc_tokens)
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+
+    def judge(self, queries: Sequence[str], documents: Sequence[str],
+              hints: Sequence[Optional[str]]) -> Iterator[tuple[int, dict]]:
+        for start in range(0, len(queries), self.batch_size):
+            batch = range(start, min(start + self.batch_size, len(queries)))
+            ids = [self._encoder.encode(queries[i], documents[i], hints[i]) for i in batch]
+            judged = self._backend.judge(ids, self._encoder, mode="explain", batch_size=self.batch_size,
+                                         max_new_tokens=self.max_new_tokens)
+            labels = most_probable_label(judged.probabilities)
+            for k, i in enumerate(batch):
+                label = int(labels[k])
+                yield i, {"label": label, "explanation": judged.explanations[k],
+                          "raw": prompts.format_response(judged.explanations[k], label),
+                          "forced": bool(judged.forced[k]),
+                          "probabilities": [round(float(p), 6) for p in judged.probabilities[k]]}
+
+    def write_queries(self, questions: Sequence[str]) -> Iterator[tuple[int, dict]]:
+        encoder = prompts.QueryPromptEncoder(self._backend.tokenizer)
+        for start in range(0, len(questions), self.batch_size):
+            batch = questions[start:start + self.batch_size]
+            samples = sample_completions(self._backend.model, self._backend.tokenizer,
+                                         [encoder.encode(q) for q in batch], temperature=self.temperature,
+                                         max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+            for k, completions in enumerate(samples):
+                yield start + k, query_fields(prompts.QUERIES_PREFIX + completions[0].text)
