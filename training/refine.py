@@ -1,0 +1,153 @@
+"""Refinement by reinforcement learning, after distillation. Two algorithms behind one command:
+
+- ``rwsft``: the paper's offline reward-weighted fine-tuning (see :mod:`.rwsft`);
+- ``grpo``: online GRPO with trl's ``GRPOTrainer``.
+
+Both sample ``num_generations`` responses per pair at ``temperature`` (at most
+``max_completion_length`` tokens) and reward them with the same plain reward functions
+(:mod:`.rewards`): label agreement with the gold or teacher label, the format, and optionally a
+reward model's judgement.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from trl import GRPOConfig, GRPOTrainer, get_peft_config
+
+from pyterrier_reasonrank.prompts import PromptEncoder
+
+from .evaluation import LABEL_SOURCES, mean_reward, target_label
+from .records import file_sha256, read_jsonl
+from .rewards import REWARDS, reward_functions
+from .runcard import plot_curves, write_run_card
+from .rwsft import RewardWeightedTrainer, weighted_examples
+from .student import StudentConfig, load_student
+
+ALGORITHMS = ("rwsft", "grpo")
+
+
+@dataclass
+class RefineConfig(GRPOConfig):
+    """trl's ``GRPOConfig`` plus the data, the rewards and the reward-weighted algorithm's settings.
+
+    ``num_generations``, ``temperature``, ``max_completion_length`` and ``reward_weights`` serve
+    both algorithms. Defaults differ from ``GRPOConfig`` in bf16 (only on a GPU that supports it)
+    and ``report_to`` (none).
+    """
+
+    algorithm: str = field(default="rwsft", metadata={"help": "rwsft (reward-weighted, offline) or grpo (online)"})
+    train_file: Optional[str] = field(default=None, metadata={"help": "annotated JSONL: the pairs to refine on"})
+    eval_file: Optional[str] = field(default=None, metadata={
+        "help": "held-out JSONL: mean sampled reward before and after, in the run card"})
+    rewards: list[str] = field(default_factory=lambda: ["label", "format"], metadata={
+        "help": f"reward functions, from {list(REWARDS)}"})
+    reward_model: Optional[str] = field(default=None, metadata={"help": "sequence-classification reward model"})
+    partial_credit: float = field(default=0.5, metadata={"help": "label reward for a label off by one"})
+    label_source: str = field(default="gold_or_teacher", metadata={"help": f"target label: one of {LABEL_SOURCES}"})
+    keep_threshold: float = field(default=0.85, metadata={"help": "rwsft: keep responses with normalised reward >= this"})
+    weight_power: float = field(default=3.0, metadata={"help": "rwsft: loss weight = normalised reward ** this"})
+    include_teacher: bool = field(default=True, metadata={"help": "rwsft: the teacher's response is a candidate too"})
+    eval_samples: int = field(default=4, metadata={"help": "responses sampled per held-out pair for the mean reward"})
+    max_query_tokens: int = field(default=512, metadata={"help": "queries cut to this many tokens"})
+    max_doc_tokens: int = field(default=1024, metadata={"help": "documents cut to this many tokens"})
+    bf16: Optional[bool] = field(default=None, metadata={"help": "default: on a GPU that supports bfloat16"})
+    report_to: Optional[str] = field(default="none", metadata={"help": "experiment trackers"})
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.label_source not in LABEL_SOURCES:
+            raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
+        if self.bf16 is None:
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        super().__post_init__()
+
+
+class EncodedPromptGRPOTrainer(GRPOTrainer):
+    """``GRPOTrainer`` that feeds the policy the prompt token ids made by the project's prompt
+    encoder — token for token what ``ReasonRanker`` feeds it — instead of re-tokenizing the prompt text.
+
+    Args:
+        prompt_ids: Token ids of each prompt, keyed by the prompt text in the dataset.
+    """
+
+    def __init__(self, *args, prompt_ids: dict[str, list[int]], **kwargs):
+        self._prompt_ids = prompt_ids
+        super().__init__(*args, **kwargs)
+
+    def _tokenize_prompts(self, prompts):
+        # trl's hook for turning prompts into ids (returns ids, images, multimodal fields).
+        return [self._prompt_ids[prompt] for prompt in prompts], None, {}
+
+
+def refine(config: RefineConfig, student: StudentConfig) -> dict:
+    """Refine the student (usually the distilled adapter) and save the result with its run card and curves.
+
+    Returns:
+        The run's metrics (also in ``run_card.json``), with ``eval_reward_before`` and
+        ``eval_reward_after`` when an ``eval_file`` is given.
+    """
+    from datasets import Dataset
+
+    if not config.train_file:
+        raise ValueError("no train_file: the annotated JSONL to refine on")
+    records = [r for r in read_jsonl(config.train_file)
+               if target_label(r, config.label_source) is not None and r.get("query") and r.get("text") is not None]
+    if not records:
+        raise ValueError(f"{config.train_file} holds no pairs with a {config.label_source} label")
+    targets = [target_label(r, config.label_source) for r in records]
+    model, tokenizer = load_student(student, trust_remote_code=config.trust_remote_code)
+    if student.use_peft and student.adapter is None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, get_peft_config(student))
+    rewards = reward_functions(config.rewards, partial_credit=config.partial_credit, reward_model=config.reward_model,
+                               trust_remote_code=config.trust_remote_code)
+    encoder = PromptEncoder(tokenizer, max_query_tokens=config.max_query_tokens, max_doc_tokens=config.max_doc_tokens)
+    held_out = read_jsonl(config.eval_file) if config.eval_file else None
+    metrics: dict = {}
+    if held_out:
+        metrics["eval_reward_before"] = _mean_reward(model, tokenizer, held_out, rewards, config)
+
+    start = time.perf_counter()
+    if config.algorithm == "rwsft":
+        examples, metrics["sampling"] = weighted_examples(
+            model, tokenizer, records, targets, encoder, rewards, num_samples=config.num_generations,
+            temperature=config.temperature, max_new_tokens=config.max_completion_length,
+            keep_threshold=config.keep_threshold, weight_power=config.weight_power,
+            include_teacher=config.include_teacher, reward_weights=config.reward_weights,
+            batch_size=config.per_device_train_batch_size, verbose=not config.disable_tqdm)
+        if not examples:
+            raise ValueError("no sampled response was kept: every pair's candidates tied on reward; "
+                             "raise temperature or num_generations")
+        trainer = RewardWeightedTrainer(model=model, args=config, train_dataset=Dataset.from_list(examples),
+                                        processing_class=tokenizer, pad_token_id=tokenizer.pad_token_id)
+    else:
+        encoded = [encoder.encode(r["query"], r["text"]) for r in records]
+        texts = [tokenizer.decode(ids) for ids in encoded]
+        dataset = Dataset.from_list([{"prompt": p, "target_label": t, "query": r["query"], "text": r["text"]}
+                                     for p, t, r in zip(texts, targets, records)])
+        trainer = EncodedPromptGRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
+                                           processing_class=tokenizer, prompt_ids=dict(zip(texts, encoded)))
+    result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    metrics.update(train_loss=result.training_loss, steps=result.global_step,
+                   train_seconds=round(time.perf_counter() - start, 1))
+    trainer.save_model(config.output_dir)
+    if held_out:
+        metrics["eval_reward_after"] = _mean_reward(trainer.model, tokenizer, held_out, rewards, config)
+    data = {"train_file": config.train_file, "train_sha256": file_sha256(config.train_file), "pairs": len(records)}
+    write_run_card(config.output_dir, stage=f"refine-{config.algorithm}", configs=[config, student], data=data,
+                   metrics=metrics)
+    plot_curves(trainer.state.log_history, f"{config.output_dir}/curves.png", title=f"refinement ({config.algorithm})")
+    return metrics
+
+
+def _mean_reward(model, tokenizer, records, rewards, config: RefineConfig) -> float:
+    return mean_reward(model, tokenizer, records, rewards, label_source=config.label_source,
+                       num_samples=config.eval_samples, temperature=config.temperature,
+                       max_new_tokens=config.max_completion_length, max_query_tokens=config.max_query_tokens,
+                       max_doc_tokens=config.max_doc_tokens, batch_size=config.per_device_eval_batch_size,
+                       reward_weights=config.reward_weights)

@@ -1,0 +1,99 @@
+"""Reward-weighted fine-tuning, the paper's offline refinement.
+
+Sample k responses per pair from the student, score each (and the teacher's response) with the
+reward functions, min-max normalise the rewards within each pair, keep the responses at or above a
+threshold and fine-tune on them with a loss of ``r ** power`` times the response-token NLL.
+
+A pair whose candidates all get the same reward says nothing about which response is better: it
+is left out (as its advantages would be zero in GRPO).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from transformers import Trainer
+
+from pyterrier_reasonrank.prompts import PromptEncoder
+
+from .evaluation import total_rewards
+from .sampling import sample_completions
+
+
+def min_max(rewards: np.ndarray) -> Optional[np.ndarray]:
+    """Rewards scaled to [0, 1] within one pair, or ``None`` when they all tie."""
+    low, high = float(np.min(rewards)), float(np.max(rewards))
+    return None if high == low else (rewards - low) / (high - low)
+
+
+def weighted_examples(model, tokenizer, records: Sequence[dict], targets: Sequence[int], encoder: PromptEncoder,
+                      reward_funcs: Sequence[Callable], *, num_samples: int, temperature: float,
+                      max_new_tokens: int, keep_threshold: float, weight_power: float, include_teacher: bool,
+                      reward_weights: Optional[Sequence[float]] = None, batch_size: int = 8,
+                      verbose: bool = False) -> tuple[list[dict], dict]:
+    """Sample, reward and select: the weighted training examples, and statistics of the draw.
+
+    Returns:
+        Examples with ``input_ids``, ``completion_mask`` and ``weight``; and ``mean_sample_reward``,
+        ``pairs``, ``pairs_tied`` (left out) and ``kept`` (responses trained on).
+    """
+    prompts = [encoder.encode(r["query"], r["text"]) for r in records]
+    samples = sample_completions(model, tokenizer, prompts, num_samples=num_samples, temperature=temperature,
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size, verbose=verbose)
+    examples, sample_rewards, tied = [], [], 0
+    for record, target, prompt, completions in zip(records, targets, prompts, samples):
+        candidates = [(c.text, c.ids) for c in completions]
+        if include_teacher and record.get("explanation") and record.get("label") is not None:
+            ids = encoder.encode_response(record["explanation"], record["label"])
+            candidates.append((tokenizer.decode(ids, skip_special_tokens=True), ids))
+        columns = {"target_label": [target] * len(candidates), "query": [record["query"]] * len(candidates),
+                   "text": [record["text"]] * len(candidates)}
+        rewards = total_rewards([text for text, _ in candidates], columns, reward_funcs, reward_weights)
+        sample_rewards += rewards[:len(completions)].tolist()
+        normalised = min_max(rewards)
+        if normalised is None:
+            tied += 1
+            continue
+        for (_, ids), r in zip(candidates, normalised):
+            if r >= keep_threshold:
+                examples.append({"input_ids": prompt + ids, "completion_mask": [0] * len(prompt) + [1] * len(ids),
+                                 "weight": float(r) ** weight_power})
+    statistics = {"mean_sample_reward": float(np.mean(sample_rewards)), "pairs": len(records),
+                  "pairs_tied": tied, "kept": len(examples)}
+    return examples, statistics
+
+
+class RewardWeightedTrainer(Trainer):
+    """A ``Trainer`` whose loss is ``mean(weight * mean response-token NLL)`` over the sequences of a batch.
+
+    Examples carry ``input_ids``, ``completion_mask`` (1 on response tokens) and ``weight``; the
+    collator pads them on the right.
+    """
+
+    def __init__(self, *args, pad_token_id: int, **kwargs):
+        super().__init__(*args, data_collator=lambda batch: _collate(batch, pad_token_id), **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        # The token at position t + 1 is predicted at position t: shift targets and mask together.
+        logits = outputs.logits[:, :-1].float()
+        targets = inputs["input_ids"][:, 1:]
+        response = inputs["completion_mask"][:, 1:].float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        per_sequence = (nll * response).sum(dim=1) / response.sum(dim=1).clamp(min=1.0)
+        loss = (inputs["weight"] * per_sequence).mean()
+        return (loss, outputs) if return_outputs else loss
+
+
+def _collate(batch: list[dict], pad_token_id: int) -> dict:
+    width = max(len(e["input_ids"]) for e in batch)
+
+    def padded(key: str, value: int) -> torch.Tensor:
+        return torch.tensor([e[key] + [value] * (width - len(e[key])) for e in batch])
+
+    return {"input_ids": padded("input_ids", pad_token_id),
+            "attention_mask": torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"]))
+                                            for e in batch]),
+            "completion_mask": padded("completion_mask", 0),
+            "weight": torch.tensor([e["weight"] for e in batch], dtype=torch.float32)}
