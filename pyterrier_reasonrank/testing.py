@@ -40,7 +40,7 @@ def tokenizer_corpus() -> list[str]:
 
 def build_tiny_model(path: Union[str, Path], *, seed: int = 0, vocab_size: int = 4096, hidden_size: int = 64,
                      num_layers: int = 2, num_heads: int = 4, initializer_range: float = 0.2) -> Path:
-    """Write a tiny random Llama-style model and its tokenizer to ``path``.
+    """Write a tiny random Llama-style causal LM and its tokenizer to ``path``.
 
     Args:
         path: Directory to write (created if needed).
@@ -56,9 +56,26 @@ def build_tiny_model(path: Union[str, Path], *, seed: int = 0, vocab_size: int =
     Returns:
         The directory, loadable with ``from_pretrained`` and ``ReasonRanker(model=...)``.
     """
+    from transformers import LlamaForCausalLM
+
+    return _build(LlamaForCausalLM, path, seed=seed, vocab_size=vocab_size, hidden_size=hidden_size,
+                  num_layers=num_layers, num_heads=num_heads, initializer_range=initializer_range)
+
+
+def build_tiny_reward_model(path: Union[str, Path], *, seed: int = 0) -> Path:
+    """Write a tiny random Llama-style sequence-classification model (one logit: a reward model) and
+    the same tokenizer to ``path``, for offline tests of reward-model rewards."""
+    from transformers import LlamaForSequenceClassification
+
+    return _build(LlamaForSequenceClassification, path, seed=seed, vocab_size=4096, hidden_size=64, num_layers=2,
+                  num_heads=4, initializer_range=0.2, num_labels=1)
+
+
+def _build(model_class, path, *, seed, vocab_size, hidden_size, num_layers, num_heads, initializer_range,
+           **config_options) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -78,10 +95,10 @@ def build_tiny_model(path: Union[str, Path], *, seed: int = 0, vocab_size: int =
         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=max(1, num_heads // 2),
         max_position_embeddings=4096, initializer_range=initializer_range, tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        **config_options,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(path)
+    model_class(config).save_pretrained(path)
     return path
 
 

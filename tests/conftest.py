@@ -18,12 +18,15 @@ if not (SHARED / "irds_home").is_dir():
     raise RuntimeError(f"the shared data folder is missing: {SHARED / 'irds_home'} (set REASONRANK_SHARED)")
 shutil.copytree(SHARED / "irds_home", _IRDS_HOME, dirs_exist_ok=True)
 os.environ["IR_DATASETS_HOME"] = str(_IRDS_HOME)
+os.environ["REASONRANK_CACHE"] = tempfile.mkdtemp(prefix="reasonrank-cache-")  # indexes, not in ~/.cache
 
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from pyterrier_reasonrank.prompts import PromptEncoder  # noqa: E402
 from pyterrier_reasonrank.testing import build_tiny_model  # noqa: E402
+
+from synthetic import Vocabulary  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +74,9 @@ def script_model(tiny_model, tmp_path_factory):
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def vocabulary(tiny_model) -> Vocabulary:
+    """The words of the synthetic task, in the tiny model's tokenizer."""
+    return Vocabulary.of(AutoTokenizer.from_pretrained(tiny_model))

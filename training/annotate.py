@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import pandas as pd
 import pyterrier as pt
 
 from pyterrier_reasonrank import prompts
@@ -71,8 +72,13 @@ def make_teacher(config: AnnotateConfig):
                          max_doc_chars=config.max_doc_chars)
 
 
-def annotate(config: AnnotateConfig) -> dict:
+def annotate(config: AnnotateConfig, pairs: Optional[pd.DataFrame] = None) -> dict:
     """Annotate the configured pairs (or questions) with the teacher, resuming the output file.
+
+    Args:
+        config: The source of the pairs, the teacher and the output.
+        pairs: Pairs of your own instead of the configured source: ``qid, docno, query, text`` and
+            optionally ``gold_label`` and ``source``.
 
     Returns:
         The summary of the whole file: records, usable ones, errors by kind, labels, and how many
@@ -80,7 +86,7 @@ def annotate(config: AnnotateConfig) -> dict:
     """
     with AnnotationStore(config.output) as store:
         if config.task == "relevance":
-            todo = candidate_pairs(config)
+            todo = candidate_pairs(config) if pairs is None else _own_pairs(pairs)
         else:
             todo = pt.get_dataset(config.dataset).get_topics()
             todo = (todo if config.num_queries is None else todo.head(config.num_queries))[["qid", "query"]]
@@ -100,6 +106,13 @@ def annotate(config: AnnotateConfig) -> dict:
         summary = summarize(store.records, new=new)
     Path(f"{config.output}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _own_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    pt.validate.result_frame(pairs, extra_columns=["query", "text"])
+    frame = pairs.assign(**{k: v for k, v in {"gold_label": None, "source": "given"}.items() if k not in pairs})
+    gold = frame["gold_label"].astype(object)
+    return frame.assign(gold_label=gold.where(gold.notna(), None))
 
 
 def _record(item: dict, fields: dict, teacher: str) -> dict:

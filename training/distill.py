@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+from transformers import set_seed
 from trl import SFTConfig, SFTTrainer, get_peft_config
 
 from pyterrier_reasonrank.prompts import MODES, PromptEncoder, QueryPromptEncoder
 
 from .evaluation import label_accuracy
-from .records import file_sha256, read_jsonl, usable_judgements, usable_query_lists
+from .records import file_sha256, read_jsonl, record_key, usable_judgements, usable_query_lists
 from .runcard import plot_curves, write_run_card
 from .student import StudentConfig, load_student
 
@@ -83,11 +84,14 @@ def distill(config: DistillConfig, student: StudentConfig) -> dict:
     if not config.train_file:
         raise ValueError("no train_file: the annotated JSONL written by `reasonrank-train annotate`")
     records = read_jsonl(config.train_file)
-    judgements = usable_judgements(records)
+    # In key order: the file's order depends on when the teacher's answers arrived.
+    judgements = sorted(usable_judgements(records), key=record_key)
     if not judgements:
         raise ValueError(f"{config.train_file} holds no usable judgements ({len(records)} records, "
                          f"{sum(bool(r.get('error')) for r in records)} with errors)")
-    query_lists = usable_query_lists(read_jsonl(config.query_generation_file)) if config.query_generation_file else []
+    query_lists = sorted(usable_query_lists(read_jsonl(config.query_generation_file)), key=record_key) \
+        if config.query_generation_file else []
+    set_seed(config.seed)  # the adapter's initial weights too, which are drawn before the trainer seeds
     model, tokenizer = load_student(student, trust_remote_code=config.trust_remote_code)
     examples = training_examples(tokenizer, config, judgements, query_lists)
     dataset = Dataset.from_list(examples).shuffle(seed=config.seed)

@@ -55,6 +55,7 @@ def parse_configs(config_types: Sequence[type], section: dict, argv: Sequence[st
     if unknown:
         raise RecipeError(_unknown_message(f"unknown key(s) in {where}", unknown, keys, ""))
     parser = HfArgumentParser(config_types)
+    parser.allow_abbrev = False  # "--lora_alph" is a typo to report, not lora_alpha
     parser.set_defaults(**section)
     *configs, remaining = parser.parse_args_into_dataclasses(args=list(argv), return_remaining_strings=True)
     if remaining:

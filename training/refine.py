@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+from transformers import set_seed
 from trl import GRPOConfig, GRPOTrainer, get_peft_config
 
 from pyterrier_reasonrank.prompts import PromptEncoder
 
 from .evaluation import LABEL_SOURCES, mean_reward, target_label
-from .records import file_sha256, read_jsonl
+from .records import file_sha256, read_jsonl, record_key
 from .rewards import REWARDS, reward_functions
 from .runcard import plot_curves, write_run_card
 from .rwsft import RewardWeightedTrainer, weighted_examples
@@ -94,11 +95,14 @@ def refine(config: RefineConfig, student: StudentConfig) -> dict:
 
     if not config.train_file:
         raise ValueError("no train_file: the annotated JSONL to refine on")
-    records = [r for r in read_jsonl(config.train_file)
-               if target_label(r, config.label_source) is not None and r.get("query") and r.get("text") is not None]
+    # In key order: the file's order depends on when the teacher's answers arrived.
+    records = sorted((r for r in read_jsonl(config.train_file)
+                      if target_label(r, config.label_source) is not None and r.get("query") and r.get("text") is not None),
+                     key=record_key)
     if not records:
         raise ValueError(f"{config.train_file} holds no pairs with a {config.label_source} label")
     targets = [target_label(r, config.label_source) for r in records]
+    set_seed(config.seed)  # sampling before training (held-out reward, rwsft's draw) is repeatable too
     model, tokenizer = load_student(student, trust_remote_code=config.trust_remote_code)
     if student.use_peft and student.adapter is None:
         from peft import get_peft_model

@@ -55,9 +55,11 @@ def sample_completions(model, tokenizer, prompts: Sequence[list[int]], *, num_sa
         width = max(len(p) for p in batch)
         input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in batch], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
+        # Greedy decoding has one answer per prompt: decode it once and repeat it.
+        copies = num_samples if temperature > 0 else 1
         output = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                num_return_sequences=num_samples, pad_token_id=pad, eos_token_id=eos,
-                                **sampling)
+                                num_return_sequences=copies, pad_token_id=pad, eos_token_id=eos, **sampling)
+        output = output.repeat_interleave(num_samples // copies, dim=0)
         for i in range(len(batch)):
             samples = []
             for row in output[i * num_samples:(i + 1) * num_samples, width:].tolist():

@@ -1,0 +1,147 @@
+"""The parts of training: examples and their loss masks, rewards, reward-weighted loss, student loading, recipes."""
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import SFTTrainer
+
+from pyterrier_reasonrank.prompts import PromptEncoder
+from pyterrier_reasonrank.testing import build_tiny_reward_model
+from pyterrier_reasonrank.training.distill import DistillConfig, training_examples
+from pyterrier_reasonrank.training.recipes import RecipeError, parse_configs, recipe_section
+from pyterrier_reasonrank.training.refine import RefineConfig
+from pyterrier_reasonrank.training.rewards import RewardModelReward, format_reward, label_reward, reward_functions
+from pyterrier_reasonrank.training.rwsft import RewardWeightedTrainer, min_max, weighted_examples
+from pyterrier_reasonrank.training.student import StudentConfig, load_student
+
+JUDGEMENT = {"query": "what causes tides", "text": "The moon pulls the ocean.", "explanation": "It names the cause.",
+             "label": 2}
+
+
+def test_examples_mask_everything_but_the_response(tiny_model, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    config = DistillConfig(output_dir=str(tmp_path), max_doc_tokens=64)
+    [example] = training_examples(tokenizer, config, [JUDGEMENT])
+    encoder = PromptEncoder(tokenizer, max_doc_tokens=64)
+    prompt = encoder.encode(JUDGEMENT["query"], JUDGEMENT["text"])
+    assert example["input_ids"][:len(prompt)] == prompt
+    assert example["completion_mask"] == [0] * len(prompt) + [1] * (len(example["input_ids"]) - len(prompt))
+    response = tokenizer.decode([t for t, m in zip(example["input_ids"], example["completion_mask"]) if m])
+    assert response == " It names the cause.\nRelevance: 2<|im_end|>"
+    # trl turns the mask into labels: -100 on the prompt, the response tokens where they are
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model), args=config,
+                         train_dataset=Dataset.from_list([example]), processing_class=tokenizer)
+    labels = trainer.train_dataset[0]["labels"]
+    assert labels[:len(prompt)] == [-100] * len(prompt) and labels[len(prompt):] == example["input_ids"][len(prompt):]
+
+
+def test_an_example_longer_than_max_length_is_an_error(tiny_model, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    with pytest.raises(ValueError, match="more than max_length=50; lower max_doc_tokens"):
+        training_examples(tokenizer, DistillConfig(output_dir=str(tmp_path), max_length=50), [JUDGEMENT])
+
+
+def test_label_and_format_rewards():
+    completions = [" It explains.\nRelevance: 2", " Close.\nRelevance: 1", " Wrong.\nRelevance: 0", "no label",
+                   " Twice.\nRelevance: 1\nRelevance: 2", "\nRelevance: 2", " Trailing.\nRelevance: 2 and more"]
+    assert label_reward(completions, [2] * 7, partial_credit=0.25) == [1.0, 0.25, 0.0, 0.0, 1.0, 1.0, 1.0]
+    assert format_reward(completions) == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert label_reward(completions[:1], [None]) == [None]
+    label, form = reward_functions(["label", "format"], partial_credit=0.1)
+    assert label.__name__ == "label_reward" and label([" x\nRelevance: 1"], target_label=[2]) == [0.1]
+    with pytest.raises(ValueError, match=r"unknown reward function\(s\) \['length'\]"):
+        reward_functions(["label", "length"])
+    with pytest.raises(ValueError, match="needs `reward_model`"):
+        reward_functions(["reward_model"])
+
+
+def test_reward_model_reward_scores_each_response(tmp_path):
+    scorer = RewardModelReward(str(build_tiny_reward_model(tmp_path / "rm")))
+    completions = [" It names the cause.\nRelevance: 2", " Unrelated.\nRelevance: 0", " It names the cause.\nRelevance: 2"]
+    rewards = scorer(completions, query=["tides"] * 3, text=["The moon."] * 3)
+    assert len(rewards) == 3 and all(np.isfinite(rewards))
+    assert rewards[0] == pytest.approx(rewards[2], abs=1e-4) and rewards[0] != pytest.approx(rewards[1], abs=1e-4)
+
+
+def test_min_max_normalisation_and_ties():
+    assert min_max(np.array([1.0, 2.0, 3.0])).tolist() == [0.0, 0.5, 1.0]
+    assert min_max(np.array([2.0, 2.0])) is None
+
+
+def test_reward_weighted_loss_is_the_weighted_response_nll(tiny_model, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    examples = [{"input_ids": [5, 6, 7, 8, 9], "completion_mask": [0, 0, 1, 1, 1], "weight": 0.5},
+                {"input_ids": [10, 11, 12], "completion_mask": [0, 1, 1], "weight": 1.0}]
+    trainer = RewardWeightedTrainer(model=model, args=RefineConfig(output_dir=str(tmp_path)),
+                                    train_dataset=Dataset.from_list(examples), pad_token_id=tokenizer.pad_token_id)
+    batch = trainer.data_collator(examples)
+    loss = trainer.compute_loss(model, batch)
+    expected = []
+    for example in examples:
+        logits = model(input_ids=torch.tensor([example["input_ids"]])).logits[0]
+        start = example["completion_mask"].index(1)
+        # the response token at position t is predicted by the logits at t - 1
+        nll = [-torch.log_softmax(logits[t - 1], -1)[example["input_ids"][t]] for t in range(start, len(example["input_ids"]))]
+        expected.append(example["weight"] * torch.stack(nll).mean())
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+
+
+def test_weighted_examples_keep_the_best_candidates(tiny_model):
+    # The random model's greedy samples never reach a label (reward 0); the teacher's responses do.
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+    encoder = PromptEncoder(tokenizer)
+    records = [dict(JUDGEMENT, label=2), dict(JUDGEMENT, label=0)]
+    options = dict(num_samples=3, temperature=0.0, max_new_tokens=8, keep_threshold=0.85, weight_power=3.0)
+    examples, stats = weighted_examples(model, tokenizer, records, [2, 0], encoder, reward_functions(["label"]),
+                                        include_teacher=True, **options)
+    assert stats == {"mean_sample_reward": 0.0, "pairs": 2, "pairs_tied": 0, "kept": 2}
+    assert [tokenizer.decode(e["input_ids"]).endswith(f"Explanation: It names the cause.\nRelevance: {label}<|im_end|>")
+            for e, label in zip(examples, (2, 0))] == [True, True]
+    assert [e["weight"] for e in examples] == [1.0, 1.0]
+    # without the teacher every candidate of a pair ties: nothing to learn from
+    examples, stats = weighted_examples(model, tokenizer, records, [2, 0], encoder, reward_functions(["label"]),
+                                        include_teacher=False, **options)
+    assert examples == [] and stats["pairs_tied"] == 2
+
+
+def test_qlora_without_a_gpu_is_a_clear_error(tiny_model):
+    with pytest.raises(RuntimeError, match="QLoRA .* needs a CUDA GPU"):
+        load_student(StudentConfig(model_name_or_path=str(tiny_model), load_in_4bit=True))
+
+
+def test_student_from_an_adapter_alone(tiny_model, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=2, target_modules=["q_proj"]))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    model, tokenizer = load_student(StudentConfig(adapter=str(tmp_path / "adapter")))
+    assert model.peft_config["default"].base_model_name_or_path == str(tiny_model)
+    assert any(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="no student model"):
+        StudentConfig()
+
+
+def test_recipe_sections_and_overrides(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("distill:\n  learning_rate: 2.0e-4\n  lora_r: 64\n  model_name_or_path: m\n"
+                      f"  output_dir: {tmp_path}\n  lora_target_modules: [q_proj, v_proj]\n")
+    section = recipe_section(str(recipe), "distill")
+    config, student = parse_configs((DistillConfig, StudentConfig), section, ["--learning_rate", "1e-4"])
+    assert config.learning_rate == 1e-4 and student.lora_r == 64 and student.model_name_or_path == "m"
+    assert student.lora_target_modules == ["q_proj", "v_proj"] and student.use_peft is True
+    assert config.completion_only_loss is True and config.max_length is None and config.report_to == []
+    with pytest.raises(RecipeError, match="has no 'refine:' section"):
+        recipe_section(str(recipe), "refine")
+
+
+def test_unknown_keys_and_options_are_errors_that_list_the_valid_ones(tmp_path):
+    with pytest.raises(RecipeError) as error:
+        parse_configs((DistillConfig, StudentConfig), {"learning_rat": 1.0}, [])
+    message = str(error.value)
+    assert "unknown key(s) in the recipe: learning_rat (did you mean learning_rate?)" in message
+    assert "Valid keys: " in message and "lora_r" in message and "train_file" in message
+    with pytest.raises(RecipeError, match=r"unknown command-line option\(s\): --lora_alph \(did you mean --lora_alpha\?\)"):
+        parse_configs((DistillConfig, StudentConfig), {"output_dir": str(tmp_path), "model_name_or_path": "m"},
+                      ["--lora_alph", "8"])
