@@ -1,1 +1,28 @@
-"""Training a reasoning re-ranker: teacher annotation, distillation and refinement (``reasonrank-train``)."""
+"""Training a reasoning re-ranker (``reasonrank-train``): teacher annotation, distillation, refinement.
+
+.. code-block:: python
+
+    from pyterrier_reasonrank.training import AnnotateConfig, annotate, DistillConfig, distill, StudentConfig
+
+The stages' modules load trl, datasets and the teachers' clients on first use, not on import.
+"""
+import importlib
+
+_EXPORTS = {
+    "SourceConfig": "sources", "candidate_pairs": "sources",
+    "AnnotateConfig": "annotate", "annotate": "annotate",
+    "OpenAITeacher": "teachers", "LocalTeacher": "teachers",
+    "StudentConfig": "student", "load_student": "student",
+    "DistillConfig": "distill", "distill": "distill",
+    "RefineConfig": "refine", "refine": "refine",
+    "label_reward": "rewards", "format_reward": "rewards", "RewardModelReward": "rewards",
+    "label_accuracy": "evaluation", "mean_reward": "evaluation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
