@@ -1,8 +1,11 @@
 """pyterrier-reasonrank: a small generative model as a reasoning re-ranker for PyTerrier."""
 from . import prompts
-from .backends.hf import ModelNotFoundError
-from .ranker import DEFAULT_MODEL, ReasonRanker
+from .backends.hf import DEFAULT_MODEL, ModelNotFoundError
+from .display import ReasonRankResults, explanations_html, write_report
+from .query_generator import QueryGenerator
+from .ranker import ReasonRanker
 
 __version__ = "0.1.0"
 
-__all__ = ["ReasonRanker", "DEFAULT_MODEL", "ModelNotFoundError", "prompts", "__version__"]
+__all__ = ["ReasonRanker", "QueryGenerator", "ReasonRankResults", "explanations_html", "write_report",
+           "DEFAULT_MODEL", "ModelNotFoundError", "prompts", "__version__"]

@@ -5,8 +5,8 @@ import argparse
 import sys
 import textwrap
 
-from .backends.hf import ModelNotFoundError
-from .ranker import DEFAULT_MODEL, ReasonRanker
+from .backends.hf import DEFAULT_MODEL, ModelNotFoundError
+from .ranker import ReasonRanker
 
 
 def main(argv=None) -> int:

@@ -10,11 +10,8 @@ import torch
 
 from . import scoring
 from .backends import hf
+from .display import ReasonRankResults
 from .prompts import MODES, Mode, PromptEncoder
-
-DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
-"""Used when neither ``model`` nor ``adapter`` is given: small, ungated, Apache-2.0, and each label
-digit is one token in its tokenizer. Zero-shot it is a weak judge; a distilled adapter is the point."""
 
 OUTPUT_COLUMNS = ["explanation", "label", "score", "forced", "rank"]
 
@@ -87,8 +84,7 @@ class ReasonRanker(pt.Transformer):
             ValueError: The tokenizer does not write each label as a single token.
         """
         if self._backend is None:
-            model = self.model if self.model is not None or self.adapter is not None else DEFAULT_MODEL
-            backend = hf.load(model, adapter=self.adapter, device=self.device, dtype=self.dtype,
+            backend = hf.load(self.model, adapter=self.adapter, device=self.device, dtype=self.dtype,
                               trust_remote_code=self.trust_remote_code)
             self._encoder = PromptEncoder(backend.tokenizer, self.mode, max_query_tokens=self.max_query_tokens,
                                           max_doc_tokens=self.max_doc_tokens)
@@ -103,7 +99,9 @@ class ReasonRanker(pt.Transformer):
 
         Returns:
             The input columns (a previous score and rank replaced) plus ``explanation``, ``label``, ``score``,
-            ``forced`` and ``rank``, sorted by qid, then rank. Ties keep the input order.
+            ``forced`` and ``rank``, sorted by qid, then rank. Ties keep the input order. The frame is a
+            :class:`~pyterrier_reasonrank.display.ReasonRankResults`: a DataFrame that Jupyter shows as
+            a readable list of explanations per query.
         """
         pt.validate.result_frame(inp, extra_columns=["query", self.text_field])
         # A previous stage's judgement (score, rank, or a whole ReasonRanker's output) is replaced.
@@ -111,7 +109,7 @@ class ReasonRanker(pt.Transformer):
         if len(frame) == 0:
             empty = frame.assign(explanation=pd.Series(dtype=object), label=pd.Series(dtype="int64"),
                                  score=pd.Series(dtype="float64"), forced=pd.Series(dtype=bool))
-            return pt.model.add_ranks(empty)
+            return ReasonRankResults(pt.model.add_ranks(empty))
         blank_query = _is_blank(frame["query"])
         if blank_query.any():
             qids = list(dict.fromkeys(frame.loc[blank_query, "qid"].astype(str)))
@@ -135,7 +133,7 @@ class ReasonRanker(pt.Transformer):
         )
         # add_ranks breaks ties by frame order, which is still the input order here.
         frame = pt.model.add_ranks(frame)
-        return frame.sort_values(["qid", "rank"], kind="stable", ignore_index=True)
+        return ReasonRankResults(frame.sort_values(["qid", "rank"], kind="stable", ignore_index=True))
 
     def __repr__(self) -> str:
         args = [repr(self.model)] if self.model is not None else []

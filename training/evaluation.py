@@ -10,7 +10,6 @@ from pyterrier_reasonrank.backends.hf import HFBackend
 from pyterrier_reasonrank.prompts import PromptEncoder
 from pyterrier_reasonrank.scoring import most_probable_label
 
-from .sampling import sample_completions
 
 LABEL_SOURCES = ("gold_or_teacher", "gold", "teacher")
 
@@ -57,9 +56,9 @@ def mean_reward(model, tokenizer, records: Sequence[dict], reward_funcs: Sequenc
                 batch_size: int = 16, reward_weights: Optional[Sequence[float]] = None) -> float:
     """The mean (weighted) reward of ``num_samples`` responses sampled per held-out pair."""
     encoder = PromptEncoder(tokenizer, max_query_tokens=max_query_tokens, max_doc_tokens=max_doc_tokens)
-    samples = sample_completions(model, tokenizer, [encoder.encode(r["query"], r["text"]) for r in records],
-                                 num_samples=num_samples, temperature=temperature, max_new_tokens=max_new_tokens,
-                                 batch_size=batch_size)
+    samples = HFBackend(model, tokenizer).sample([encoder.encode(r["query"], r["text"]) for r in records],
+                                                 num_samples=num_samples, temperature=temperature,
+                                                 max_new_tokens=max_new_tokens, batch_size=batch_size)
     completions = [c.text for per_pair in samples for c in per_pair]
     columns = {"target_label": [target_label(r, label_source) for r in records for _ in range(num_samples)],
                "query": [r["query"] for r in records for _ in range(num_samples)],

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from transformers import Trainer
 
+from pyterrier_reasonrank.backends.hf import HFBackend
 from pyterrier_reasonrank.prompts import PromptEncoder
 
 from .evaluation import total_rewards
-from .sampling import sample_completions
 
 
 def min_max(rewards: np.ndarray) -> Optional[np.ndarray]:
@@ -39,8 +39,8 @@ def weighted_examples(model, tokenizer, records: Sequence[dict], targets: Sequen
         ``pairs``, ``pairs_tied`` (left out) and ``kept`` (responses trained on).
     """
     prompts = [encoder.encode(r["query"], r["text"]) for r in records]
-    samples = sample_completions(model, tokenizer, prompts, num_samples=num_samples, temperature=temperature,
-                                 max_new_tokens=max_new_tokens, batch_size=batch_size, verbose=verbose)
+    samples = HFBackend(model, tokenizer).sample(prompts, num_samples=num_samples, temperature=temperature,
+                                                 max_new_tokens=max_new_tokens, batch_size=batch_size, verbose=verbose)
     examples, sample_rewards, tied = [], [], 0
     for record, target, prompt, completions in zip(records, targets, prompts, samples):
         candidates = [(c.text, c.ids) for c in completions]

@@ -15,7 +15,6 @@ from pyterrier_reasonrank import prompts
 from pyterrier_reasonrank.backends import hf
 from pyterrier_reasonrank.scoring import most_probable_label
 
-from .sampling import sample_completions
 
 
 def judgement_fields(text: str) -> dict:
@@ -163,8 +162,7 @@ class LocalTeacher:
         encoder = prompts.QueryPromptEncoder(self._backend.tokenizer)
         for start in range(0, len(questions), self.batch_size):
             batch = questions[start:start + self.batch_size]
-            samples = sample_completions(self._backend.model, self._backend.tokenizer,
-                                         [encoder.encode(q) for q in batch], temperature=self.temperature,
-                                         max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+            samples = self._backend.sample([encoder.encode(q) for q in batch], temperature=self.temperature,
+                                           max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
             for k, completions in enumerate(samples):
                 yield start + k, query_fields(prompts.QUERIES_PREFIX + completions[0].text)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 import threading
 import weakref
 from typing import Optional, Sequence, Union
@@ -14,6 +15,15 @@ import torch
 from ..prompts import Mode, PromptEncoder
 from ..scoring import label_probabilities
 from .base import Judgements
+
+
+@dataclass
+class Completion:
+    """A generated response: its text (special tokens removed) and its token ids, up to and
+    including the end-of-turn token when the model wrote one."""
+
+    text: str
+    ids: list[int]
 
 
 class ModelNotFoundError(OSError):
@@ -39,10 +49,13 @@ class HFBackend:
         self.tokenizer = tokenizer
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        if tokenizer.eos_token_id is not None:
+            eos.append(tokenizer.eos_token_id)
+        self.eos_ids = frozenset(eos)
         # Any special token (end of turn, end of text, padding...) ends the explanation early.
-        self.stop_ids = frozenset(tokenizer.all_special_ids) | frozenset(eos)
+        self.stop_ids = frozenset(tokenizer.all_special_ids) | self.eos_ids
         pad = tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else (eos[0] if eos else 0)
+        self.pad_id = pad if pad is not None else (min(self.eos_ids) if self.eos_ids else 0)
 
     @property
     def device(self) -> torch.device:
@@ -76,18 +89,20 @@ class HFBackend:
 
     def _prefill(self, ids: list[list[int]]):
         """One forward pass over left-padded prompts; returns last-position logits, cache, mask, positions."""
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for row, x in enumerate(ids):
-            input_ids[row, width - len(x):] = torch.tensor(x)
-            mask[row, width - len(x):] = 1
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        input_ids, mask = self._left_pad(ids, max(len(x) for x in ids))
         # Explicit positions, so that left padding does not shift them.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          logits_to_keep=1)
         return out.logits[:, -1].float(), out.past_key_values, mask, positions[:, -1]
+
+    def _left_pad(self, ids: Sequence[list[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, x in enumerate(ids):
+            input_ids[row, width - len(x):] = torch.tensor(x)
+            mask[row, width - len(x):] = 1
+        return input_ids.to(self.device), mask.to(self.device)
 
     @torch.inference_mode()
     def _label_logits(self, ids: list[list[int]], encoder: PromptEncoder) -> torch.Tensor:
@@ -144,6 +159,40 @@ class HFBackend:
         return explanations, label_logits, forced
 
 
+    @torch.inference_mode()
+    def sample(self, prompts: Sequence[list[int]], *, num_samples: int = 1, temperature: float = 1.0,
+               max_new_tokens: int = 128, batch_size: int = 8, verbose: bool = False) -> list[list[Completion]]:
+        """Free-text responses: ``num_samples`` per prompt, sampled at ``temperature`` (0: greedy).
+
+        Sampling is plain sampling from the model's distribution: a checkpoint's own generation
+        settings (top-p, top-k, repetition penalty) are overridden, so that the samples are the
+        policy's (what refinement needs).
+        """
+        eos = sorted(self.eos_ids) or None
+        options = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 \
+            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        # Greedy decoding has one answer per prompt: decode it once and repeat it.
+        copies = num_samples if temperature > 0 else 1
+        was_training = self.model.training
+        self.model.eval()
+        results: list[list[Completion]] = []
+        for start in pt.tqdm(range(0, len(prompts), batch_size), desc="generating", disable=not verbose):
+            batch = prompts[start:start + batch_size]
+            width = max(len(p) for p in batch)
+            input_ids, mask = self._left_pad(batch, width)
+            output = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                         num_return_sequences=copies, pad_token_id=self.pad_id, eos_token_id=eos,
+                                         repetition_penalty=1.0, **options)
+            output = output[:, width:].repeat_interleave(num_samples // copies, dim=0).tolist()
+            for i in range(len(batch)):
+                samples = []
+                for row in output[i * num_samples:(i + 1) * num_samples]:
+                    ids = next((row[:j + 1] for j, token in enumerate(row) if token in self.eos_ids), row)
+                    samples.append(Completion(self.tokenizer.decode(ids, skip_special_tokens=True), ids))
+                results.append(samples)
+        self.model.train(was_training)
+        return results
+
 def _marker_started(generated: list[int], marker: list[int]) -> int:
     """How many leading tokens of the marker ``generated`` ends with (0 if it ends with none)."""
     for k in range(len(marker) - 1, 0, -1):
@@ -151,6 +200,11 @@ def _marker_started(generated: list[int], marker: list[int]) -> int:
             return k
     return 0
 
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
+"""Used when neither a model nor an adapter is given: small, ungated, Apache-2.0, with a chat
+template, and each label digit is one token in its tokenizer. Zero-shot it is a weak judge; a
+distilled adapter is the point."""
 
 _LOADED: "weakref.WeakValueDictionary[tuple, HFBackend]" = weakref.WeakValueDictionary()
 _LOADING = threading.Lock()
@@ -164,7 +218,8 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, device: Union[s
     while any of them is alive, so a cascade of a direct and an explain ranker loads it once.
 
     Args:
-        model: Hugging Face Hub id or local directory. ``None`` with an ``adapter``: the adapter's base model.
+        model: Hugging Face Hub id or local directory. ``None``: the adapter's base model, or
+            :data:`DEFAULT_MODEL` without an adapter.
         adapter: A PEFT adapter (Hub id or directory), merged into the model after loading.
         device: ``"cuda"``, ``"cpu"``, ... Default: CUDA when available, else CPU.
         dtype: ``torch.dtype`` or its name (``"bfloat16"``). Default: bfloat16 on a GPU that supports
@@ -176,6 +231,8 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, device: Union[s
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    if model is None and adapter is None:
+        model = DEFAULT_MODEL
     key = (model, adapter, str(device), str(dtype), trust_remote_code)
     with _LOADING:
         backend = _LOADED.get(key)

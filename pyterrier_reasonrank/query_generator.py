@@ -1,0 +1,104 @@
+"""QueryGenerator: the student's second task, a long question turned into search queries."""
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Union
+
+import pandas as pd
+import pyterrier as pt
+import torch
+
+from .backends import hf
+from .prompts import QUERIES_PREFIX, QueryPromptEncoder, parse_queries
+
+COMBINATIONS = ("join", "question+join")
+
+
+class QueryGenerator(pt.Transformer):
+    """Rewrites each query (a long question) into the search queries the model writes for it.
+
+    It follows PyTerrier's query-rewriting convention: the original query moves to ``query_0``
+    and ``query`` holds the rewrite, so a first stage retrieves with the generated queries and
+    ``pt.rewrite.reset()`` brings the question back for a re-ranker:
+
+    .. code-block:: python
+
+        pipeline = QueryGenerator(adapter=student) >> bm25 >> pt.rewrite.reset() \\
+            >> pt.text.get_text(dataset, "text") >> ReasonRanker(adapter=student)
+
+    Args:
+        model: Hub id or local directory. Default: the adapter's base model, or
+            :data:`~pyterrier_reasonrank.DEFAULT_MODEL`.
+        adapter: A PEFT adapter trained on query generation (``reasonrank-train distill`` with a
+            ``query_generation_file``).
+        combine: How the generated queries become the new ``query``: ``"join"`` (all of them,
+            joined into one bag-of-words query) or ``"question+join"`` (the question, then them).
+        max_new_tokens: Budget for the list of queries.
+        max_question_tokens: The question is cut to this many tokens.
+        batch_size: Questions generated for at once.
+        device: ``"cuda"``, ``"cpu"``, ... Default: CUDA when available.
+        dtype: ``torch.dtype`` or its name. Default: bfloat16 on a GPU, float32 on CPU.
+        verbose: Show a progress bar.
+        trust_remote_code: Allow the model's own code from its repository to run.
+
+    The output keeps every input column, moves the question to ``query_0``, and adds
+    ``generated_queries`` (the list the model wrote). A question for which the model writes no
+    query keeps the question as its query, with a warning.
+    """
+
+    def __init__(self, model: Optional[str] = None, *, adapter: Optional[str] = None, combine: str = "join",
+                 max_new_tokens: int = 128, max_question_tokens: int = 1024, batch_size: int = 8,
+                 device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
+                 verbose: bool = False, trust_remote_code: bool = False):
+        if combine not in COMBINATIONS:
+            raise ValueError(f"combine must be one of {COMBINATIONS}, got {combine!r}")
+        self.model = model
+        self.adapter = adapter
+        self.combine = combine
+        self.max_new_tokens = max_new_tokens
+        self.max_question_tokens = max_question_tokens
+        self.batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
+        self.verbose = verbose
+        self.trust_remote_code = trust_remote_code
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        """Rewrite the queries of a query frame (``qid``, ``query``)."""
+        pt.validate.query_frame(inp, extra_columns=["query"])
+        frame = pt.model.push_queries(inp.reset_index(drop=True))
+        if len(frame) == 0:
+            return frame.assign(query=pd.Series(dtype=object), generated_queries=pd.Series(dtype=object))
+        questions = frame["query_0"].fillna("").astype(str).tolist()
+        backend = hf.load(self.model, adapter=self.adapter, device=self.device, dtype=self.dtype,
+                          trust_remote_code=self.trust_remote_code)
+        encoder = QueryPromptEncoder(backend.tokenizer, max_question_tokens=self.max_question_tokens)
+        completions = backend.sample([encoder.encode(q) for q in questions], temperature=0.0,
+                                     max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                                     verbose=self.verbose)
+        generated = [parse_queries(QUERIES_PREFIX + c[0].text).queries for c in completions]
+        empty = [str(qid) for qid, queries in zip(frame["qid"], generated) if not queries]
+        if empty:
+            warnings.warn(f"QueryGenerator: the model wrote no search query for qid(s) {empty[:10]}"
+                          f"{' ...' if len(empty) > 10 else ''}; their question is used as the query.", stacklevel=2)
+        frame["query"] = [self._combined(q, g) for q, g in zip(questions, generated)]
+        frame["generated_queries"] = generated
+        return frame
+
+    def _combined(self, question: str, queries: list[str]) -> str:
+        if not queries:
+            return question
+        joined = " ".join(queries)
+        return joined if self.combine == "join" else f"{question} {joined}"
+
+    def __repr__(self) -> str:
+        args = [repr(self.model)] if self.model is not None else []
+        if self.adapter is not None:
+            args.append(f"adapter={self.adapter!r}")
+        if self.combine != "join":
+            args.append(f"combine={self.combine!r}")
+        return f"QueryGenerator({', '.join(args)})"
+
+    def schematic(self, *, input_columns=None) -> dict:
+        # help_url given, so that drawing a pipeline does not look the class up online.
+        return {"label": "QueryGenerator", "help_url": None}
