@@ -80,3 +80,16 @@ def script_model(tiny_model, tmp_path_factory):
 def vocabulary(tiny_model) -> Vocabulary:
     """The words of the synthetic task, in the tiny model's tokenizer."""
     return Vocabulary.of(AutoTokenizer.from_pretrained(tiny_model))
+
+
+@pytest.fixture(scope="session")
+def bright():
+    """irds:bright/leetcode and irds:bright/biology with their real queries and judgements, and
+    placeholder documents (see bright_home.py); returns leetcode."""
+    import pyterrier as pt
+
+    import bright_home
+
+    for domain in ("leetcode", "biology"):
+        bright_home.build(_IRDS_HOME, SHARED, domain, queries_with_documents=3)
+    return pt.get_dataset("irds:bright/leetcode")

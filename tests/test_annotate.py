@@ -6,7 +6,7 @@ import openai
 import pytest
 
 from openai_server import OpenAICompatibleServer
-from pyterrier_reasonrank.training.annotate import AnnotateConfig, annotate
+from pyterrier_reasonrank.training.annotation import AnnotateConfig, annotate
 from pyterrier_reasonrank.training.records import read_jsonl, usable_judgements
 from synthetic import make_pairs, teacher_answer
 

@@ -1,8 +1,5 @@
 """`reasonrank evaluate` and the evaluation API: vaswani and cranfield end to end, and BRIGHT's
 qrels and exclusions on its real queries and judgements (placeholder documents)."""
-import os
-from pathlib import Path
-
 import pandas as pd
 import pyterrier as pt
 import pytest
@@ -49,14 +46,6 @@ def test_the_cascade_keeps_the_full_depth(tiny_model):
     runs = evaluation.runs
     assert {len(run) for run in runs.values()} == {60}
     assert list(evaluation.table.dataset) == ["irds:cranfield"] * 2
-
-
-@pytest.fixture(scope="module")
-def bright():
-    home = Path(os.environ["IR_DATASETS_HOME"])
-    for domain in ("leetcode", "biology"):
-        bright_home.build(home, SHARED, domain, queries_with_documents=3)
-    return pt.get_dataset("irds:bright/leetcode")
 
 
 def test_bright_qrels_are_the_real_judgements_with_exclusions(bright):

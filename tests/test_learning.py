@@ -8,10 +8,10 @@ import pytest
 
 from openai_server import OpenAICompatibleServer
 from pyterrier_reasonrank import ReasonRanker
-from pyterrier_reasonrank.training.annotate import AnnotateConfig, annotate
-from pyterrier_reasonrank.training.distill import DistillConfig, distill
+from pyterrier_reasonrank.training.annotation import AnnotateConfig, annotate
+from pyterrier_reasonrank.training.distillation import DistillConfig, distill
 from pyterrier_reasonrank.training.records import read_jsonl
-from pyterrier_reasonrank.training.refine import RefineConfig, refine
+from pyterrier_reasonrank.training.refinement import RefineConfig, refine
 from pyterrier_reasonrank.training.student import StudentConfig
 from synthetic import make_pairs, ranking_task, teacher_answer
 

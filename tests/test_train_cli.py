@@ -84,10 +84,10 @@ def test_usage(capsys):
 
 @pytest.mark.parametrize("recipe", ["tiny-cpu.yaml", "paper-3b.yaml"])
 def test_shipped_recipes_parse(recipe):
-    from pyterrier_reasonrank.training.annotate import AnnotateConfig
-    from pyterrier_reasonrank.training.distill import DistillConfig
+    from pyterrier_reasonrank.training.annotation import AnnotateConfig
+    from pyterrier_reasonrank.training.distillation import DistillConfig
     from pyterrier_reasonrank.training.recipes import parse_configs, recipe_section
-    from pyterrier_reasonrank.training.refine import RefineConfig
+    from pyterrier_reasonrank.training.refinement import RefineConfig
     from pyterrier_reasonrank.training.student import StudentConfig
 
     path = str(RECIPES / recipe)

@@ -8,9 +8,9 @@ from trl import SFTTrainer
 
 from pyterrier_reasonrank.prompts import PromptEncoder
 from pyterrier_reasonrank.testing import build_tiny_reward_model
-from pyterrier_reasonrank.training.distill import DistillConfig, training_examples
+from pyterrier_reasonrank.training.distillation import DistillConfig, training_examples
 from pyterrier_reasonrank.training.recipes import RecipeError, parse_configs, recipe_section
-from pyterrier_reasonrank.training.refine import RefineConfig
+from pyterrier_reasonrank.training.refinement import RefineConfig
 from pyterrier_reasonrank.training.rewards import RewardModelReward, format_reward, label_reward, reward_functions
 from pyterrier_reasonrank.training.rwsft import RewardWeightedTrainer, min_max, weighted_examples
 from pyterrier_reasonrank.training.student import StudentConfig, load_student

@@ -10,13 +10,14 @@ import importlib
 
 _EXPORTS = {
     "SourceConfig": "sources", "candidate_pairs": "sources",
-    "AnnotateConfig": "annotate", "annotate": "annotate",
+    "AnnotateConfig": "annotation", "annotate": "annotation",
     "OpenAITeacher": "teachers", "LocalTeacher": "teachers",
     "StudentConfig": "student", "load_student": "student",
-    "DistillConfig": "distill", "distill": "distill",
-    "RefineConfig": "refine", "refine": "refine",
+    "DistillConfig": "distillation", "distill": "distillation",
+    "RefineConfig": "refinement", "refine": "refinement",
     "label_reward": "rewards", "format_reward": "rewards", "RewardModelReward": "rewards",
     "label_accuracy": "evaluation", "mean_reward": "evaluation",
+    "read_recipe": "recipes",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -29,6 +29,34 @@ class RecipeError(ValueError):
     """A recipe or command line that does not fit the configs."""
 
 
+COMMANDS = {"annotate": ("AnnotateConfig",), "distill": ("DistillConfig", "StudentConfig"),
+            "refine": ("RefineConfig", "StudentConfig")}
+"""Each command of ``reasonrank-train`` (a function of :mod:`pyterrier_reasonrank.training` of the
+same name) and the configs it takes."""
+
+
+def config_types(command: str) -> tuple:
+    """The dataclass configs a command takes."""
+    if command not in COMMANDS:
+        raise ValueError(f"unknown command {command!r}; one of {list(COMMANDS)}")
+    from pyterrier_reasonrank import training  # loads the (heavy) training stack on use
+
+    return tuple(getattr(training, name) for name in COMMANDS[command])
+
+
+def read_recipe(command: str, path: Optional[str], overrides: Sequence[str] = ()) -> tuple:
+    """The configs of ``command`` from its section of the recipe at ``path``, with command-line
+    style ``overrides`` (``["--learning_rate", "1e-4"]``) on top.
+
+    .. code-block:: python
+
+        config, student = read_recipe("distill", "training/configs/tiny-cpu.yaml", ["--num_train_epochs", "1"])
+        distill(config, student)
+    """
+    return parse_configs(config_types(command), recipe_section(path, command), overrides,
+                         where=f"the '{command}:' section of {path}")
+
+
 def valid_keys(config_types: Sequence[type]) -> list[str]:
     """Every field the configs take, sorted."""
     return sorted({f.name for config_type in config_types for f in dataclasses.fields(config_type) if f.init})
