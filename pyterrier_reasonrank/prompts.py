@@ -233,10 +233,19 @@ class PromptEncoder(_TemplateEncoder):
             document: The document text.
             hint: Text after the document, never truncated (a teacher's gold-label hint).
         """
-        document_ids = self.encode_text(document, self.max_doc_tokens)
+        return list(self.prefix(query) + self.suffix(document, hint))
+
+    def prefix(self, query: str) -> tuple[int, ...]:
+        """The start of the prompt, up to the document: the same for every document of a query."""
+        head, middle, _ = self._pieces
+        return tuple(head + self.encode_text(query, self.max_query_tokens) + middle)
+
+    def suffix(self, document: str, hint: Optional[str] = None) -> tuple[int, ...]:
+        """The rest of the prompt: the truncated document (and hint), then the response start."""
+        ids = self.encode_text(document, self.max_doc_tokens)
         if hint is not None:
-            document_ids += self.encode_text(f"\n\n{hint}")
-        return self._fill(self.encode_text(query, self.max_query_tokens), document_ids)
+            ids += self.encode_text(f"\n\n{hint}")
+        return tuple(ids + self._pieces[-1])
 
     def encode_response(self, explanation: str, label: int) -> list[int]:
         """Token ids of the response that follows :meth:`encode`'s prompt, as training targets.

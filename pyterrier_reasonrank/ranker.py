@@ -41,6 +41,10 @@ class ReasonRanker(pt.Transformer):
         max_doc_tokens: The document is cut to this many tokens. Instructions and the response
             marker are never cut.
         text_field: The input column holding the document text.
+        max_batch_tokens: Most tokens in a batch, counted as pairs x (longest prompt + explanation
+            budget), so that long documents make smaller batches. ``None``: only ``batch_size`` limits.
+        prefix_reuse: Compute the prompt prefix that the documents of a query share (instructions
+            and query) once per batch rather than once per document. Scores are the same either way.
         device: ``"cuda"``, ``"cpu"``, ... Default: CUDA when available.
         dtype: ``torch.dtype`` or its name. Default: bfloat16 on a GPU, float32 on CPU.
         verbose: Show a progress bar.
@@ -52,9 +56,9 @@ class ReasonRanker(pt.Transformer):
 
     def __init__(self, model: Optional[str] = None, *, adapter: Optional[str] = None, mode: Mode = "explain",
                  batch_size: int = 16, max_new_tokens: int = 128, max_query_tokens: int = 512,
-                 max_doc_tokens: int = 1024, text_field: str = "text",
-                 device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
-                 verbose: bool = False, trust_remote_code: bool = False):
+                 max_doc_tokens: int = 1024, text_field: str = "text", max_batch_tokens: Optional[int] = 65536,
+                 prefix_reuse: bool = True, device: Union[str, torch.device, None] = None,
+                 dtype: Union[str, torch.dtype, None] = None, verbose: bool = False, trust_remote_code: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens),
@@ -69,6 +73,8 @@ class ReasonRanker(pt.Transformer):
         self.max_query_tokens = max_query_tokens
         self.max_doc_tokens = max_doc_tokens
         self.text_field = text_field
+        self.max_batch_tokens = max_batch_tokens
+        self.prefix_reuse = prefix_reuse
         self.device = device
         self.dtype = dtype
         self.verbose = verbose
@@ -122,9 +128,11 @@ class ReasonRanker(pt.Transformer):
         queries = frame["query"].astype(str)
         documents = frame[self.text_field].where(~blank_text, "").astype(str)
         self.load()
-        prompts = [self._encoder.encode(q, d) for q, d in zip(queries, documents)]
+        prefixes = {query: self._encoder.prefix(query) for query in set(queries)}  # once per query
+        prompts = [(prefixes[q], self._encoder.suffix(d)) for q, d in zip(queries, documents)]
         judged = self._backend.judge(prompts, self._encoder, mode=self.mode, batch_size=self.batch_size,
-                                     max_new_tokens=self.max_new_tokens, verbose=self.verbose)
+                                     max_new_tokens=self.max_new_tokens, max_batch_tokens=self.max_batch_tokens,
+                                     prefix_reuse=self.prefix_reuse, verbose=self.verbose)
         frame = frame.assign(
             explanation=judged.explanations,
             label=scoring.most_probable_label(judged.probabilities),

@@ -232,3 +232,36 @@ def test_cascade_of_direct_then_explain(tiny_model):
     assert list(out.columns) == ["qid", "query", "docno", "text", *OUTPUT]
     assert len(out) == 6 and (out.explanation != "").all()
     assert set(out.docno) == set(direct[direct["rank"] < 3].docno)  # the explain stage saw the direct top 3
+
+
+@pytest.mark.parametrize("mode", ["explain", "direct"])
+def test_prefix_reuse_gives_the_same_scores_with_less_prefill(tiny_model, mode):
+    inp = pairs(3, 5)
+    inp["query"] = inp["query"] + " and why the moon matters so much for the sea level at the coast"
+    shared = ReasonRanker(str(tiny_model), mode=mode, batch_size=8, max_new_tokens=6).load()
+    computed = []
+    hook = shared._backend.model.register_forward_pre_hook(
+        lambda module, args, kwargs: computed.append(kwargs["input_ids"].numel()), with_kwargs=True)
+    try:
+        with_reuse = shared(inp)
+        prefill_with = computed[0] + computed[1]  # the first batch: its prefixes, then its suffixes
+        computed.clear()
+        without = ReasonRanker(str(tiny_model), mode=mode, batch_size=8, max_new_tokens=6, prefix_reuse=False)(inp)
+        prefill_without = computed[0]
+    finally:
+        hook.remove()
+    assert list(with_reuse.docno) == list(without.docno)
+    assert with_reuse.score.to_numpy() == pytest.approx(without.score.to_numpy(), abs=1e-5)
+    assert list(with_reuse.explanation) == list(without.explanation)
+    assert prefill_with < 0.7 * prefill_without
+
+
+def test_batches_keep_a_query_together_and_respect_the_token_budget():
+    from pyterrier_reasonrank.backends.hf import _batches
+
+    prompts = [((1, 2, 3), (9,) * 5), ((4, 5), (9,) * 2), ((1, 2, 3), (9,) * 7), ((4, 5), (9,) * 9),
+               ((1, 2, 3), (9,) * 1)]
+    assert _batches(prompts, batch_size=8, max_batch_tokens=None, budget=0) == [[2, 0, 4, 3, 1]]
+    assert _batches(prompts, batch_size=2, max_batch_tokens=None, budget=0) == [[2, 0], [4, 3], [1]]
+    # rows x (longest prompt + budget) <= 30: the longest (3 + 7 + 4 = 14) goes in pairs
+    assert _batches(prompts, batch_size=8, max_batch_tokens=30, budget=4) == [[2, 0], [4, 3], [1]]

@@ -41,8 +41,9 @@ def label_accuracy(model, tokenizer, records: Sequence[dict], *, label_source: s
     encoder = PromptEncoder(tokenizer, max_query_tokens=max_query_tokens, max_doc_tokens=max_doc_tokens)
     was_training = model.training
     model.eval()
-    judged = HFBackend(model, tokenizer).judge([encoder.encode(r["query"], r["text"]) for r, _ in pairs], encoder,
-                                               mode="explain", batch_size=batch_size, max_new_tokens=max_new_tokens)
+    prompts = [(encoder.prefix(r["query"]), encoder.suffix(r["text"])) for r, _ in pairs]
+    judged = HFBackend(model, tokenizer).judge(prompts, encoder, mode="explain", batch_size=batch_size,
+                                               max_new_tokens=max_new_tokens)
     model.train(was_training)
     targets = np.array([t for _, t in pairs])
     majority = Counter(targets.tolist()).most_common(1)[0][1] / len(targets)

@@ -147,7 +147,7 @@ class LocalTeacher:
               hints: Sequence[Optional[str]]) -> Iterator[tuple[int, dict]]:
         for start in range(0, len(queries), self.batch_size):
             batch = range(start, min(start + self.batch_size, len(queries)))
-            ids = [self._encoder.encode(queries[i], documents[i], hints[i]) for i in batch]
+            ids = [(self._encoder.prefix(queries[i]), self._encoder.suffix(documents[i], hints[i])) for i in batch]
             judged = self._backend.judge(ids, self._encoder, mode="explain", batch_size=self.batch_size,
                                          max_new_tokens=self.max_new_tokens)
             labels = most_probable_label(judged.probabilities)

@@ -30,7 +30,8 @@ class Backend(Protocol):
 
     tokenizer: object
 
-    def judge(self, prompts: Sequence[list[int]], encoder: PromptEncoder, *, mode: Mode, batch_size: int,
-              max_new_tokens: int, verbose: bool = False) -> Judgements:
-        """Judge each prompt (token ids ending with the response start for ``mode``)."""
+    def judge(self, prompts: Sequence[tuple[Sequence[int], Sequence[int]]], encoder: PromptEncoder, *, mode: Mode,
+              batch_size: int, max_new_tokens: int, verbose: bool = False, **options) -> Judgements:
+        """Judge each prompt, given as (prefix, suffix) token ids: the prefix (instructions and query)
+        is shared by the documents of a query, the suffix ends with the response start for ``mode``."""
         ...

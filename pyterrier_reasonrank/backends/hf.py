@@ -13,6 +13,9 @@ import pyterrier as pt
 import torch
 
 from ..prompts import Mode, PromptEncoder
+
+Prompt = tuple[Sequence[int], Sequence[int]]
+"""A prompt as (prefix, suffix) token ids: the prefix is shared by the documents of a query."""
 from ..scoring import label_probabilities
 from .base import Judgements
 
@@ -61,42 +64,71 @@ class HFBackend:
     def device(self) -> torch.device:
         return self.model.device
 
-    def judge(self, prompts: Sequence[list[int]], encoder: PromptEncoder, *, mode: Mode, batch_size: int,
-              max_new_tokens: int, verbose: bool = False) -> Judgements:
+    def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, batch_size: int,
+              max_new_tokens: int, max_batch_tokens: Optional[int] = None, prefix_reuse: bool = True,
+              verbose: bool = False) -> Judgements:
+        """Judge each prompt, given as (prefix, suffix) token ids — the prefix shared by the documents
+        of a query (see :meth:`PromptEncoder.prefix`).
+
+        Args:
+            prompts: The prompts, in the order the judgements are returned.
+            encoder: The encoder that made them (marker and label tokens).
+            mode: ``"explain"`` or ``"direct"``.
+            batch_size: Most prompts in a batch.
+            max_new_tokens: Explanation budget.
+            max_batch_tokens: Most tokens in a batch, counted as rows x (longest prompt + budget).
+            prefix_reuse: Compute a query's shared prefix once for all of its documents in a batch.
+            verbose: Show a progress bar.
+        """
         n = len(prompts)
         explanations = [""] * n
         probabilities = np.zeros((n, len(encoder.label_ids)))
         forced = np.zeros(n, dtype=bool)
-        # Longest first, so that batches hold prompts of similar length (little padding) and the
-        # first batch shows the peak memory.
-        order = sorted(range(n), key=lambda i: -len(prompts[i]))
-        batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        budget = 0 if mode == "direct" else max_new_tokens + len(encoder.forced_marker_ids)
         progress = pt.tqdm(total=n, desc="ReasonRanker", unit="doc", disable=not verbose)
-        for batch in batches:
-            ids = [prompts[i] for i in batch]
+        for batch in _batches(prompts, batch_size, max_batch_tokens, budget):
+            logits, cache, mask, last_position = self._prefill([prompts[i] for i in batch], prefix_reuse)
             if mode == "direct":
-                label_logits = self._label_logits(ids, encoder)
-                batch_explanations, batch_forced = [""] * len(batch), [False] * len(batch)
+                label_logits = logits[:, encoder.label_ids]
             else:
-                batch_explanations, label_logits, batch_forced = self._explain(ids, encoder, max_new_tokens)
+                batch_explanations, label_logits, batch_forced = self._explain(
+                    logits, cache, mask, last_position, encoder, max_new_tokens)
+                forced[batch] = batch_forced
+                for i, text in zip(batch, batch_explanations):
+                    explanations[i] = text
             probabilities[batch] = label_probabilities(label_logits)
-            forced[batch] = batch_forced
-            for i, text in zip(batch, batch_explanations):
-                explanations[i] = text
             progress.update(len(batch))
         progress.close()
         return Judgements(explanations, probabilities, forced)
 
-    def _prefill(self, ids: list[list[int]]):
-        """One forward pass over left-padded prompts; returns last-position logits, cache, mask, positions."""
+    @torch.inference_mode()
+    def _prefill(self, prompts: list[Prompt], prefix_reuse: bool):
+        """The forward pass over a batch of prompts: last-position logits, cache, mask and positions.
+
+        With prefix reuse, and when some rows share a prefix, each distinct prefix is computed once
+        and its key/value cache copied to the rows that share it; their suffixes then follow, each
+        left-padded within the suffix block (the mask hides the padding, the positions skip it).
+        """
+        prefixes = list(dict.fromkeys(prefix for prefix, _ in prompts))
+        if not prefix_reuse or len(prefixes) == len(prompts):
+            return self._forward([list(prefix) + list(suffix) for prefix, suffix in prompts])
+        _, cache, prefix_mask, _ = self._forward([list(prefix) for prefix in prefixes])
+        index = {prefix: k for k, prefix in enumerate(prefixes)}
+        row_prefix = torch.tensor([index[prefix] for prefix, _ in prompts], device=self.device)
+        cache.batch_select_indices(row_prefix)
+        return self._forward([list(suffix) for _, suffix in prompts], cache=cache, past_mask=prefix_mask[row_prefix])
+
+    def _forward(self, ids: list[list[int]], *, cache=None, past_mask: Optional[torch.Tensor] = None):
         input_ids, mask = self._left_pad(ids, max(len(x) for x in ids))
-        # Explicit positions, so that left padding does not shift them.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         logits_to_keep=1)
+        if past_mask is not None:
+            mask = torch.cat([past_mask, mask], dim=1)
+        # Explicit positions, so that padding does not shift them.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float(), out.past_key_values, mask, positions[:, -1]
 
-    def _left_pad(self, ids: Sequence[list[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _left_pad(self, ids: Sequence[Sequence[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
         input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(ids), width), dtype=torch.long)
         for row, x in enumerate(ids):
@@ -105,14 +137,9 @@ class HFBackend:
         return input_ids.to(self.device), mask.to(self.device)
 
     @torch.inference_mode()
-    def _label_logits(self, ids: list[list[int]], encoder: PromptEncoder) -> torch.Tensor:
-        logits, _, _, _ = self._prefill(ids)
-        return logits[:, encoder.label_ids]
-
-    @torch.inference_mode()
-    def _explain(self, ids: list[list[int]], encoder: PromptEncoder, max_new_tokens: int):
-        logits, cache, mask, last_position = self._prefill(ids)
-        n = len(ids)
+    def _explain(self, logits, cache, mask, last_position, encoder: PromptEncoder, max_new_tokens: int):
+        """Greedy decoding from a prefilled batch until each row has written (or been given) the marker."""
+        n = len(logits)
         marker = encoder.marker_ids
         generated: list[list[int]] = [[] for _ in range(n)]
         to_append: list[list[int]] = [[] for _ in range(n)]  # marker tokens still to feed, when forced
@@ -192,6 +219,26 @@ class HFBackend:
                 results.append(samples)
         self.model.train(was_training)
         return results
+
+def _batches(prompts: Sequence[Prompt], batch_size: int, max_batch_tokens: Optional[int],
+             budget: int) -> list[list[int]]:
+    """Batches of prompt indices: a query's documents together (so their prefix can be shared),
+    queries and documents longest first (so a batch pads little, and the first shows the peak
+    memory), each batch at most ``batch_size`` rows and ``max_batch_tokens`` tokens."""
+    order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i][0]), prompts[i][0], -len(prompts[i][1])))
+    batches: list[list[int]] = []
+    width = 0
+    for i in order:
+        length = len(prompts[i][0]) + len(prompts[i][1]) + budget
+        if batches and len(batches[-1]) < batch_size and \
+                (max_batch_tokens is None or (len(batches[-1]) + 1) * max(width, length) <= max_batch_tokens):
+            batches[-1].append(i)
+            width = max(width, length)
+        else:
+            batches.append([i])
+            width = length
+    return batches
+
 
 def _marker_started(generated: list[int], marker: list[int]) -> int:
     """How many leading tokens of the marker ``generated`` ends with (0 if it ends with none)."""
