@@ -9,11 +9,13 @@ import pyterrier as pt
 import torch
 
 from . import scoring
-from .backends import hf
+from .backends import hf, openai
+from .backends.hf import DEFAULT_MODEL
 from .display import ReasonRankResults
 from .prompts import MODES, Mode, PromptEncoder
 
 OUTPUT_COLUMNS = ["explanation", "label", "score", "forced", "rank"]
+BACKENDS = ("transformers", "openai")
 
 
 class ReasonRanker(pt.Transformer):
@@ -47,6 +49,14 @@ class ReasonRanker(pt.Transformer):
             and query) once per batch rather than once per document. Scores are the same either way.
         device: ``"cuda"``, ``"cpu"``, ... Default: CUDA when available.
         dtype: ``torch.dtype`` or its name. Default: bfloat16 on a GPU, float32 on CPU.
+        backend: ``"transformers"`` (the model runs here) or ``"openai"``: the model is served by an
+            OpenAI-compatible server with vLLM's completions API (``vllm serve <model>
+            --enable-prefix-caching``); ``model`` is then the name it is served under, and the key,
+            if the server needs one, comes from ``$OPENAI_API_KEY``.
+        base_url: The server for ``backend="openai"``, e.g. ``"http://localhost:8000/v1"``
+            (default: ``$OPENAI_BASE_URL``).
+        tokenizer: For ``backend="openai"``: where the model's tokenizer is (default: ``model``).
+        concurrency: For ``backend="openai"``: pairs in flight.
         verbose: Show a progress bar.
         trust_remote_code: Allow the model's own code from its repository to run. Off unless you
             trust the repository.
@@ -58,9 +68,13 @@ class ReasonRanker(pt.Transformer):
                  batch_size: int = 16, max_new_tokens: int = 128, max_query_tokens: int = 512,
                  max_doc_tokens: int = 1024, text_field: str = "text", max_batch_tokens: Optional[int] = 65536,
                  prefix_reuse: bool = True, device: Union[str, torch.device, None] = None,
-                 dtype: Union[str, torch.dtype, None] = None, verbose: bool = False, trust_remote_code: bool = False):
+                 dtype: Union[str, torch.dtype, None] = None, backend: str = "transformers",
+                 base_url: Optional[str] = None, tokenizer: Optional[str] = None, concurrency: int = 32,
+                 verbose: bool = False, trust_remote_code: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens),
                             ("max_query_tokens", max_query_tokens), ("max_doc_tokens", max_doc_tokens)):
             if not isinstance(value, int) or value < 1:
@@ -77,6 +91,10 @@ class ReasonRanker(pt.Transformer):
         self.prefix_reuse = prefix_reuse
         self.device = device
         self.dtype = dtype
+        self.backend = backend
+        self.base_url = base_url
+        self.tokenizer = tokenizer
+        self.concurrency = concurrency
         self.verbose = verbose
         self.trust_remote_code = trust_remote_code
         self._backend = None
@@ -90,8 +108,12 @@ class ReasonRanker(pt.Transformer):
             ValueError: The tokenizer does not write each label as a single token.
         """
         if self._backend is None:
-            backend = hf.load(self.model, adapter=self.adapter, device=self.device, dtype=self.dtype,
-                              trust_remote_code=self.trust_remote_code)
+            if self.backend == "openai":
+                backend = openai.load(self.model or DEFAULT_MODEL, tokenizer=self.tokenizer, base_url=self.base_url,
+                                      concurrency=self.concurrency, trust_remote_code=self.trust_remote_code)
+            else:
+                backend = hf.load(self.model, adapter=self.adapter, device=self.device, dtype=self.dtype,
+                                  trust_remote_code=self.trust_remote_code)
             self._encoder = PromptEncoder(backend.tokenizer, self.mode, max_query_tokens=self.max_query_tokens,
                                           max_doc_tokens=self.max_doc_tokens)
             self._backend = backend
@@ -148,6 +170,8 @@ class ReasonRanker(pt.Transformer):
         if self.adapter is not None:
             args.append(f"adapter={self.adapter!r}")
         args.append(f"mode={self.mode!r}")
+        if self.backend != "transformers":
+            args.append(f"backend={self.backend!r}")
         return f"ReasonRanker({', '.join(args)})"
 
     def schematic(self, *, input_columns=None) -> dict:

@@ -7,14 +7,12 @@ not in the format (such a record is kept, counted, and never trained on).
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Callable, Iterator, Optional, Sequence
 
 from pyterrier_reasonrank import prompts
 from pyterrier_reasonrank.backends import hf
+from pyterrier_reasonrank.backends.openai import bounded_map, openai_client
 from pyterrier_reasonrank.scoring import most_probable_label
-
 
 
 def judgement_fields(text: str) -> dict:
@@ -59,16 +57,12 @@ class OpenAITeacher:
     def __init__(self, model: str, *, base_url: Optional[str] = None, api_key: Optional[str] = None,
                  concurrency: int = 16, max_retries: int = 6, timeout: float = 120.0, temperature: float = 0.0,
                  max_tokens: int = 512, max_doc_chars: int = 8000):
-        from openai import OpenAI
-
         self.name = model
         self.concurrency = concurrency
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.max_doc_chars = max_doc_chars
-        self._client = OpenAI(base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None,
-                              api_key=api_key or os.environ.get("OPENAI_API_KEY") or "no-key",
-                              max_retries=max_retries, timeout=timeout)
+        self._client = openai_client(base_url, api_key, max_retries=max_retries, timeout=timeout)
 
     def judge(self, queries: Sequence[str], documents: Sequence[str],
               hints: Sequence[Optional[str]]) -> Iterator[tuple[int, dict]]:
@@ -80,35 +74,13 @@ class OpenAITeacher:
         return self._answers([prompts.query_messages(q) for q in questions], query_fields)
 
     def _answers(self, conversations: list[list[dict]], to_fields: Callable[[str], dict]) -> Iterator[tuple[int, dict]]:
-        for index, text in _bounded_map(self._complete, conversations, self.concurrency):
+        for index, text in bounded_map(self._complete, conversations, self.concurrency):
             yield index, to_fields(text)
 
     def _complete(self, messages: list[dict]) -> str:
         response = self._client.chat.completions.create(model=self.name, messages=messages,
                                                         temperature=self.temperature, max_tokens=self.max_tokens)
         return response.choices[0].message.content or ""
-
-
-def _bounded_map(fn: Callable, items: Sequence, concurrency: int) -> Iterator[tuple[int, object]]:
-    """``(index, fn(item))`` in completion order, with at most ``2 * concurrency`` calls pending; the
-    first error cancels what has not started and is raised."""
-    pending = {}
-    queue = iter(enumerate(items))
-    with ThreadPoolExecutor(concurrency) as pool:
-        try:
-            while True:
-                for index, item in queue:
-                    pending[pool.submit(fn, item)] = index
-                    if len(pending) >= 2 * concurrency:
-                        break
-                if not pending:
-                    return
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    yield pending.pop(future), future.result()
-        finally:
-            for future in pending:
-                future.cancel()
 
 
 class LocalTeacher:

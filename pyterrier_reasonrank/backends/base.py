@@ -35,3 +35,12 @@ class Backend(Protocol):
         """Judge each prompt, given as (prefix, suffix) token ids: the prefix (instructions and query)
         is shared by the documents of a query, the suffix ends with the response start for ``mode``."""
         ...
+
+
+def marker_started(generated: Sequence[int], marker: Sequence[int]) -> int:
+    """How many leading tokens of the marker, short of all of them, ``generated`` ends with (0 if none):
+    a marker the model had started when it had to stop."""
+    for k in range(len(marker) - 1, 0, -1):
+        if list(generated[-k:]) == list(marker[:k]):
+            return k
+    return 0

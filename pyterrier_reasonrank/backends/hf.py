@@ -17,7 +17,7 @@ from ..prompts import Mode, PromptEncoder
 Prompt = tuple[Sequence[int], Sequence[int]]
 """A prompt as (prefix, suffix) token ids: the prefix is shared by the documents of a query."""
 from ..scoring import label_probabilities
-from .base import Judgements
+from .base import Judgements, marker_started
 
 
 @dataclass
@@ -156,7 +156,7 @@ class HFBackend:
                         step.append(token)
                         continue
                     forced[i] = True
-                    started = _marker_started(generated[i], marker)
+                    started = marker_started(generated[i], marker)
                     explanation_end[i] = len(generated[i]) - started
                     to_append[i] = marker[started:] if started else list(encoder.forced_marker_ids)
                 token = to_append[i].pop(0)
@@ -238,14 +238,6 @@ def _batches(prompts: Sequence[Prompt], batch_size: int, max_batch_tokens: Optio
             batches.append([i])
             width = length
     return batches
-
-
-def _marker_started(generated: list[int], marker: list[int]) -> int:
-    """How many leading tokens of the marker ``generated`` ends with (0 if it ends with none)."""
-    for k in range(len(marker) - 1, 0, -1):
-        if generated[-k:] == marker[:k]:
-            return k
-    return 0
 
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"

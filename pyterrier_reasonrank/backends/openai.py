@@ -1,0 +1,157 @@
+"""The OpenAI-compatible backend: the student served by vLLM (or any server with vLLM's
+completions API), for throughput and scale-out.
+
+Serve the student, for instance::
+
+    vllm serve Qwen/Qwen2.5-1.5B-Instruct --enable-prefix-caching
+    vllm serve meta-llama/Llama-3.2-3B-Instruct --enable-lora --lora-modules student=runs/paper-3b/refine \\
+        --enable-prefix-caching --tensor-parallel-size 2
+
+and re-rank with ``ReasonRanker(backend="openai", base_url="http://localhost:8000/v1", model=...)``.
+
+Prompts go to the completions API as token ids, built by the same prompt encoder as the local
+backend (so truncation and injection rules are the same). Explain mode asks for the explanation
+greedily, stopping at the label marker (``stop`` with ``include_stop_str_in_output``, and the
+generated token ids via ``return_tokens_as_token_ids``); direct mode skips that. The label
+distribution is then read exactly: one request echoes the context followed by each label token and
+returns their log-probabilities (``echo`` with ``logprobs``). A response that runs out of budget or
+leaves the format gets the marker appended, and is marked ``forced`` — as locally.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import pyterrier as pt
+import torch
+
+from ..prompts import LABEL_MARKER, Mode, PromptEncoder
+from ..scoring import label_probabilities
+from .base import Judgements, marker_started
+
+
+def openai_client(base_url: Optional[str] = None, api_key: Optional[str] = None, *, max_retries: int = 6,
+                  timeout: float = 120.0):
+    """An ``openai`` client for an OpenAI-compatible endpoint. ``base_url`` defaults to
+    ``$OPENAI_BASE_URL`` and the key to ``$OPENAI_API_KEY`` (a placeholder for local servers that
+    need none). The client retries rate limits, server errors and dropped connections with
+    exponential backoff."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None,
+                  api_key=api_key or os.environ.get("OPENAI_API_KEY") or "no-key", max_retries=max_retries,
+                  timeout=timeout)
+
+
+def bounded_map(fn: Callable, items: Sequence, concurrency: int) -> Iterator[tuple[int, object]]:
+    """``(index, fn(item))`` in completion order, at most ``2 * concurrency`` calls pending; the
+    first error cancels what has not started and is raised."""
+    pending = {}
+    queue = iter(enumerate(items))
+    with ThreadPoolExecutor(concurrency) as pool:
+        try:
+            while True:
+                for index, item in queue:
+                    pending[pool.submit(fn, item)] = index
+                    if len(pending) >= 2 * concurrency:
+                        break
+                if not pending:
+                    return
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield pending.pop(future), future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+class OpenAIBackend:
+    """Judges prompts with a model behind an OpenAI-compatible completions endpoint (vLLM).
+
+    Args:
+        model: The model name the server serves.
+        tokenizer: The model's tokenizer (to encode prompts as the server's model would).
+        base_url: The endpoint, e.g. ``"http://localhost:8000/v1"`` (default: ``$OPENAI_BASE_URL``).
+        concurrency: Pairs in flight.
+        max_retries: Retries per request.
+        timeout: Seconds per request.
+    """
+
+    def __init__(self, model: str, tokenizer, *, base_url: Optional[str] = None, concurrency: int = 32,
+                 max_retries: int = 6, timeout: float = 120.0):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.concurrency = concurrency
+        self._client = openai_client(base_url, max_retries=max_retries, timeout=timeout)
+        self._stop_ids = frozenset(tokenizer.all_special_ids)
+
+    def judge(self, prompts: Sequence[tuple[Sequence[int], Sequence[int]]], encoder: PromptEncoder, *, mode: Mode,
+              batch_size: int, max_new_tokens: int, verbose: bool = False, **options) -> Judgements:
+        n = len(prompts)
+        explanations = [""] * n
+        label_logprobs = torch.empty((n, len(encoder.label_ids)), dtype=torch.float64)
+        forced = np.zeros(n, dtype=bool)
+
+        def one(prompt) -> tuple[str, list[float], bool]:
+            ids = list(prompt[0]) + list(prompt[1])
+            if mode == "direct":
+                return "", self._label_logprobs(ids, encoder), False
+            explanation, context, was_forced = self._explain(ids, encoder, max_new_tokens)
+            return explanation, self._label_logprobs(context, encoder), was_forced
+
+        with pt.tqdm(total=n, desc="ReasonRanker", unit="doc", disable=not verbose) as progress:
+            for i, (explanation, logprobs, was_forced) in bounded_map(one, prompts, self.concurrency):
+                explanations[i], forced[i] = explanation, was_forced
+                label_logprobs[i] = torch.tensor(logprobs, dtype=torch.float64)
+                progress.update(1)
+        return Judgements(explanations, label_probabilities(label_logprobs), forced)
+
+    def _explain(self, ids: list[int], encoder: PromptEncoder, max_new_tokens: int) -> tuple[str, list[int], bool]:
+        """The explanation, the context up to the label position, and whether the marker was forced."""
+        response = self._client.completions.create(
+            model=self.model, prompt=ids, max_tokens=max_new_tokens, temperature=0.0, stop=[LABEL_MARKER], logprobs=1,
+            extra_body={"include_stop_str_in_output": True, "return_tokens_as_token_ids": True,
+                        "skip_special_tokens": False})
+        choice = response.choices[0]
+        generated = [int(token.split(":", 1)[1]) for token in choice.logprobs.tokens]
+        marker = encoder.marker_ids
+        natural = choice.text.rstrip().endswith(LABEL_MARKER)
+        while generated and generated[-1] in self._stop_ids:
+            generated.pop()
+        if natural:
+            # The server stops at the marker's text, which may end inside its last tokens.
+            ending = [] if generated[-len(marker):] == marker else marker[marker_started(generated, marker):]
+            explanation = choice.text.rstrip()[:-len(LABEL_MARKER)]
+            return explanation.strip(), ids + generated + ending, False
+        started = marker_started(generated, marker)
+        ending = marker[started:] if started else list(encoder.forced_marker_ids)
+        explanation = self.tokenizer.decode(generated[:len(generated) - started], skip_special_tokens=True)
+        return explanation.strip(), ids + generated + ending, True
+
+    def _label_logprobs(self, context: list[int], encoder: PromptEncoder) -> list[float]:
+        """log p(label | context) for each label, from one request echoing context + label."""
+        response = self._client.completions.create(
+            model=self.model, prompt=[context + [label] for label in encoder.label_ids], max_tokens=1,
+            temperature=0.0, echo=True, logprobs=1)
+        choices = sorted(response.choices, key=lambda choice: choice.index)
+        return [choice.logprobs.token_logprobs[len(context)] for choice in choices]
+
+
+def load(model: str, *, tokenizer: Optional[str] = None, base_url: Optional[str] = None, concurrency: int = 32,
+         trust_remote_code: bool = False) -> OpenAIBackend:
+    """An :class:`OpenAIBackend` for ``model`` as the server names it, with the tokenizer from
+    ``tokenizer`` (a Hub id or directory; default: ``model``).
+
+    Raises:
+        ModelNotFoundError: The tokenizer could not be found.
+    """
+    from transformers import AutoTokenizer
+
+    from .hf import clear_load_errors
+
+    source = tokenizer or model
+    with clear_load_errors("tokenizer", source):
+        loaded = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    return OpenAIBackend(model, loaded, base_url=base_url, concurrency=concurrency)

@@ -1,0 +1,41 @@
+"""ReasonRanker's OpenAI-compatible backend against a loopback server running the same tiny model:
+the scores, explanations and forced labels agree with the local backend."""
+import pandas as pd
+import pytest
+
+from pyterrier_reasonrank import ReasonRanker
+from test_ranker import EXPLAINS, LABEL_LOGITS, expected_score, pairs
+from vllm_server import CompletionsServer
+
+
+def remote(path, server, **options):
+    return ReasonRanker("served-name", backend="openai", base_url=server.base_url, tokenizer=str(path),
+                        concurrency=4, **options)
+
+
+@pytest.mark.parametrize("mode", ["explain", "direct"])
+def test_remote_scores_match_local_scores(tiny_model, mode):
+    inp = pairs(2, 4)
+    local = ReasonRanker(str(tiny_model), mode=mode, max_new_tokens=8)(inp)
+    with CompletionsServer(str(tiny_model), fail_first=2) as server:
+        served = remote(tiny_model, server, mode=mode, max_new_tokens=8)(inp)
+    assert list(served.docno) == list(local.docno)
+    assert served.score.to_numpy() == pytest.approx(local.score.to_numpy(), abs=1e-4)
+    assert list(served.label) == list(local.label) and list(served.forced) == list(local.forced)
+    assert list(served.explanation) == list(local.explanation)
+    assert all(r["model"] == "served-name" for r in server.requests)
+    assert len(server.requests) == 2 + (16 if mode == "explain" else 8)  # 2 retried after a 503
+
+
+def test_a_marker_the_model_writes_is_not_forced(script_model):
+    path = script_model(EXPLAINS, LABEL_LOGITS)
+    with CompletionsServer(str(path)) as server:
+        out = remote(path, server, max_new_tokens=16)(pairs(1, 3))
+    assert not out.forced.any() and (out.explanation == "the").all()
+    assert out.score.tolist() == pytest.approx([expected_score(LABEL_LOGITS)] * 3, abs=1e-6)
+
+
+def test_empty_input_needs_no_server():
+    ranker = ReasonRanker("m", backend="openai", base_url="http://127.0.0.1:9/v1")
+    assert len(ranker(pd.DataFrame(columns=["qid", "query", "docno", "text"]))) == 0
+    assert repr(ranker) == "ReasonRanker('m', mode='explain', backend='openai')"
