@@ -1,6 +1,6 @@
 """pyterrier-reasonrank: a small generative model as a reasoning re-ranker for PyTerrier."""
 from . import prompts
-from .backends.hf import DEFAULT_MODEL, ModelNotFoundError
+from .backends.hf import DEFAULT_MODEL, ModelNotFoundError, PickleCheckpointError
 from .display import ReasonRankResults, explanations_html, write_report
 from .query_generator import QueryGenerator
 from .ranker import ReasonRanker
@@ -8,4 +8,4 @@ from .ranker import ReasonRanker
 __version__ = "0.1.0"
 
 __all__ = ["ReasonRanker", "QueryGenerator", "ReasonRankResults", "explanations_html", "write_report",
-           "DEFAULT_MODEL", "ModelNotFoundError", "prompts", "__version__"]
+           "DEFAULT_MODEL", "ModelNotFoundError", "PickleCheckpointError", "prompts", "__version__"]

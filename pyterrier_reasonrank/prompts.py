@@ -62,6 +62,14 @@ QUERY_INSTRUCTIONS = (
 _QUERY_SLOT = "[[REASONRANK_QUERY]]"
 _DOCUMENT_SLOT = "[[REASONRANK_DOCUMENT]]"
 _QUESTION_SLOT = "[[REASONRANK_QUESTION]]"
+# Characters kept per wanted token before a long text is tokenized: tokens average about four
+# characters, so the cut keeps about twice the tokens wanted, and the tokens before the cut word
+# are those of the whole text.
+_CHARS_PER_TOKEN = 8
+_TOKENIZE_SLICE = 256
+
+Prompt = tuple[tuple[int, ...], tuple[int, ...]]
+"""A prompt as (prefix, suffix) token ids: the prefix is shared by the documents of a query."""
 
 
 def user_message(query: str, document: str, hint: Optional[str] = None) -> str:
@@ -181,7 +189,32 @@ class _TemplateEncoder:
 
     def encode_text(self, text: str, max_tokens: Optional[int] = None) -> list[int]:
         """Token ids of user text, cut to ``max_tokens``; special-token strings in it stay plain text."""
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"][:max_tokens]
+        return self.encode_texts([text], max_tokens)[0]
+
+    def encode_texts(self, texts: Sequence[str], max_tokens: Optional[int] = None) -> list[list[int]]:
+        """:meth:`encode_text` for many texts at once (the tokenizer works through a batch in parallel).
+
+        A text far longer than ``max_tokens`` is cut to ``max_tokens * 8`` characters before
+        tokenizing, so that a megabyte document costs what its opening costs; one whose cut leaves
+        fewer than ``max_tokens`` tokens is tokenized whole, so nothing is lost.
+        """
+        def tokenize(batch: Sequence[str]) -> list[list[int]]:
+            # In slices: the tokenizer's own output (tokens, offsets) is many times the size of the ids.
+            ids = []
+            for start in range(0, len(batch), _TOKENIZE_SLICE):
+                ids += self.tokenizer([_encodable(text) for text in batch[start:start + _TOKENIZE_SLICE]],
+                                      add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            return ids
+
+        if max_tokens is None:
+            return tokenize(texts)
+        heads = [text[:max_tokens * _CHARS_PER_TOKEN] for text in texts]
+        ids = tokenize(heads)
+        short = [i for i, (text, head) in enumerate(zip(texts, heads)) if len(head) < len(text) and
+                 len(ids[i]) < max_tokens]
+        for i, whole in zip(short, tokenize([texts[i] for i in short])):
+            ids[i] = whole
+        return [x[:max_tokens] for x in ids]
 
     def _fill(self, *texts: list[int]) -> list[int]:
         ids = list(self._pieces[0])
@@ -237,15 +270,31 @@ class PromptEncoder(_TemplateEncoder):
 
     def prefix(self, query: str) -> tuple[int, ...]:
         """The start of the prompt, up to the document: the same for every document of a query."""
-        head, middle, _ = self._pieces
-        return tuple(head + self.encode_text(query, self.max_query_tokens) + middle)
+        return self.prompts([query], [""])[0][0]
 
     def suffix(self, document: str, hint: Optional[str] = None) -> tuple[int, ...]:
         """The rest of the prompt: the truncated document (and hint), then the response start."""
-        ids = self.encode_text(document, self.max_doc_tokens)
-        if hint is not None:
-            ids += self.encode_text(f"\n\n{hint}")
-        return tuple(ids + self._pieces[-1])
+        return self.prompts([""], [document], [hint])[0][1]
+
+    def prompts(self, queries: Sequence[str], documents: Sequence[str],
+                hints: Optional[Sequence[Optional[str]]] = None) -> list[Prompt]:
+        """The prompts of many pairs as (:meth:`prefix`, :meth:`suffix`) token ids, tokenized in
+        batches, each distinct query once.
+
+        Args:
+            queries: The query of each pair.
+            documents: The document text of each pair.
+            hints: Text after each document, never truncated (a teacher's gold-label hint), or ``None``.
+        """
+        head, middle, tail = self._pieces
+        distinct = list(dict.fromkeys(queries))
+        prefixes = {query: tuple(head + ids + middle)
+                    for query, ids in zip(distinct, self.encode_texts(distinct, self.max_query_tokens))}
+        hint_ids = {hint: self.encode_text(f"\n\n{hint}") for hint in set(hints or ()) if hint is not None}
+        bodies = self.encode_texts(documents, self.max_doc_tokens)
+        hints = hints if hints is not None else [None] * len(bodies)
+        return [(prefixes[query], tuple(body + hint_ids.get(hint, []) + tail))
+                for query, body, hint in zip(queries, bodies, hints)]
 
     def encode_response(self, explanation: str, label: int) -> list[int]:
         """Token ids of the response that follows :meth:`encode`'s prompt, as training targets.
@@ -288,6 +337,11 @@ class QueryPromptEncoder(_TemplateEncoder):
         """Token ids of the response listing ``queries``, as training targets."""
         text = format_queries(queries)[len(QUERIES_PREFIX):]
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] + self.end_ids
+
+
+def _encodable(text: str) -> str:
+    """The text with lone surrogates (from broken JSON escapes, say), which no tokenizer accepts, as "?"."""
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _render(tokenizer, turns: list[dict[str, str]], slots: Sequence[str]) -> list[str]:

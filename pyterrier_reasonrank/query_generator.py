@@ -10,6 +10,7 @@ import torch
 
 from .backends import hf
 from .prompts import QUERIES_PREFIX, QueryPromptEncoder, parse_queries
+from .validation import as_text, require_text
 
 COMBINATIONS = ("join", "question+join")
 
@@ -69,7 +70,8 @@ class QueryGenerator(pt.Transformer):
         frame = pt.model.push_queries(inp.reset_index(drop=True))
         if len(frame) == 0:
             return frame.assign(query=pd.Series(dtype=object), generated_queries=pd.Series(dtype=object))
-        questions = frame["query_0"].fillna("").astype(str).tolist()
+        require_text(frame, "query_0", who="QueryGenerator", what="question")
+        questions = as_text(frame["query_0"])
         backend = hf.load(self.model, adapter=self.adapter, device=self.device, dtype=self.dtype,
                           trust_remote_code=self.trust_remote_code)
         encoder = QueryPromptEncoder(backend.tokenizer, max_question_tokens=self.max_question_tokens)

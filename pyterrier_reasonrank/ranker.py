@@ -4,6 +4,7 @@ from __future__ import annotations
 import warnings
 from typing import Optional, Union
 
+import numpy as np
 import pandas as pd
 import pyterrier as pt
 import torch
@@ -12,9 +13,12 @@ from . import scoring
 from .backends import hf, openai
 from .backends.hf import DEFAULT_MODEL
 from .display import ReasonRankResults
-from .prompts import MODES, Mode, PromptEncoder
+from .prompts import LABELS, MODES, Mode, PromptEncoder
+from .validation import as_text, is_blank, require_text
 
 OUTPUT_COLUMNS = ["explanation", "label", "score", "forced", "rank"]
+CHUNK_PAIRS = 512
+"""Pairs encoded and judged at a time (at least four batches)."""
 BACKENDS = ("transformers", "openai")
 
 
@@ -138,32 +142,54 @@ class ReasonRanker(pt.Transformer):
             empty = frame.assign(explanation=pd.Series(dtype=object), label=pd.Series(dtype="int64"),
                                  score=pd.Series(dtype="float64"), forced=pd.Series(dtype=bool))
             return ReasonRankResults(pt.model.add_ranks(empty))
-        blank_query = _is_blank(frame["query"])
-        if blank_query.any():
-            qids = list(dict.fromkeys(frame.loc[blank_query, "qid"].astype(str)))
-            raise ValueError(f"ReasonRanker: the query is missing or empty for qid(s) {qids[:10]}")
-        blank_text = _is_blank(frame[self.text_field])
+        require_text(frame, "query", who="ReasonRanker", what="query")
+        texts_per_qid = frame.groupby(frame["qid"].astype(str), sort=False)["query"].nunique()
+        if (texts_per_qid > 1).any():
+            qids = texts_per_qid.index[texts_per_qid > 1].tolist()
+            raise ValueError(f"ReasonRanker: qid(s) {qids[:10]} have more than one query text; each qid's documents "
+                             "are ranked against one query, so give each query its own qid")
+        blank_text = is_blank(frame[self.text_field])
         if blank_text.any():
             warnings.warn(f"ReasonRanker: {int(blank_text.sum())} of {len(frame)} documents have no text (NaN, None "
                           f"or empty) in column {self.text_field!r} and are judged as empty documents; load the "
                           "text first, e.g. with pt.text.get_text(dataset, 'text').", stacklevel=2)
-        queries = frame["query"].astype(str)
-        documents = frame[self.text_field].where(~blank_text, "").astype(str)
         self.load()
-        prefixes = {query: self._encoder.prefix(query) for query in set(queries)}  # once per query
-        prompts = [(prefixes[q], self._encoder.suffix(d)) for q, d in zip(queries, documents)]
-        judged = self._backend.judge(prompts, self._encoder, mode=self.mode, batch_size=self.batch_size,
-                                     max_new_tokens=self.max_new_tokens, max_batch_tokens=self.max_batch_tokens,
-                                     prefix_reuse=self.prefix_reuse, verbose=self.verbose)
+        documents = np.array(as_text(frame[self.text_field]), dtype=object)
+        documents[blank_text.to_numpy()] = ""
+        explanations, probabilities, forced = self._judge(np.array(as_text(frame["query"]), dtype=object), documents)
         frame = frame.assign(
-            explanation=judged.explanations,
-            label=scoring.most_probable_label(judged.probabilities),
-            score=scoring.expected_label(judged.probabilities),
-            forced=judged.forced,
+            explanation=explanations,
+            label=scoring.most_probable_label(probabilities),
+            score=scoring.expected_label(probabilities),
+            forced=forced,
         )
         # add_ranks breaks ties by frame order, which is still the input order here.
         frame = pt.model.add_ranks(frame)
         return ReasonRankResults(frame.sort_values(["qid", "rank"], kind="stable", ignore_index=True))
+
+    def _judge(self, queries: np.ndarray, documents: np.ndarray):
+        """Explanations, label probabilities and forced flags, in input order.
+
+        The pairs are encoded and judged a chunk at a time, a query's documents together, so that
+        memory does not grow with the number of queries (an experiment passes them all at once).
+        """
+        n = len(queries)
+        order = np.argsort(pd.factorize(queries)[0], kind="stable")
+        chunk = max(CHUNK_PAIRS, 4 * self.batch_size)  # several batches, so that batches sort by length
+        explanations = np.empty(n, dtype=object)
+        probabilities = np.zeros((n, len(LABELS)))
+        forced = np.zeros(n, dtype=bool)
+        with pt.tqdm(total=n, desc=repr(self), unit="doc", disable=not self.verbose) as progress:
+            for start in range(0, n, chunk):
+                rows = order[start:start + chunk]
+                judged = self._backend.judge(
+                    self._encoder.prompts(queries[rows], documents[rows]), self._encoder, mode=self.mode,
+                    batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
+                    max_batch_tokens=self.max_batch_tokens, prefix_reuse=self.prefix_reuse, progress=progress)
+                explanations[rows] = judged.explanations
+                probabilities[rows] = judged.probabilities
+                forced[rows] = judged.forced
+        return explanations.tolist(), probabilities, forced
 
     def __repr__(self) -> str:
         args = [repr(self.model)] if self.model is not None else []
@@ -178,7 +204,3 @@ class ReasonRanker(pt.Transformer):
         # help_url given, so that drawing a pipeline does not look the class up online.
         return {"label": f"ReasonRank {self.mode}", "help_url": None}
 
-
-def _is_blank(column: pd.Series) -> pd.Series:
-    """True where a text column holds NaN, None or only white space."""
-    return column.isna() | (column.astype(str).str.strip() == "")

@@ -4,6 +4,8 @@
 BPE tokenizer trained here, with a ChatML chat template, to a directory — no network needed. It
 loads like any Hugging Face checkpoint, so ``ReasonRanker(model=path)`` exercises the real loading,
 prompting, generation and scoring code; its judgements are meaningless.
+:func:`build_random_model` writes a random model with the shape of a real checkpoint (e.g.
+Llama-3.2-1B) and the same tokenizer: it costs what the real model costs, for benchmarks.
 
 From the shell::
 
@@ -71,13 +73,63 @@ def build_tiny_reward_model(path: Union[str, Path], *, seed: int = 0) -> Path:
                   num_heads=4, initializer_range=0.2, num_labels=1)
 
 
-def _build(model_class, path, *, seed, vocab_size, hidden_size, num_layers, num_heads, initializer_range,
-           **config_options) -> Path:
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, PreTrainedTokenizerFast
+ARCHITECTURES = {
+    # The shapes of real checkpoints (their config.json), vocabulary included, so that a random model
+    # of one costs what the real model costs: for throughput benchmarks.
+    "qwen2.5-0.5b": ("Qwen2ForCausalLM", dict(
+        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1000000.0, max_position_embeddings=32768)),
+    "qwen2.5-1.5b": ("Qwen2ForCausalLM", dict(
+        vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+        num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1000000.0, max_position_embeddings=32768)),
+    "llama-3.2-1b": ("LlamaForCausalLM", dict(
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=64, tie_word_embeddings=True, rope_theta=500000.0,
+        max_position_embeddings=131072)),
+    "llama-3.2-3b": ("LlamaForCausalLM", dict(
+        vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+        num_key_value_heads=8, head_dim=128, tie_word_embeddings=True, rope_theta=500000.0,
+        max_position_embeddings=131072)),
+}
 
+
+def build_random_model(path: Union[str, Path], architecture: str, *, seed: int = 0, dtype: str = "bfloat16",
+                       device: str = "cpu") -> Path:
+    """Write a randomly initialised model with the shape of a real checkpoint, and the tiny tokenizer.
+
+    The model computes exactly what the real one does per token (its vocabulary size is kept, the
+    tokenizer just uses the first ids), so it measures speed and memory without the real weights.
+
+    Args:
+        path: Directory to write (created if needed).
+        architecture: One of :data:`ARCHITECTURES`, e.g. ``"llama-3.2-1b"``.
+        seed: Seed for the random weights.
+        dtype: The dtype the weights are saved in.
+        device: Where the weights are initialised (``"cuda"`` is much faster for billions of parameters).
+    """
+    import torch
+    import transformers
+
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}")
+    class_name, shape = ARCHITECTURES[architecture]
+    model_class = getattr(transformers, class_name)
     path = Path(path)
+    tokenizer = _tokenizer(path, vocab_size=4096)
+    config = model_class.config_class(**shape, bos_token_id=tokenizer.bos_token_id,
+                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = model_class(config).to(getattr(torch, dtype))
+    model.save_pretrained(path)
+    return path
+
+
+def _tokenizer(path: Path, *, vocab_size: int):
+    """Train the byte-level BPE tokenizer with the ChatML template and save it to ``path``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     path.mkdir(parents=True, exist_ok=True)
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -89,7 +141,16 @@ def _build(model_class, path, *, seed, vocab_size, hidden_size, num_layers, num_
                                         pad_token="<|pad|>", unk_token=None, model_max_length=4096)
     tokenizer.chat_template = CHATML_TEMPLATE
     tokenizer.save_pretrained(path)
+    return tokenizer
 
+
+def _build(model_class, path, *, seed, vocab_size, hidden_size, num_layers, num_heads, initializer_range,
+           **config_options) -> Path:
+    import torch
+    from transformers import LlamaConfig
+
+    path = Path(path)
+    tokenizer = _tokenizer(path, vocab_size=vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=max(1, num_heads // 2),

@@ -113,6 +113,19 @@ def test_batch_size_does_not_change_the_result(tiny_model):
     assert list(one.explanation) == list(many.explanation)
 
 
+def test_chunks_split_across_queries_do_not_change_the_result(tiny_model, monkeypatch):
+    import pyterrier_reasonrank.ranker as ranker_module
+
+    # interleaved queries, so that a chunk holds parts of several queries
+    inp = pairs(3, 5).sample(frac=1, random_state=0).reset_index(drop=True)
+    whole = ReasonRanker(str(tiny_model), batch_size=2, max_new_tokens=6)(inp)
+    monkeypatch.setattr(ranker_module, "CHUNK_PAIRS", 4)
+    chunked = ReasonRanker(str(tiny_model), batch_size=1, max_new_tokens=6, verbose=True)(inp)
+    assert list(chunked.docno) == list(whole.docno)
+    assert chunked.score.to_numpy() == pytest.approx(whole.score.to_numpy(), abs=1e-5)
+    assert list(chunked.explanation) == list(whole.explanation)
+
+
 def test_empty_input_gives_an_empty_frame_with_the_output_columns():
     ranker = ReasonRanker("/no/such/model")  # never loaded for an empty frame
     out = ranker(pd.DataFrame(columns=["qid", "query", "docno", "text"]))

@@ -41,7 +41,7 @@ def label_accuracy(model, tokenizer, records: Sequence[dict], *, label_source: s
     encoder = PromptEncoder(tokenizer, max_query_tokens=max_query_tokens, max_doc_tokens=max_doc_tokens)
     was_training = model.training
     model.eval()
-    prompts = [(encoder.prefix(r["query"]), encoder.suffix(r["text"])) for r, _ in pairs]
+    prompts = encoder.prompts([r["query"] for r, _ in pairs], [r["text"] for r, _ in pairs])
     judged = HFBackend(model, tokenizer).judge(prompts, encoder, mode="explain", batch_size=batch_size,
                                                max_new_tokens=max_new_tokens)
     model.train(was_training)

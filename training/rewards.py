@@ -73,7 +73,8 @@ class RewardModelReward:
         with clear_load_errors("reward model", model):
             self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                model, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code).to(device).eval()
+                model, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code,
+                use_safetensors=True).to(device).eval()
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.model.config.pad_token_id is None:

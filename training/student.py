@@ -58,7 +58,7 @@ def load_student(config: StudentConfig, *, trust_remote_code: bool = False):
         model = AutoModelForCausalLM.from_pretrained(
             name, revision=config.model_revision, dtype=config.dtype, trust_remote_code=trust_remote_code,
             attn_implementation=config.attn_implementation, quantization_config=quantization,
-            device_map=_local_gpu() if quantization is not None else None)
+            device_map=_local_gpu() if quantization is not None else None, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(name, config.adapter),
                                                   trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:

@@ -119,7 +119,8 @@ class LocalTeacher:
               hints: Sequence[Optional[str]]) -> Iterator[tuple[int, dict]]:
         for start in range(0, len(queries), self.batch_size):
             batch = range(start, min(start + self.batch_size, len(queries)))
-            ids = [(self._encoder.prefix(queries[i]), self._encoder.suffix(documents[i], hints[i])) for i in batch]
+            ids = self._encoder.prompts([queries[i] for i in batch], [documents[i] for i in batch],
+                                        [hints[i] for i in batch])
             judged = self._backend.judge(ids, self._encoder, mode="explain", batch_size=self.batch_size,
                                          max_new_tokens=self.max_new_tokens)
             labels = most_probable_label(judged.probabilities)

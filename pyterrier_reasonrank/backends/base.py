@@ -1,12 +1,14 @@
 """The contract between :class:`~pyterrier_reasonrank.ReasonRanker` and an inference engine."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
+import pyterrier as pt
 
-from ..prompts import Mode, PromptEncoder
+from ..prompts import Mode, Prompt, PromptEncoder
 
 
 @dataclass
@@ -30,11 +32,22 @@ class Backend(Protocol):
 
     tokenizer: object
 
-    def judge(self, prompts: Sequence[tuple[Sequence[int], Sequence[int]]], encoder: PromptEncoder, *, mode: Mode,
-              batch_size: int, max_new_tokens: int, verbose: bool = False, **options) -> Judgements:
+    def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, batch_size: int,
+              max_new_tokens: int, verbose: bool = False, progress=None, **options) -> Judgements:
         """Judge each prompt, given as (prefix, suffix) token ids: the prefix (instructions and query)
-        is shared by the documents of a query, the suffix ends with the response start for ``mode``."""
+        is shared by the documents of a query, the suffix ends with the response start for ``mode``.
+        ``progress``: a bar to advance per judged prompt, instead of one of its own when ``verbose``."""
         ...
+
+
+@contextlib.contextmanager
+def progress_bar(progress, total: int, verbose: bool):
+    """``progress`` when given, else a new bar over ``total`` documents (hidden unless ``verbose``)."""
+    if progress is not None:
+        yield progress
+        return
+    with pt.tqdm(total=total, desc="ReasonRanker", unit="doc", disable=not verbose) as bar:
+        yield bar
 
 
 def marker_started(generated: Sequence[int], marker: Sequence[int]) -> int:

@@ -1,23 +1,22 @@
 """The transformers backend: a causal LM (optionally with a PEFT adapter) on CPU or GPU."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
-from dataclasses import dataclass
 import threading
+import warnings
 import weakref
+from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import pyterrier as pt
 import torch
 
-from ..prompts import Mode, PromptEncoder
-
-Prompt = tuple[Sequence[int], Sequence[int]]
-"""A prompt as (prefix, suffix) token ids: the prefix is shared by the documents of a query."""
+from ..prompts import Mode, Prompt, PromptEncoder
 from ..scoring import label_probabilities
-from .base import Judgements, marker_started
+from .base import Judgements, marker_started, progress_bar
 
 
 @dataclass
@@ -31,6 +30,13 @@ class Completion:
 
 class ModelNotFoundError(OSError):
     """The model (or adapter) could not be loaded: no such local path, and not on the Hub or in its cache."""
+
+
+class PickleCheckpointError(ModelNotFoundError):
+    """The weights are only in pickle files (``.bin``, ``.pt``...), which can run code when loaded: refused."""
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 class HFBackend:
@@ -59,6 +65,8 @@ class HFBackend:
         self.stop_ids = frozenset(tokenizer.all_special_ids) | self.eos_ids
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (min(self.eos_ids) if self.eos_ids else 0)
+        self.most_rows: Optional[int] = None
+        """The most pairs per batch, once a larger batch ran out of memory."""
 
     @property
     def device(self) -> torch.device:
@@ -66,7 +74,7 @@ class HFBackend:
 
     def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, batch_size: int,
               max_new_tokens: int, max_batch_tokens: Optional[int] = None, prefix_reuse: bool = True,
-              verbose: bool = False) -> Judgements:
+              verbose: bool = False, progress=None) -> Judgements:
         """Judge each prompt, given as (prefix, suffix) token ids — the prefix shared by the documents
         of a query (see :meth:`PromptEncoder.prefix`).
 
@@ -79,27 +87,48 @@ class HFBackend:
             max_batch_tokens: Most tokens in a batch, counted as rows x (longest prompt + budget).
             prefix_reuse: Compute a query's shared prefix once for all of its documents in a batch.
             verbose: Show a progress bar.
+            progress: A bar to advance instead (the ranker's, over all of its chunks).
         """
         n = len(prompts)
         explanations = [""] * n
         probabilities = np.zeros((n, len(encoder.label_ids)))
         forced = np.zeros(n, dtype=bool)
         budget = 0 if mode == "direct" else max_new_tokens + len(encoder.forced_marker_ids)
-        progress = pt.tqdm(total=n, desc="ReasonRanker", unit="doc", disable=not verbose)
-        for batch in _batches(prompts, batch_size, max_batch_tokens, budget):
-            logits, cache, mask, last_position = self._prefill([prompts[i] for i in batch], prefix_reuse)
-            if mode == "direct":
-                label_logits = logits[:, encoder.label_ids]
-            else:
-                batch_explanations, label_logits, batch_forced = self._explain(
-                    logits, cache, mask, last_position, encoder, max_new_tokens)
-                forced[batch] = batch_forced
-                for i, text in zip(batch, batch_explanations):
-                    explanations[i] = text
-            probabilities[batch] = label_probabilities(label_logits)
-            progress.update(len(batch))
-        progress.close()
+        queue = collections.deque(_batches(prompts, batch_size, max_batch_tokens, budget))
+        most_rows = min(batch_size, self.most_rows or batch_size)
+        with progress_bar(progress, n, verbose) as progress:
+            while queue:
+                batch = queue.popleft()
+                if len(batch) > most_rows:
+                    queue.extendleft(reversed([batch[k:k + most_rows] for k in range(0, len(batch), most_rows)]))
+                    continue
+                try:
+                    batch_explanations, label_logits, batch_forced = self._judge_batch(
+                        [prompts[i] for i in batch], encoder, mode, max_new_tokens, prefix_reuse)
+                except torch.OutOfMemoryError:
+                    if len(batch) == 1:
+                        raise
+                    # Halve the batch, for this call and later ones, and say so.
+                    most_rows = self.most_rows = len(batch) // 2
+                    warnings.warn(f"ReasonRanker: out of memory with {len(batch)} pairs in a batch; continuing with "
+                                  f"at most {most_rows} (a smaller batch_size or max_batch_tokens avoids the retry)",
+                                  ResourceWarning, stacklevel=3)
+                    _release_memory()
+                    queue.appendleft(batch)
+                    continue
+                for i, text, was_forced in zip(batch, batch_explanations, batch_forced):
+                    explanations[i], forced[i] = text, was_forced
+                probabilities[batch] = label_probabilities(label_logits)
+                progress.update(len(batch))
         return Judgements(explanations, probabilities, forced)
+
+    def _judge_batch(self, prompts: list[Prompt], encoder: PromptEncoder, mode: Mode, max_new_tokens: int,
+                     prefix_reuse: bool):
+        """Explanations, label logits and forced flags for one batch."""
+        logits, cache, mask, last_position = self._prefill(prompts, prefix_reuse)
+        if mode == "direct":
+            return [""] * len(prompts), logits[:, encoder.label_ids], [False] * len(prompts)
+        return self._explain(logits, cache, mask, last_position, encoder, max_new_tokens)
 
     @torch.inference_mode()
     def _prefill(self, prompts: list[Prompt], prefix_reuse: bool):
@@ -220,6 +249,12 @@ class HFBackend:
         self.model.train(was_training)
         return results
 
+def _release_memory() -> None:
+    """Give cached GPU memory back after an out-of-memory error, so that smaller batches fit."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _batches(prompts: Sequence[Prompt], batch_size: int, max_batch_tokens: Optional[int],
              budget: int) -> list[list[int]]:
     """Batches of prompt indices: a query's documents together (so their prefix can be shared),
@@ -285,7 +320,8 @@ def _load(model, adapter, device, dtype, trust_remote_code) -> HFBackend:
 
     model = model or base_model(adapter)
     with clear_load_errors("model", model):
-        lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code)
+        lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                  use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(model, adapter), trust_remote_code=trust_remote_code)
     if adapter is not None:
         from peft import PeftModel
@@ -313,7 +349,9 @@ def tokenizer_source(model: str, adapter: Optional[str]) -> str:
 
 @contextlib.contextmanager
 def clear_load_errors(what: str, name: str):
-    """Turns the loaders' errors for a missing model into one sentence that says what to do."""
+    """Turns the loaders' errors for a missing model into one sentence that says what to do, and
+    refuses a local checkpoint whose weights are only in pickle files."""
+    refuse_pickle_weights(what, name)
     try:
         yield
     except ModelNotFoundError:
@@ -329,6 +367,23 @@ def clear_load_errors(what: str, name: str):
         option = "adapter" if what == "adapter" else "model"
         raise ModelNotFoundError(f"Could not load the {what}: {where}; pass --{option} / {option}= a local "
                                  "directory or a Hub id you can download.") from error
+
+
+def refuse_pickle_weights(what: str, name: str) -> None:
+    """Weights load from safetensors only: a directory with pickle weights and no safetensors is refused.
+
+    Raises:
+        PickleCheckpointError: naming the files and how to convert them.
+    """
+    if not os.path.isdir(name):
+        return  # a Hub id: the loaders are asked for safetensors (use_safetensors=True)
+    files = sorted(os.listdir(name))
+    pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES) and not f.startswith("training_args")]
+    if pickles and not any(f.endswith(".safetensors") for f in files):
+        raise PickleCheckpointError(
+            f"Refusing to load the {what} in {name!r}: its weights are pickle files ({', '.join(pickles[:3])}), "
+            "which can run code when loaded; convert them to safetensors where you trust them "
+            "(from_pretrained, then save_pretrained(..., safe_serialization=True)).")
 
 
 def resolve_device(device: Union[str, torch.device, None]) -> torch.device:

@@ -24,12 +24,11 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
-import pyterrier as pt
 import torch
 
-from ..prompts import LABEL_MARKER, Mode, PromptEncoder
+from ..prompts import LABEL_MARKER, Mode, Prompt, PromptEncoder
 from ..scoring import label_probabilities
-from .base import Judgements, marker_started
+from .base import Judgements, marker_started, progress_bar
 
 
 def openai_client(base_url: Optional[str] = None, api_key: Optional[str] = None, *, max_retries: int = 6,
@@ -87,8 +86,8 @@ class OpenAIBackend:
         self._client = openai_client(base_url, max_retries=max_retries, timeout=timeout)
         self._stop_ids = frozenset(tokenizer.all_special_ids)
 
-    def judge(self, prompts: Sequence[tuple[Sequence[int], Sequence[int]]], encoder: PromptEncoder, *, mode: Mode,
-              batch_size: int, max_new_tokens: int, verbose: bool = False, **options) -> Judgements:
+    def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, batch_size: int,
+              max_new_tokens: int, verbose: bool = False, progress=None, **options) -> Judgements:
         n = len(prompts)
         explanations = [""] * n
         label_logprobs = torch.empty((n, len(encoder.label_ids)), dtype=torch.float64)
@@ -101,7 +100,7 @@ class OpenAIBackend:
             explanation, context, was_forced = self._explain(ids, encoder, max_new_tokens)
             return explanation, self._label_logprobs(context, encoder), was_forced
 
-        with pt.tqdm(total=n, desc="ReasonRanker", unit="doc", disable=not verbose) as progress:
+        with progress_bar(progress, n, verbose) as progress:
             for i, (explanation, logprobs, was_forced) in bounded_map(one, prompts, self.concurrency):
                 explanations[i], forced[i] = explanation, was_forced
                 label_logprobs[i] = torch.tensor(logprobs, dtype=torch.float64)
