@@ -64,7 +64,7 @@ PRESETS = {
         "tiny": Workload(dtype="float32", queries=20, k=20, batch_size=32, max_new_tokens=64, max_doc_tokens=256,
                          max_batch_tokens=65536, reference_docs=40, repeats=3, prefix_queries=24, prefix_docs=16),
         "qwen2.5-0.5b": Workload(dtype="bfloat16", queries=4, k=8, batch_size=16, max_new_tokens=32, max_doc_tokens=128,
-                                 max_batch_tokens=65536, reference_docs=3, repeats=1, prefix_queries=2,
+                                 max_batch_tokens=65536, reference_docs=3, repeats=2, prefix_queries=2,
                                  prefix_docs=8),
     }},
     "gpu": {"device": "cuda", "models": {
@@ -76,6 +76,8 @@ PRESETS = {
 SCORE_TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
 MEMORY_QUERIES = (10, 100)
 MEMORY_DOCS = 10
+QUICK = dict(queries=2, k=4, batch_size=4, max_new_tokens=4, reference_docs=2, repeats=1, prefix_queries=2,
+             prefix_docs=4)
 PREFIX_DOC_TOKENS = 64
 
 
@@ -86,8 +88,10 @@ def main(argv=None) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="default: gpu when CUDA is available, else cpu")
     parser.add_argument("--models", default=None, help="comma-separated subset of the preset's models")
-    parser.add_argument("--shared", default=str(REPO.parent / "shared"), help="the shared data folder")
+    parser.add_argument("--shared", default=os.environ.get("REASONRANK_SHARED", str(REPO.parent / "shared")),
+                        help="the shared data folder (default: $REASONRANK_SHARED, else ../shared)")
     parser.add_argument("--output", default=None, help="also write the report (Markdown) to this file")
+    parser.add_argument("--quick", action="store_true", help="tiny workloads: checks that the script runs")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -101,11 +105,15 @@ def main(argv=None) -> None:
     models = preset["models"]
     if args.models:
         models = {name: models[name] for name in args.models.split(",")}
+    memory_queries = MEMORY_QUERIES
+    if args.quick:
+        models = {name: dataclasses.replace(w, **QUICK) for name, w in models.items()}
+        memory_queries = (2, 4)
     shared = Path(args.shared)
     _offline_data(shared)
     work = Path(tempfile.mkdtemp(prefix="reasonrank-bench-"))
     pairs = work / "cranfield.parquet"
-    most = max(max(w.queries for w in models.values()), max(MEMORY_QUERIES))
+    most = max(max(w.queries for w in models.values()), max(memory_queries))
     _cranfield_pairs(most, max(max(w.k for w in models.values()), MEMORY_DOCS)).to_parquet(pairs)
     bright = work / "bright.json"
     bright.write_text(json.dumps(_bright_queries(shared, max(w.prefix_queries for w in models.values()))))
@@ -124,9 +132,10 @@ def main(argv=None) -> None:
         if name != "tiny":
             rooflines.append({"model": name, **_child({**job, "kind": "roofline"})})
             _progress(rooflines[-1])
+    tiny_workload = PRESETS["cpu"]["models"]["tiny"]
     tiny = {**common, "model": str(_model("tiny", preset["device"])),
-            "workload": dataclasses.asdict(PRESETS["cpu"]["models"]["tiny"])}
-    memory = [{"queries": n, **_child({**tiny, "kind": "memory", "queries": n})} for n in MEMORY_QUERIES]
+            "workload": dataclasses.asdict(dataclasses.replace(tiny_workload, **QUICK) if args.quick else tiny_workload)}
+    memory = [{"queries": n, **_child({**tiny, "kind": "memory", "queries": n})} for n in memory_queries]
 
     report += _speed_table(speed) + _prefix_table(prefix) + _memory_table(memory) + _roofline_table(rooflines)
     text = "\n".join(report)

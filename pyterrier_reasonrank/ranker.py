@@ -18,7 +18,7 @@ from .validation import as_text, is_blank, require_text
 
 OUTPUT_COLUMNS = ["explanation", "label", "score", "forced", "rank"]
 CHUNK_PAIRS = 512
-"""Pairs encoded and judged at a time (at least four batches)."""
+"""Pairs encoded and judged at a time (or four batches, if more), so that memory stays flat."""
 BACKENDS = ("transformers", "openai")
 
 
@@ -134,6 +134,10 @@ class ReasonRanker(pt.Transformer):
             ``forced`` and ``rank``, sorted by qid, then rank. Ties keep the input order. The frame is a
             :class:`~pyterrier_reasonrank.display.ReasonRankResults`: a DataFrame that Jupyter shows as
             a readable list of explanations per query.
+
+        Raises:
+            pyterrier.validate.InputValidationError: A column is missing (it is named).
+            ValueError: A query is missing or empty, or one qid has two query texts (the qids are named).
         """
         pt.validate.result_frame(inp, extra_columns=["query", self.text_field])
         # A previous stage's judgement (score, rank, or a whole ReasonRanker's output) is replaced.

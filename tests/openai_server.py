@@ -40,7 +40,9 @@ class OpenAICompatibleServer:
                 if self.path != "/v1/chat/completions":
                     return self._reply(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
                 if self.headers.get("Authorization") != f"Bearer {server.api_key}":
-                    return self._reply(401, {"error": {"message": "Incorrect API key provided.",
+                    # Like OpenAI's own message, it quotes the key it was sent (OpenAI masks the middle).
+                    sent = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                    return self._reply(401, {"error": {"message": f"Incorrect API key provided: {sent}.",
                                                        "type": "invalid_request_error", "code": "invalid_api_key"}})
                 if count <= server.fail_first or (server.fail_after is not None and count > server.fail_after):
                     return self._reply(server.fail_status, {"error": {"message": "try again", "type": "rate_limit"}},

@@ -8,11 +8,14 @@ look up its depth) that a small model learns, where the direct answer would need
 """
 from __future__ import annotations
 
+import json
 import random
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
+import yaml
 
 
 @dataclass
@@ -81,3 +84,33 @@ def teacher_answer(vocabulary: Vocabulary, messages: list[dict]) -> str:
     match = _PAIR.search(messages[-1]["content"])
     query, document = match["query"], match["document"]
     return f"Explanation: {vocabulary.explanation(query, document)}\nRelevance: {vocabulary.label(query, document)}"
+
+
+def write_annotations(vocabulary: Vocabulary, path: Path, n: int, seed: int = 21) -> Path:
+    """``n`` synthetic pairs annotated by the rule, as the JSONL that ``annotate`` writes."""
+    records = [{"qid": r.qid, "docno": r.docno, "query": r.query, "text": r.text,
+                "label": vocabulary.label(r.query, r.text), "explanation": vocabulary.explanation(r.query, r.text)}
+               for r in make_pairs(vocabulary, n, seed=seed).itertuples()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def training_recipe(folder: Path, model, annotations: Path) -> Path:
+    """A recipe of small distill and GRPO refine runs (checkpoints every 2 steps) on ``annotations``:
+    distillation for 2 epochs in batches of 4 per process, GRPO for 4 steps."""
+    common = {"model_name_or_path": str(model), "train_file": str(annotations), "use_peft": True, "lora_r": 4,
+              "lora_alpha": 8, "lora_target_modules": ["q_proj", "v_proj"], "max_doc_tokens": 64,
+              "per_device_train_batch_size": 4, "learning_rate": 1e-3, "logging_steps": 1, "save_strategy": "steps",
+              "save_steps": 2, "report_to": "none", "disable_tqdm": True}
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump({
+        "distill": {**common, "output_dir": str(folder / "distill"), "num_train_epochs": 2},
+        "refine": {**common, "output_dir": str(folder / "grpo"), "algorithm": "grpo", "max_steps": 4,
+                   "num_generations": 4, "max_completion_length": 8, "rewards": ["label", "format"]},
+    }))
+    return path
+
+
+def printed_result(stdout: str) -> dict:
+    """The JSON a ``reasonrank-train`` command prints last (after the trainer's log lines)."""
+    return json.loads(stdout[stdout.rindex("\n{\n") + 1:] if "\n{\n" in stdout else stdout)

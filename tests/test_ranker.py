@@ -126,6 +126,35 @@ def test_chunks_split_across_queries_do_not_change_the_result(tiny_model, monkey
     assert list(chunked.explanation) == list(whole.explanation)
 
 
+def test_out_of_memory_halves_the_batch_and_says_so_once(tiny_model):
+    inp = pairs(3, 4)
+    expected = ReasonRanker(str(tiny_model), batch_size=8, max_new_tokens=4)(inp)
+    ranker = ReasonRanker(str(tiny_model), batch_size=8, max_new_tokens=4).load()
+    backend = ranker._backend
+    sizes = []
+
+    def device_memory(module, args, kwargs):  # the accelerator holds at most 2 pairs at once
+        sizes.append(kwargs["input_ids"].shape[0])
+        if sizes[-1] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    hook = backend.model.register_forward_pre_hook(device_memory, with_kwargs=True)
+    try:
+        with pytest.warns(ResourceWarning) as caught:
+            out = ranker(inp)
+        again = ranker(inp)  # later calls start from the size that fit
+    finally:
+        hook.remove()
+        backend.most_rows = None
+    caught = [w for w in caught if w.category is ResourceWarning]
+    assert len(caught) == 1 and "out of memory with 8 pairs" in str(caught[0].message) \
+        and "at most 2 pairs" in str(caught[0].message)
+    assert [size for size in sizes if size > 2] == [8, 4]  # two halvings, then none in the later call
+    for result in (out, again):
+        assert list(result.docno) == list(expected.docno)
+        assert result.score.to_numpy() == pytest.approx(expected.score.to_numpy(), abs=1e-5)
+
+
 def test_empty_input_gives_an_empty_frame_with_the_output_columns():
     ranker = ReasonRanker("/no/such/model")  # never loaded for an empty frame
     out = ranker(pd.DataFrame(columns=["qid", "query", "docno", "text"]))

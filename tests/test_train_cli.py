@@ -12,14 +12,13 @@ from pyterrier_reasonrank import ReasonRanker
 from pyterrier_reasonrank.indexing import bm25
 from pyterrier_reasonrank.training.cli import main
 from pyterrier_reasonrank.training.records import read_jsonl
+from synthetic import printed_result
 
 RECIPES = resources.files("pyterrier_reasonrank.training") / "configs"
 
 
 def result(captured) -> dict:
-    """The JSON a command prints last (after the trainer's log lines)."""
-    out = captured.out
-    return json.loads(out[out.rindex("\n{\n") + 1:] if "\n{\n" in out else out)
+    return printed_result(captured.out)
 
 
 def test_the_tiny_recipe_runs_the_whole_loop_on_cranfield(tiny_model, tmp_path, monkeypatch, capsys):

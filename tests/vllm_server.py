@@ -17,12 +17,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 class CompletionsServer:
-    """Serves the model in ``path`` until closed; ``fail_first`` requests get a 503 first."""
+    """Serves the model in ``path`` until closed; ``fail_first`` requests get a 503 first. With
+    ``api_key``, requests must carry it (``vllm serve --api-key``); a wrong one gets a 401 that
+    quotes the key it was sent, as OpenAI's does."""
 
-    def __init__(self, path: str, *, fail_first: int = 0):
+    def __init__(self, path: str, *, fail_first: int = 0, api_key: str | None = None):
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path).eval()
-        self.fail_first = fail_first
+        self.fail_first, self.api_key = fail_first, api_key
         self.requests: list[dict] = []
         self._lock = threading.Lock()
         server = self
@@ -30,6 +32,10 @@ class CompletionsServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                sent = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                if server.api_key is not None and sent != server.api_key:
+                    return self._reply(401, {"error": {"message": f"Incorrect API key provided: {sent}.",
+                                                       "type": "invalid_request_error", "code": "invalid_api_key"}})
                 with server._lock:
                     server.requests.append(body)
                     if len(server.requests) <= server.fail_first:

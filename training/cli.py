@@ -36,11 +36,24 @@ def main(argv=None) -> int:
         from pyterrier_reasonrank import training
 
         result = getattr(training, command)(*configs)
-    except (RecipeError, ModelNotFoundError, ValueError, RuntimeError, FileNotFoundError) as error:
+    except (RecipeError, ModelNotFoundError, ValueError, RuntimeError, FileNotFoundError, *_endpoint_errors()) as error:
+        # One line, no traceback: these are the user's to fix (and an endpoint's message has its key redacted).
         print(f"reasonrank-train {command}: {error}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2, default=str))
+    from .runcard import is_main_process
+
+    if is_main_process():  # once, under accelerate launch
+        print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def _endpoint_errors() -> tuple:
+    """The ``openai`` client's errors that outlasted its retries (wrong key, server down), when it is installed."""
+    try:
+        from openai import APIError
+    except ImportError:
+        return ()
+    return (APIError,)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from trl import SFTConfig, SFTTrainer, get_peft_config
 
 from pyterrier_reasonrank.prompts import MODES, PromptEncoder, QueryPromptEncoder
 
+from .checkpoints import resume_point
 from .evaluation import label_accuracy
 from .records import file_sha256, read_jsonl, record_key, usable_judgements, usable_query_lists
 from .runcard import plot_curves, write_run_card
@@ -98,7 +99,7 @@ def distill(config: DistillConfig, student: StudentConfig) -> dict:
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=get_peft_config(student) if student.use_peft and student.adapter is None else None)
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resume_point(config))
     metrics = {"train_loss": result.training_loss, "steps": result.global_step,
                "train_seconds": round(time.perf_counter() - start, 1)}
     trainer.save_model(config.output_dir)

@@ -20,6 +20,7 @@ from trl import GRPOConfig, GRPOTrainer, get_peft_config
 
 from pyterrier_reasonrank.prompts import PromptEncoder
 
+from .checkpoints import resume_point
 from .evaluation import LABEL_SOURCES, mean_reward, target_label
 from .records import file_sha256, read_jsonl, record_key
 from .rewards import REWARDS, reward_functions
@@ -136,7 +137,7 @@ def refine(config: RefineConfig, student: StudentConfig) -> dict:
                                      for p, t, r in zip(texts, targets, records)])
         trainer = EncodedPromptGRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
                                            processing_class=tokenizer, prompt_ids=dict(zip(texts, encoded)))
-    result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resume_point(config))
     metrics.update(train_loss=result.training_loss, steps=result.global_step,
                    train_seconds=round(time.perf_counter() - start, 1))
     trainer.save_model(config.output_dir)

@@ -14,7 +14,13 @@ import pyterrier_reasonrank
 def write_run_card(output_dir: str, *, stage: str, configs: Sequence, data: dict, metrics: dict) -> Path:
     """Write ``run_card.json``: the stage, its configuration, the data it saw (with file hashes),
     its metrics and the library versions. Secrets never appear: trainer arguments mask their
-    tokens, and fields declared with ``repr=False`` (API keys) are left out."""
+    tokens, and fields declared with ``repr=False`` (API keys) are left out. Under ``accelerate
+    launch``, the main process writes it."""
+    from accelerate import PartialState
+
+    path = Path(output_dir) / "run_card.json"
+    if not is_main_process():
+        return path
     import torch
     import transformers
     import trl
@@ -25,10 +31,10 @@ def write_run_card(output_dir: str, *, stage: str, configs: Sequence, data: dict
         "config": {type(c).__name__: _public_fields(c) for c in configs},
         "data": data,
         "metrics": metrics,
+        "processes": PartialState().num_processes,
         "versions": {"pyterrier_reasonrank": pyterrier_reasonrank.__version__, "transformers": transformers.__version__,
                      "trl": trl.__version__, "torch": torch.__version__, "python": platform.python_version()},
     }
-    path = Path(output_dir) / "run_card.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(card, indent=2, default=str) + "\n")
     return path
@@ -41,7 +47,9 @@ def _public_fields(config) -> dict:
 
 
 def plot_curves(log_history: Sequence[dict], path: str, *, title: str) -> Path:
-    """A PNG of the logged training curves: the loss, and every reward that was logged."""
+    """A PNG of the logged training curves: the loss, and every reward that was logged (by the main process)."""
+    if not is_main_process():
+        return Path(path)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,3 +69,10 @@ def plot_curves(log_history: Sequence[dict], path: str, *, title: str) -> Path:
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return Path(path)
+
+
+def is_main_process() -> bool:
+    """Whether this is the process that writes files: the only one, or rank 0 under ``accelerate launch``."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process

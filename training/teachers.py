@@ -11,7 +11,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 from pyterrier_reasonrank import prompts
 from pyterrier_reasonrank.backends import hf
-from pyterrier_reasonrank.backends.openai import bounded_map, openai_client
+from pyterrier_reasonrank.backends.openai import bounded_map, openai_client, secret_redacted
 from pyterrier_reasonrank.scoring import most_probable_label
 
 
@@ -74,8 +74,9 @@ class OpenAITeacher:
         return self._answers([prompts.query_messages(q) for q in questions], query_fields)
 
     def _answers(self, conversations: list[list[dict]], to_fields: Callable[[str], dict]) -> Iterator[tuple[int, dict]]:
-        for index, text in bounded_map(self._complete, conversations, self.concurrency):
-            yield index, to_fields(text)
+        with secret_redacted(self._client.api_key):
+            for index, text in bounded_map(self._complete, conversations, self.concurrency):
+                yield index, to_fields(text)
 
     def _complete(self, messages: list[dict]) -> str:
         response = self._client.chat.completions.create(model=self.name, messages=messages,

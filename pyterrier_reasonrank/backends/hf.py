@@ -96,6 +96,7 @@ class HFBackend:
         budget = 0 if mode == "direct" else max_new_tokens + len(encoder.forced_marker_ids)
         queue = collections.deque(_batches(prompts, batch_size, max_batch_tokens, budget))
         most_rows = min(batch_size, self.most_rows or batch_size)
+        out_of_memory = 0  # the batch size that first ran out of memory
         with progress_bar(progress, n, verbose) as progress:
             while queue:
                 batch = queue.popleft()
@@ -108,11 +109,9 @@ class HFBackend:
                 except torch.OutOfMemoryError:
                     if len(batch) == 1:
                         raise
-                    # Halve the batch, for this call and later ones, and say so.
+                    # Halve the batch, for this call and later ones (until it fits), and say so once.
+                    out_of_memory = out_of_memory or len(batch)
                     most_rows = self.most_rows = len(batch) // 2
-                    warnings.warn(f"ReasonRanker: out of memory with {len(batch)} pairs in a batch; continuing with "
-                                  f"at most {most_rows} (a smaller batch_size or max_batch_tokens avoids the retry)",
-                                  ResourceWarning, stacklevel=3)
                     _release_memory()
                     queue.appendleft(batch)
                     continue
@@ -120,6 +119,10 @@ class HFBackend:
                     explanations[i], forced[i] = text, was_forced
                 probabilities[batch] = label_probabilities(label_logits)
                 progress.update(len(batch))
+        if out_of_memory:
+            warnings.warn(f"ReasonRanker: out of memory with {out_of_memory} pairs in a batch; halved the batch until "
+                          f"it fit, at most {most_rows} pairs (a smaller batch_size or max_batch_tokens avoids the "
+                          "retries)", ResourceWarning, stacklevel=3)
         return Judgements(explanations, probabilities, forced)
 
     def _judge_batch(self, prompts: list[Prompt], encoder: PromptEncoder, mode: Mode, max_new_tokens: int,
@@ -248,6 +251,7 @@ class HFBackend:
                 results.append(samples)
         self.model.train(was_training)
         return results
+
 
 def _release_memory() -> None:
     """Give cached GPU memory back after an out-of-memory error, so that smaller batches fit."""

@@ -19,6 +19,7 @@ leaves the format gets the marker appended, and is marked ``forced`` — as loca
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Callable, Iterator, Optional, Sequence
@@ -42,6 +43,35 @@ def openai_client(base_url: Optional[str] = None, api_key: Optional[str] = None,
     return OpenAI(base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None,
                   api_key=api_key or os.environ.get("OPENAI_API_KEY") or "no-key", max_retries=max_retries,
                   timeout=timeout)
+
+
+@contextlib.contextmanager
+def secret_redacted(secret: Optional[str]):
+    """Errors raised inside have ``secret`` replaced by ``***`` in their message, arguments and body
+    (servers quote the key they were sent), so that no log, traceback or message shows it."""
+    try:
+        yield
+    except Exception as error:
+        if secret:
+            seen = set()
+            while error is not None and id(error) not in seen:
+                seen.add(id(error))
+                error.args = tuple(_scrub(arg, secret) for arg in error.args)
+                for name in ("message", "body"):
+                    if hasattr(error, name):
+                        setattr(error, name, _scrub(getattr(error, name), secret))
+                error = error.__cause__ or error.__context__
+        raise
+
+
+def _scrub(value, secret: str):
+    if isinstance(value, str):
+        return value.replace(secret, "***")
+    if isinstance(value, dict):
+        return {key: _scrub(item, secret) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_scrub(item, secret) for item in value)
+    return value
 
 
 def bounded_map(fn: Callable, items: Sequence, concurrency: int) -> Iterator[tuple[int, object]]:
@@ -100,7 +130,7 @@ class OpenAIBackend:
             explanation, context, was_forced = self._explain(ids, encoder, max_new_tokens)
             return explanation, self._label_logprobs(context, encoder), was_forced
 
-        with progress_bar(progress, n, verbose) as progress:
+        with progress_bar(progress, n, verbose) as progress, secret_redacted(self._client.api_key):
             for i, (explanation, logprobs, was_forced) in bounded_map(one, prompts, self.concurrency):
                 explanations[i], forced[i] = explanation, was_forced
                 label_logprobs[i] = torch.tensor(logprobs, dtype=torch.float64)
