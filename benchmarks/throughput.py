@@ -291,7 +291,7 @@ def _setup(job: dict, mode: str, pairs):
     ranker = ReasonRanker(job["model"], **options).load()
     backend = hf.load(job["model"], device=job["device"], dtype=w.dtype)
     encoder = PromptEncoder(backend.tokenizer, mode, max_doc_tokens=options["max_doc_tokens"])
-    prompts = [(encoder.prefix(q), encoder.suffix(d)) for q, d in zip(pairs["query"], pairs["text"])]
+    prompts = encoder.prompts(pairs["query"].tolist(), pairs["text"].tolist())
     return ranker, options, backend, encoder, prompts
 
 
@@ -431,6 +431,8 @@ def _roofline(job: dict) -> dict:
     """The fastest the hardware could judge the explain workload, and the pipeline's docs/s on it."""
     import torch
 
+    from pyterrier_reasonrank.backends.hf import _batches
+
     w = Workload(**job["workload"])
     pairs = _pairs(job, w.queries, w.k)
     ranker, options, backend, encoder, prompts = _setup(job, "explain", pairs)
@@ -443,8 +445,6 @@ def _roofline(job: dict) -> dict:
     kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * model.dtype.itemsize
     attention = 2 * config.num_hidden_layers * config.num_attention_heads * head_dim  # FLOPs per query-key pair / 2
     steps = w.max_new_tokens + len(encoder.forced_marker_ids)
-    from pyterrier_reasonrank.backends.hf import _batches
-
     prefill = decode = 0.0
     for batch in _batches(prompts, w.batch_size, w.max_batch_tokens, steps):
         lengths = [len(prompts[i][0]) + len(prompts[i][1]) for i in batch]

@@ -266,7 +266,8 @@ class PromptEncoder(_TemplateEncoder):
             document: The document text.
             hint: Text after the document, never truncated (a teacher's gold-label hint).
         """
-        return list(self.prefix(query) + self.suffix(document, hint))
+        prefix, suffix = self.prompts([query], [document], [hint])[0]
+        return list(prefix + suffix)
 
     def prefix(self, query: str) -> tuple[int, ...]:
         """The start of the prompt, up to the document: the same for every document of a query."""

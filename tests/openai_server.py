@@ -6,13 +6,12 @@ What it answers is up to the test: a function from the request's messages to the
 """
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
+from loopback import LoopbackServer, Reply
 
-class OpenAICompatibleServer:
+
+class OpenAICompatibleServer(LoopbackServer):
     """Serves ``answer(messages) -> str`` until closed.
 
     Args:
@@ -25,59 +24,23 @@ class OpenAICompatibleServer:
 
     def __init__(self, answer: Callable[[list[dict]], str], *, api_key: str = "test-key", fail_first: int = 0,
                  fail_status: int = 429, fail_after: int | None = None):
-        self.answer, self.api_key = answer, api_key
+        self.answer = answer
         self.fail_first, self.fail_status, self.fail_after = fail_first, fail_status, fail_after
-        self.requests: list[dict] = []
-        self._lock = threading.Lock()
-        server = self
+        super().__init__(api_key)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server._lock:
-                    server.requests.append(body)
-                    count = len(server.requests)
-                if self.path != "/v1/chat/completions":
-                    return self._reply(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
-                if self.headers.get("Authorization") != f"Bearer {server.api_key}":
-                    # Like OpenAI's own message, it quotes the key it was sent (OpenAI masks the middle).
-                    sent = self.headers.get("Authorization", "").removeprefix("Bearer ")
-                    return self._reply(401, {"error": {"message": f"Incorrect API key provided: {sent}.",
-                                                       "type": "invalid_request_error", "code": "invalid_api_key"}})
-                if count <= server.fail_first or (server.fail_after is not None and count > server.fail_after):
-                    return self._reply(server.fail_status, {"error": {"message": "try again", "type": "rate_limit"}},
-                                       {"retry-after-ms": "10"})
-                text = server.answer(body["messages"])
-                self._reply(200, {
-                    "id": f"chatcmpl-{count}", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": text}}],
-                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}})
-
-            def _reply(self, status: int, payload: dict, headers: dict | None = None):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> "OpenAICompatibleServer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def respond(self, path: str, headers, body: dict) -> Reply:
+        with self._lock:
+            self.requests.append(body)
+            count = len(self.requests)
+        if path != "/v1/chat/completions":
+            return 404, {"error": {"message": "not found", "type": "invalid_request_error"}}, {}
+        refused = self.refuse_key(headers)
+        if refused:
+            return refused
+        if count <= self.fail_first or (self.fail_after is not None and count > self.fail_after):
+            return self.fail_status, {"error": {"message": "try again", "type": "rate_limit"}}, {"retry-after-ms": "10"}
+        text = self.answer(body["messages"])
+        return 200, {
+            "id": f"chatcmpl-{count}", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}, {}

@@ -8,15 +8,13 @@ OpenAI's response shape, and vLLM's ``stop_reason``.
 """
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from loopback import LoopbackServer, Reply
 
-class CompletionsServer:
+
+class CompletionsServer(LoopbackServer):
     """Serves the model in ``path`` until closed; ``fail_first`` requests get a 503 first. With
     ``api_key``, requests must carry it (``vllm serve --api-key``); a wrong one gets a 401 that
     quotes the key it was sent, as OpenAI's does."""
@@ -24,40 +22,18 @@ class CompletionsServer:
     def __init__(self, path: str, *, fail_first: int = 0, api_key: str | None = None):
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path).eval()
-        self.fail_first, self.api_key = fail_first, api_key
-        self.requests: list[dict] = []
-        self._lock = threading.Lock()
-        server = self
+        self.fail_first = fail_first
+        super().__init__(api_key)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                sent = self.headers.get("Authorization", "").removeprefix("Bearer ")
-                if server.api_key is not None and sent != server.api_key:
-                    return self._reply(401, {"error": {"message": f"Incorrect API key provided: {sent}.",
-                                                       "type": "invalid_request_error", "code": "invalid_api_key"}})
-                with server._lock:
-                    server.requests.append(body)
-                    if len(server.requests) <= server.fail_first:
-                        return self._reply(503, {"error": {"message": "overloaded", "type": "server_error"}})
-                    payload = server.complete(body)
-                self._reply(200, payload)
-
-            def _reply(self, status: int, payload: dict):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("retry-after-ms", "10")
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+    def respond(self, path: str, headers, body: dict) -> Reply:
+        refused = self.refuse_key(headers)
+        if refused:
+            return refused
+        with self._lock:  # one request at a time through the model
+            self.requests.append(body)
+            if len(self.requests) <= self.fail_first:
+                return 503, {"error": {"message": "overloaded", "type": "server_error"}}, {"retry-after-ms": "10"}
+            return 200, self.complete(body), {}
 
     @torch.inference_mode()
     def complete(self, body: dict) -> dict:
@@ -101,13 +77,3 @@ class CompletionsServer:
             choice["logprobs"] = {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": None,
                                   "text_offset": [0] * len(tokens)}
         return choice
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> "CompletionsServer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
