@@ -1,11 +1,13 @@
 """pyterrier-reasonrank: a small generative model as a reasoning re-ranker for PyTerrier."""
 from . import prompts
-from .backends.hf import DEFAULT_MODEL, ModelNotFoundError, PickleCheckpointError
+from .backends.hf import DEFAULT_MODEL
 from .display import ReasonRankResults, explanations_html, write_report
+from .errors import EndpointError, InputError, ModelNotFoundError, PickleCheckpointError, UserError
 from .query_generator import QueryGenerator
 from .ranker import ReasonRanker
 
 __version__ = "0.1.0"
 
 __all__ = ["ReasonRanker", "QueryGenerator", "ReasonRankResults", "explanations_html", "write_report",
-           "DEFAULT_MODEL", "ModelNotFoundError", "PickleCheckpointError", "prompts", "__version__"]
+           "DEFAULT_MODEL", "UserError", "InputError", "EndpointError", "ModelNotFoundError", "PickleCheckpointError",
+           "prompts", "__version__"]

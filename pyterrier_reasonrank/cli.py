@@ -5,12 +5,18 @@ import argparse
 import sys
 import textwrap
 
-from .backends.hf import DEFAULT_MODEL, ModelNotFoundError
+from .backends.hf import DEFAULT_MODEL
+from .errors import debugging, run_command
 from .ranker import ReasonRanker
+from .redaction import known_secrets, scrub
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="reasonrank", description="A reasoning re-ranker for PyTerrier.")
+    """Run ``reasonrank``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debugging(argv)
+    parser = argparse.ArgumentParser(prog="reasonrank", description="A reasoning re-ranker for PyTerrier.",
+                                     epilog="--debug (or REASONRANK_DEBUG=1) shows the full traceback of an error.")
     commands = parser.add_subparsers(dest="command", required=True)
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("--model", default=None,
@@ -55,11 +61,8 @@ def main(argv=None) -> int:
     from huggingface_hub.utils import logging as hub_logging
 
     hub_logging.set_verbosity_error()
-    try:
-        return _demo(args) if args.command == "demo" else _evaluate(args)
-    except ModelNotFoundError as error:
-        print(f"reasonrank: {error}", file=sys.stderr)
-        return 1
+    return run_command(f"reasonrank {args.command}", lambda: _demo(args) if args.command == "demo" else _evaluate(args),
+                       debug=debug, scrub=lambda line: scrub(line, known_secrets()))
 
 
 def _ranker(args, mode: str) -> ReasonRanker:
@@ -93,8 +96,14 @@ def _evaluate(args) -> int:
     import pandas as pd
 
     from .display import write_report
-    from .evaluation import cascade, evaluate, write_outputs
+    from .dataset import get_dataset
+    from .evaluation import cascade, dataset_ids, evaluate, write_outputs
+    from .outputs import writable_folder
 
+    # The cheap checks first: the datasets exist and the results can be written.
+    for dataset_id in dataset_ids(args.dataset):
+        get_dataset(dataset_id)
+    writable_folder(args.output)
     rankers = {mode: _ranker(args, mode) for mode in args.modes}
     if args.cascade:
         rankers[f"direct % {args.cascade} >> explain"] = cascade(

@@ -10,6 +10,7 @@ from typing import Iterator, Optional
 import pandas as pd
 import pyterrier as pt
 
+from .dataset import get_dataset
 from .indexing import bm25
 from .ranker import ReasonRanker
 
@@ -64,7 +65,7 @@ class DemoResult:
 
 def load_collection(dataset: Optional[str]):
     """The bundled collection (``None``) or a PyTerrier dataset such as ``"irds:vaswani"``."""
-    return DemoCollection() if dataset is None else pt.get_dataset(dataset)
+    return DemoCollection() if dataset is None else get_dataset(dataset)
 
 
 def run_demo(ranker: ReasonRanker, *, dataset: Optional[str] = None, k: int = 10,
@@ -77,8 +78,8 @@ def run_demo(ranker: ReasonRanker, *, dataset: Optional[str] = None, k: int = 10
         k: BM25 depth, and so the number of documents re-ranked per query.
         num_queries: Use only the first queries (all when ``None``).
     """
-    ranker.load()  # fail fast on a missing model, before any indexing
     collection = load_collection(dataset)
+    ranker.load()  # fail fast on a missing model, before any indexing
     topics = collection.get_topics()
     if num_queries is not None:
         topics = topics.head(num_queries)

@@ -10,6 +10,8 @@ from typing import Optional, Sequence, Union
 import pandas as pd
 import pyterrier as pt
 
+from .dataset import get_dataset
+from .errors import InputError
 from .indexing import bm25
 
 BRIGHT_DOMAINS = ("biology", "earth-science", "economics", "psychology", "robotics", "stackoverflow",
@@ -97,8 +99,8 @@ def evaluate(datasets: Sequence[str], rerankers: dict[str, pt.Transformer], *, k
         first_stage_name: The baseline's name in the tables.
     """
     rows, per_query, runs = [], [], {}
-    for dataset_id in dataset_ids(datasets):
-        dataset = pt.get_dataset(dataset_id)
+    loaded = {dataset_id: get_dataset(dataset_id) for dataset_id in dataset_ids(datasets)}  # every id checked first
+    for dataset_id, dataset in loaded.items():
         topics = load_topics(dataset, dataset_id, query_field)
         if num_queries is not None:
             topics = topics.head(num_queries)
@@ -134,7 +136,7 @@ def load_topics(dataset, dataset_id: str, query_field: Optional[str]) -> pd.Data
         query_field = "text"
     topics = dataset.get_topics(query_field) if query_field else dataset.get_topics()
     if "query" not in topics.columns:
-        raise ValueError(f"{dataset_id} has several query fields ({[c for c in topics.columns if c != 'qid']}); "
+        raise InputError(f"{dataset_id} has several query fields ({[c for c in topics.columns if c != 'qid']}); "
                          "choose one with query_field / --query-field")
     return topics[["qid", "query"]]
 

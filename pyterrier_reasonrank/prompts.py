@@ -26,6 +26,9 @@ from typing import Literal, Optional, Sequence
 
 import jinja2
 
+from .errors import InputError
+from .tokenization import TextTokenizer
+
 Mode = Literal["explain", "direct"]
 MODES: tuple[str, ...] = ("explain", "direct")
 
@@ -66,7 +69,6 @@ _QUESTION_SLOT = "[[REASONRANK_QUESTION]]"
 # characters, so the cut keeps about twice the tokens wanted, and the tokens before the cut word
 # are those of the whole text.
 _CHARS_PER_TOKEN = 8
-_TOKENIZE_SLICE = 256
 
 Prompt = tuple[tuple[int, ...], tuple[int, ...]]
 """A prompt as (prefix, suffix) token ids: the prefix is shared by the documents of a query."""
@@ -180,9 +182,10 @@ class _TemplateEncoder:
 
     def __init__(self, tokenizer, turns: list[dict[str, str]], slots: Sequence[str], response_start: str):
         self.tokenizer = tokenizer
+        self._tokens = TextTokenizer(tokenizer)
         pieces = _render(tokenizer, turns, slots)
-        self._pieces = [self._encode_template(piece) for piece in pieces]
-        self._pieces[-1] += self._encode_template(response_start)
+        self._pieces = [self._tokens.template(piece) for piece in pieces]
+        self._pieces[-1] += self._tokens.template(response_start)
         eos = tokenizer.eos_token_id
         self.end_ids: list[int] = [] if eos is None else [eos]
         """What ends a response in training: the tokenizer's end of turn (or of text)."""
@@ -198,21 +201,13 @@ class _TemplateEncoder:
         tokenizing, so that a megabyte document costs what its opening costs; one whose cut leaves
         fewer than ``max_tokens`` tokens is tokenized whole, so nothing is lost.
         """
-        def tokenize(batch: Sequence[str]) -> list[list[int]]:
-            # In slices: the tokenizer's own output (tokens, offsets) is many times the size of the ids.
-            ids = []
-            for start in range(0, len(batch), _TOKENIZE_SLICE):
-                ids += self.tokenizer([_encodable(text) for text in batch[start:start + _TOKENIZE_SLICE]],
-                                      add_special_tokens=False, split_special_tokens=True)["input_ids"]
-            return ids
-
         if max_tokens is None:
-            return tokenize(texts)
+            return self._tokens.text(texts)
         heads = [text[:max_tokens * _CHARS_PER_TOKEN] for text in texts]
-        ids = tokenize(heads)
+        ids = self._tokens.text(heads)
         short = [i for i, (text, head) in enumerate(zip(texts, heads)) if len(head) < len(text) and
                  len(ids[i]) < max_tokens]
-        for i, whole in zip(short, tokenize([texts[i] for i in short])):
+        for i, whole in zip(short, self._tokens.text([texts[i] for i in short])):
             ids[i] = whole
         return [x[:max_tokens] for x in ids]
 
@@ -221,9 +216,6 @@ class _TemplateEncoder:
         for text, piece in zip(texts, self._pieces[1:]):
             ids += text + piece
         return ids
-
-    def _encode_template(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 class PromptEncoder(_TemplateEncoder):
@@ -246,7 +238,7 @@ class PromptEncoder(_TemplateEncoder):
         _check_mode(mode)
         for name, value in (("max_query_tokens", max_query_tokens), ("max_doc_tokens", max_doc_tokens)):
             if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+                raise InputError(f"{name} must be at least 1, got {value}")
         self.mode = mode
         self.max_query_tokens = max_query_tokens
         self.max_doc_tokens = max_doc_tokens
@@ -308,7 +300,8 @@ class PromptEncoder(_TemplateEncoder):
         if self.mode == "direct":
             return [self.label_ids[label]] + self.end_ids
         text = format_response(explanation, label)[len(EXPLANATION_PREFIX):]
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        # As text: an explanation that writes "<|im_end|>" must not teach a real end of turn.
+        ids = self.encode_text(text)
         ending = self.marker_ids + [self.label_ids[label]]
         if ids[-len(ending):] != ending:
             raise ValueError(f"the response {text!r} does not end with the marker and label tokens that "
@@ -326,7 +319,7 @@ class QueryPromptEncoder(_TemplateEncoder):
 
     def __init__(self, tokenizer, *, max_question_tokens: int = 1024):
         if max_question_tokens < 1:
-            raise ValueError(f"max_question_tokens must be at least 1, got {max_question_tokens}")
+            raise InputError(f"max_question_tokens must be at least 1, got {max_question_tokens}")
         self.max_question_tokens = max_question_tokens
         super().__init__(tokenizer, query_messages(_QUESTION_SLOT), [_QUESTION_SLOT], QUERIES_PREFIX)
 
@@ -337,12 +330,7 @@ class QueryPromptEncoder(_TemplateEncoder):
     def encode_response(self, queries: Sequence[str]) -> list[int]:
         """Token ids of the response listing ``queries``, as training targets."""
         text = format_queries(queries)[len(QUERIES_PREFIX):]
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] + self.end_ids
-
-
-def _encodable(text: str) -> str:
-    """The text with lone surrogates (from broken JSON escapes, say), which no tokenizer accepts, as "?"."""
-    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
+        return self.encode_text(text) + self.end_ids  # as text, like the judgement response
 
 
 def _render(tokenizer, turns: list[dict[str, str]], slots: Sequence[str]) -> list[str]:
@@ -373,7 +361,7 @@ def _label_tokens(tokenizer) -> tuple[list[int], list[int], list[int]]:
     tails = [ids[len(common):] for ids in responses]
     if any(len(tail) != 1 for tail in tails) or [tokenizer.decode(t).strip() for t in tails] != list(map(str, LABELS)):
         name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
-        raise ValueError(
+        raise InputError(
             f"The labels {list(LABELS)} are not single tokens after {LABEL_MARKER!r} for the tokenizer "
             f"{name!r} (got {[tokenizer.convert_ids_to_tokens(t) for t in tails]}); "
             "pyterrier_reasonrank needs a tokenizer that writes each label as one token.")

@@ -9,6 +9,7 @@ import pyterrier as pt
 import torch
 
 from .backends import hf
+from .errors import InputError
 from .prompts import QUERIES_PREFIX, QueryPromptEncoder, parse_queries
 from .validation import as_text, require_text
 
@@ -52,7 +53,7 @@ class QueryGenerator(pt.Transformer):
                  device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
                  verbose: bool = False, trust_remote_code: bool = False):
         if combine not in COMBINATIONS:
-            raise ValueError(f"combine must be one of {COMBINATIONS}, got {combine!r}")
+            raise InputError(f"combine must be one of {COMBINATIONS}, got {combine!r}")
         self.model = model
         self.adapter = adapter
         self.combine = combine

@@ -13,6 +13,7 @@ from . import scoring
 from .backends import hf, openai
 from .backends.hf import DEFAULT_MODEL
 from .display import ReasonRankResults
+from .errors import InputError
 from .prompts import LABELS, MODES, Mode, PromptEncoder
 from .validation import as_text, is_blank, require_text
 
@@ -76,13 +77,13 @@ class ReasonRanker(pt.Transformer):
                  base_url: Optional[str] = None, tokenizer: Optional[str] = None, concurrency: int = 32,
                  verbose: bool = False, trust_remote_code: bool = False):
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise InputError(f"mode must be one of {MODES}, got {mode!r}")
         if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+            raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
         for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens),
                             ("max_query_tokens", max_query_tokens), ("max_doc_tokens", max_doc_tokens)):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
         self.model = model
         self.adapter = adapter
         self.mode = mode
@@ -194,6 +195,11 @@ class ReasonRanker(pt.Transformer):
                 probabilities[rows] = judged.probabilities
                 forced[rows] = judged.forced
         return explanations.tolist(), probabilities, forced
+
+    def __getstate__(self) -> dict:
+        # The loaded model (and an endpoint's client, which holds locks) stays behind: an unpickled
+        # ranker loads it again on first use, so rankers travel to other processes (pt.parallel, joblib).
+        return {**self.__dict__, "_backend": None, "_encoder": None}
 
     def __repr__(self) -> str:
         args = [repr(self.model)] if self.model is not None else []

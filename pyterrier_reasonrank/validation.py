@@ -7,17 +7,27 @@ import pandas as pd
 
 
 def is_blank(column: pd.Series) -> pd.Series:
-    """True where a text column holds NaN, None or only white space."""
-    return column.isna() | column.map(lambda value: isinstance(value, str) and not value.strip()).astype(bool)
+    """True where a text column holds NaN, None or only white space (as text or bytes)."""
+    return column.isna() | column.map(lambda value: isinstance(value, (str, bytes, bytearray))
+                                      and not value.strip()).astype(bool)
 
 
 def as_text(column: pd.Series) -> list[str]:
-    """The column's values as Python strings, missing values as ``""``.
+    """The column's values as Python strings, missing values as ``""``, bytes decoded as UTF-8
+    (an invalid sequence as U+FFFD) rather than written ``"b'...'"``.
 
     Not ``astype(str)``: pandas' string dtype refuses text that Python holds (a lone surrogate
     from a broken JSON escape), and the tokenizer deals with such text itself.
     """
-    return ["" if _missing(value) else value if isinstance(value, str) else str(value) for value in column]
+    return [_text(value) for value in column]
+
+
+def _text(value) -> str:
+    if _missing(value):
+        return ""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    return value if isinstance(value, str) else str(value)
 
 
 def _missing(value) -> bool:

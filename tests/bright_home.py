@@ -1,4 +1,5 @@
-"""BRIGHT as ir_datasets reads it, built from the real queries and qrels in ../shared/data/bright.
+"""BRIGHT as ir_datasets reads it, built from the real queries and qrels in ../shared/data/bright
+(or, without that folder, from the queries ir_datasets downloads, as for any user).
 
 ir_datasets' BRIGHT loader reads parquet files (queries with gold and excluded document ids,
 reasoning variants, documents). BRIGHT's documents are not available here, so the documents are
@@ -16,13 +17,30 @@ import ir_datasets
 REASONING_SOURCES = ("Gemini-1.0_reason", "claude-3-opus_reason", "gpt4_reason", "grit_reason", "llama3-70b_reason")
 
 
+def _cache_paths() -> dict:
+    return json.loads((Path(ir_datasets.__file__).parent / "etc" / "downloads.json").read_text())["bright"]
+
+
 def shared_topics(shared: Path, domain: str) -> list[dict]:
-    with gzip.open(shared / "data" / "bright" / f"topics.bright-{domain}-original.jsonl.gz", "rt") as lines:
-        return [json.loads(line) for line in lines]
+    """BRIGHT's queries of a domain from ../shared, or else as ir_datasets downloads them."""
+    path = shared / "data" / "bright" / f"topics.bright-{domain}-original.jsonl.gz"
+    if path.exists():
+        with gzip.open(path, "rt") as lines:
+            return [json.loads(line) for line in lines]
+    import pyarrow.parquet as pq
+
+    dataset = ir_datasets.load(f"bright/{domain}")
+    next(iter(dataset.queries_iter()))  # downloads the queries file, nothing else
+    return pq.read_table(Path(ir_datasets.util.home_path()) / "bright" / _cache_paths()[f"{domain}/queries"]
+                         ["cache_path"]).to_pylist()
 
 
 def shared_qrels(shared: Path, domain: str) -> set[tuple[str, str]]:
-    lines = (shared / "data" / "bright" / f"qrels.bright-{domain}.txt").read_text().splitlines()
+    """BRIGHT's positive judgements of a domain: its qrels file in ../shared, or else the gold ids of its queries."""
+    path = shared / "data" / "bright" / f"qrels.bright-{domain}.txt"
+    if not path.exists():
+        return {(topic["id"], doc) for topic in shared_topics(shared, domain) for doc in topic["gold_ids"]}
+    lines = path.read_text().splitlines()
     return {(qid, docno) for qid, _, docno, label in (line.split() for line in lines) if int(label) > 0}
 
 
@@ -41,10 +59,10 @@ def build(home: Path, shared: Path, domain: str, *, queries_with_documents: int,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    cache_paths = json.loads((Path(ir_datasets.__file__).parent / "etc" / "downloads.json").read_text())["bright"]
+    cache_paths = _cache_paths()
+    topics = shared_topics(shared, domain)
     folder = home / "bright"
     folder.mkdir(parents=True, exist_ok=True)
-    topics = shared_topics(shared, domain)
     pq.write_table(pa.Table.from_pylist(topics), folder / cache_paths[f"{domain}/queries"]["cache_path"])
     for source in REASONING_SOURCES:
         pq.write_table(pa.Table.from_pylist([{"id": t["id"], "reasoning": ""} for t in topics]),

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny local models (random, or scripted so that their output is known) and the
-real collections from ../shared, copied to a temporary ir_datasets home. No network is used."""
+real collections from ../shared, copied to a temporary ir_datasets home — or, from a clone without
+../shared, downloaded into that home by ir_datasets, as for any user. With ../shared, no network is used."""
 from __future__ import annotations
 
 import os
@@ -11,12 +12,11 @@ import pytest
 
 SHARED = Path(os.environ.get("REASONRANK_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
-# ir_datasets writes docstores beside the data, so it gets a private copy of the shared home,
-# set before anything imports ir_datasets.
+# ir_datasets writes docstores beside the data, so it gets a private home (a copy of the shared
+# one, when there is one), set before anything imports ir_datasets.
 _IRDS_HOME = Path(tempfile.mkdtemp(prefix="reasonrank-irds-"))
-if not (SHARED / "irds_home").is_dir():
-    raise RuntimeError(f"the shared data folder is missing: {SHARED / 'irds_home'} (set REASONRANK_SHARED)")
-shutil.copytree(SHARED / "irds_home", _IRDS_HOME, dirs_exist_ok=True)
+if (SHARED / "irds_home").is_dir():
+    shutil.copytree(SHARED / "irds_home", _IRDS_HOME, dirs_exist_ok=True)
 os.environ["IR_DATASETS_HOME"] = str(_IRDS_HOME)
 os.environ["REASONRANK_CACHE"] = tempfile.mkdtemp(prefix="reasonrank-cache-")  # indexes, not in ~/.cache
 

@@ -6,8 +6,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
 
-Reply = tuple[int, dict, dict]
-"""(status, JSON payload, extra headers)."""
+Reply = tuple[int, "dict | bytes", dict]
+"""(status, JSON payload — or the raw bytes of a body, to send a malformed one — extra headers)."""
 
 
 class LoopbackServer:
@@ -27,7 +27,7 @@ class LoopbackServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 status, payload, headers = server.respond(self.path, self.headers, body)
-                data = json.dumps(payload).encode()
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))

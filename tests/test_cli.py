@@ -39,6 +39,6 @@ def test_demo_without_a_model_fails_with_one_sentence(model, reason):
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 1
     assert run.stderr.strip().splitlines() == [
-        f"reasonrank: Could not load the model: {reason}; pass --model / model= a local directory or a Hub id "
+        f"reasonrank demo: Could not load the model: {reason}; pass --model / model= a local directory or a Hub id "
         "you can download."]
     assert run.stdout == ""

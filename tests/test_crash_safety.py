@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from openai_server import OpenAICompatibleServer
-from pyterrier_reasonrank import prompts
+from pyterrier_reasonrank import InputError, prompts
 from pyterrier_reasonrank.training.annotation import AnnotateConfig, annotate
 from pyterrier_reasonrank.training.checkpoints import last_complete_checkpoint
 from pyterrier_reasonrank.training.records import read_jsonl, record_key
@@ -62,7 +62,7 @@ def test_annotation_killed_mid_run_resumes_without_loss_or_duplicates(tmp_path):
         try:
             wait_for(lambda: lines(output) >= 10, process)
             # a second run on the same output refuses while the first holds it
-            with pytest.raises(RuntimeError, match="another process is writing annotations"):
+            with pytest.raises(InputError, match="another process is writing annotations"):
                 annotate(AnnotateConfig(**options, base_url=slow.base_url))
             process.send_signal(signal.SIGKILL)
             process.wait()

@@ -6,6 +6,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTTrainer
 
+from pyterrier_reasonrank import InputError
 from pyterrier_reasonrank.prompts import PromptEncoder
 from pyterrier_reasonrank.testing import build_tiny_reward_model
 from pyterrier_reasonrank.training.distillation import DistillConfig, training_examples
@@ -107,7 +108,7 @@ def test_weighted_examples_keep_the_best_candidates(tiny_model):
 
 
 def test_qlora_without_a_gpu_is_a_clear_error(tiny_model):
-    with pytest.raises(RuntimeError, match="QLoRA .* needs a CUDA GPU"):
+    with pytest.raises(InputError, match="QLoRA .* needs a CUDA GPU"):
         load_student(StudentConfig(model_name_or_path=str(tiny_model), load_in_4bit=True))
 
 

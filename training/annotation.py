@@ -19,6 +19,9 @@ import pandas as pd
 import pyterrier as pt
 
 from pyterrier_reasonrank import prompts
+from pyterrier_reasonrank.dataset import get_dataset
+from pyterrier_reasonrank.errors import InputError
+from pyterrier_reasonrank.redaction import config_secrets
 
 from .records import AnnotationStore, record_key, summarize
 from .sources import SourceConfig, candidate_pairs
@@ -56,7 +59,7 @@ class AnnotateConfig(SourceConfig):
         for name, value, allowed in (("task", self.task, ("relevance", "queries")),
                                      ("teacher", self.teacher, ("openai", "local"))):
             if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+                raise InputError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 def make_teacher(config: AnnotateConfig):
@@ -83,12 +86,18 @@ def annotate(config: AnnotateConfig, pairs: Optional[pd.DataFrame] = None) -> di
     Returns:
         The summary of the whole file: records, usable ones, errors by kind, labels, and how many
         records this run added. It is also written beside the output as ``<output>.summary.json``.
+
+    Every known secret (the ``api_key``, ``$OPENAI_API_KEY``, ``$HF_TOKEN``) is masked in what is
+    written: a teacher can be made to repeat the key it was sent.
     """
-    with AnnotationStore(config.output) as store:
+    with AnnotationStore(config.output, secrets=config_secrets(config)) as store:
         if config.task == "relevance":
             todo = candidate_pairs(config) if pairs is None else _own_pairs(pairs)
         else:
-            todo = pt.get_dataset(config.dataset).get_topics()
+            if not config.dataset:
+                raise InputError("no dataset: set `dataset` (e.g. irds:cranfield), whose questions the teacher "
+                                 "writes queries for")
+            todo = get_dataset(config.dataset).get_topics()
             todo = (todo if config.num_queries is None else todo.head(config.num_queries))[["qid", "query"]]
         todo = todo[[record_key(row) not in store.done for row in todo.to_dict("records")]].reset_index(drop=True)
         new = 0

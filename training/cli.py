@@ -5,55 +5,64 @@ import argparse
 import json
 import sys
 
-from pyterrier_reasonrank.backends.hf import ModelNotFoundError
+from pyterrier_reasonrank.errors import debugging, run_command
+from pyterrier_reasonrank.redaction import SECRET_FIELDS, config_secrets, known_secrets, scrub
 
-from .recipes import COMMANDS, RecipeError, read_recipe
+from .recipes import COMMANDS, read_recipe
 
-USAGE = """reasonrank-train {annotate,distill,refine} [--config RECIPE.yaml] [--key value ...]
 
-  annotate   a teacher explains and labels candidate pairs from an ir_datasets source (JSONL)
-  distill    supervised fine-tuning of the student on the annotations (LoRA / QLoRA / full)
-  refine     reinforcement learning from the distilled student (rwsft or grpo)
-
-Each command reads its section of the recipe; options override it (--help lists them).
-"""
+def usage() -> str:
+    """The usage text, made from the command registry."""
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {command.summary}" for name, command in COMMANDS.items()]
+    return (f"reasonrank-train {{{','.join(COMMANDS)}}} [--config RECIPE.yaml] [--key value ...] [--debug]\n\n"
+            + "\n".join(lines) + "\n\nEach command reads its section of the recipe; options override it "
+            "(reasonrank-train COMMAND --help lists them).\n--debug (or REASONRANK_DEBUG=1) shows the full "
+            "traceback of an error.\n")
 
 
 def main(argv=None) -> int:
+    """Run ``reasonrank-train``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debugging(argv)
     if argv[:1] in (["-h"], ["--help"]):
-        print(USAGE)
+        print(usage())
         return 0
     if not argv or argv[0] not in COMMANDS:
-        print(USAGE, file=sys.stderr)
+        print(usage(), file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
     config_parser = argparse.ArgumentParser(add_help=False)
     config_parser.add_argument("--config", default=None)
     known, rest = config_parser.parse_known_args(rest)
-    try:
+    # What a message may quote: the secrets on the command line until the configs are read, then theirs.
+    secrets = list(known_secrets(*_option_values(rest, SECRET_FIELDS)))
+
+    def run() -> int:
         configs = read_recipe(command, known.config, rest)
+        secrets[:] = config_secrets(*configs)
         from pyterrier_reasonrank import training
 
         result = getattr(training, command)(*configs)
-    except (RecipeError, ModelNotFoundError, ValueError, RuntimeError, FileNotFoundError, *_endpoint_errors()) as error:
-        # One line, no traceback: these are the user's to fix (and an endpoint's message has its key redacted).
-        print(f"reasonrank-train {command}: {error}", file=sys.stderr)
-        return 1
-    from .runcard import is_main_process
+        from .runcard import is_main_process
 
-    if is_main_process():  # once, under accelerate launch
-        print(json.dumps(result, indent=2, default=str))
-    return 0
+        if is_main_process():  # once, under accelerate launch
+            print(scrub(json.dumps(result, indent=2, default=str), secrets))
+        return 0
+
+    return run_command(f"reasonrank-train {command}", run, debug=debug, scrub=lambda line: scrub(line, secrets))
 
 
-def _endpoint_errors() -> tuple:
-    """The ``openai`` client's errors that outlasted its retries (wrong key, server down), when it is installed."""
-    try:
-        from openai import APIError
-    except ImportError:
-        return ()
-    return (APIError,)
+def _option_values(argv: list[str], names) -> list[str]:
+    """The values given to the options ``--name value`` or ``--name=value`` in ``argv``."""
+    values = []
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == f"--{name}" and i + 1 < len(argv):
+                values.append(argv[i + 1])
+            elif arg.startswith(f"--{name}="):
+                values.append(arg.split("=", 1)[1])
+    return values
 
 
 if __name__ == "__main__":

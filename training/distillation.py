@@ -11,21 +11,23 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer, get_peft_config
 
+from pyterrier_reasonrank.errors import InputError
+from pyterrier_reasonrank.outputs import writable_folder
 from pyterrier_reasonrank.prompts import MODES, PromptEncoder, QueryPromptEncoder
 
+from .arguments import TrainerDefaults
 from .checkpoints import resume_point
 from .evaluation import label_accuracy
-from .records import file_sha256, read_jsonl, record_key, usable_judgements, usable_query_lists
+from .records import PAIR_FIELDS, file_sha256, labelled_pairs, read_jsonl, record_key, usable_judgements, usable_query_lists
 from .runcard import plot_curves, write_run_card
 from .student import StudentConfig, load_student
 
 
 @dataclass
-class DistillConfig(SFTConfig):
+class DistillConfig(TrainerDefaults, SFTConfig):
     """trl's ``SFTConfig`` plus the data and the prompt truncation of the student.
 
     Differences from ``SFTConfig``'s defaults: the loss is on the response only
@@ -44,14 +46,10 @@ class DistillConfig(SFTConfig):
     max_question_tokens: int = field(default=1024, metadata={"help": "query generation: questions cut here"})
     completion_only_loss: Optional[bool] = field(default=True, metadata={"help": "loss on the response only"})
     max_length: Optional[int] = field(default=None, metadata={"help": "longest example; longer ones are an error"})
-    bf16: Optional[bool] = field(default=None, metadata={"help": "default: on a GPU that supports bfloat16"})
-    report_to: Optional[str] = field(default="none", metadata={"help": "experiment trackers"})
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.bf16 is None:
-            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
         super().__post_init__()
 
 
@@ -69,7 +67,7 @@ def training_examples(tokenizer, config: DistillConfig, judgements: list[dict],
                 for prompt, completion in pairs]
     longest = max(len(e["input_ids"]) for e in examples)
     if config.max_length is not None and longest > config.max_length:
-        raise ValueError(f"an example has {longest} tokens, more than max_length={config.max_length}; "
+        raise InputError(f"an example has {longest} tokens, more than max_length={config.max_length}; "
                          "lower max_doc_tokens / max_query_tokens or raise max_length")
     return examples
 
@@ -82,16 +80,19 @@ def distill(config: DistillConfig, student: StudentConfig) -> dict:
     """
     from datasets import Dataset
 
+    # Every input is read and checked before any work starts.
     if not config.train_file:
-        raise ValueError("no train_file: the annotated JSONL written by `reasonrank-train annotate`")
-    records = read_jsonl(config.train_file)
+        raise InputError("no train_file: the annotated JSONL written by `reasonrank-train annotate`")
+    records = read_jsonl(config.train_file, required=PAIR_FIELDS)
     # In key order: the file's order depends on when the teacher's answers arrived.
     judgements = sorted(usable_judgements(records), key=record_key)
     if not judgements:
-        raise ValueError(f"{config.train_file} holds no usable judgements ({len(records)} records, "
+        raise InputError(f"{config.train_file} holds no usable judgements ({len(records)} records, "
                          f"{sum(bool(r.get('error')) for r in records)} with errors)")
-    query_lists = sorted(usable_query_lists(read_jsonl(config.query_generation_file)), key=record_key) \
-        if config.query_generation_file else []
+    query_lists = sorted(usable_query_lists(read_jsonl(config.query_generation_file, required=("query",))),
+                         key=record_key) if config.query_generation_file else []
+    held_out = labelled_pairs(config.eval_file) if config.eval_file else None
+    writable_folder(config.output_dir)
     set_seed(config.seed)  # the adapter's initial weights too, which are drawn before the trainer seeds
     model, tokenizer = load_student(student, trust_remote_code=config.trust_remote_code)
     examples = training_examples(tokenizer, config, judgements, query_lists)
@@ -103,8 +104,8 @@ def distill(config: DistillConfig, student: StudentConfig) -> dict:
     metrics = {"train_loss": result.training_loss, "steps": result.global_step,
                "train_seconds": round(time.perf_counter() - start, 1)}
     trainer.save_model(config.output_dir)
-    if config.eval_file:
-        metrics["eval"] = label_accuracy(trainer.model, tokenizer, read_jsonl(config.eval_file),
+    if held_out:
+        metrics["eval"] = label_accuracy(trainer.model, tokenizer, held_out,
                                          max_query_tokens=config.max_query_tokens,
                                          max_doc_tokens=config.max_doc_tokens,
                                          batch_size=config.per_device_eval_batch_size)

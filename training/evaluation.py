@@ -7,23 +7,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from pyterrier_reasonrank.backends.hf import HFBackend
+from pyterrier_reasonrank.errors import InputError
 from pyterrier_reasonrank.prompts import PromptEncoder
 from pyterrier_reasonrank.scoring import most_probable_label
 
-
-LABEL_SOURCES = ("gold_or_teacher", "gold", "teacher")
-
-
-def target_label(record: dict, source: str = "gold_or_teacher") -> Optional[int]:
-    """The label a pair should get: its gold label, the teacher's, or the gold one when known else the teacher's."""
-    if source not in LABEL_SOURCES:
-        raise ValueError(f"label source must be one of {LABEL_SOURCES}, got {source!r}")
-    gold, teacher = record.get("gold_label"), record.get("label")
-    if source == "gold":
-        return gold
-    if source == "teacher":
-        return teacher
-    return gold if gold is not None else teacher
+from .records import target_label
 
 
 def label_accuracy(model, tokenizer, records: Sequence[dict], *, label_source: str = "gold_or_teacher",
@@ -37,7 +25,7 @@ def label_accuracy(model, tokenizer, records: Sequence[dict], *, label_source: s
     pairs = [(r, target_label(r, label_source)) for r in records]
     pairs = [(r, t) for r, t in pairs if t is not None]
     if not pairs:
-        raise ValueError("no held-out pairs with a target label")
+        raise InputError("no held-out pairs with a target label")
     encoder = PromptEncoder(tokenizer, max_query_tokens=max_query_tokens, max_doc_tokens=max_doc_tokens)
     was_training = model.training
     model.eval()
@@ -72,7 +60,7 @@ def total_rewards(completions: Sequence[str], columns: dict, reward_funcs: Seque
     """The weighted sum of the reward functions for each completion (a missing reward counts 0)."""
     weights = reward_weights or [1.0] * len(reward_funcs)
     if len(weights) != len(reward_funcs):
-        raise ValueError(f"{len(weights)} reward weights for {len(reward_funcs)} reward functions")
+        raise InputError(f"{len(weights)} reward weights for {len(reward_funcs)} reward functions")
     total = np.zeros(len(completions))
     for weight, function in zip(weights, reward_funcs):
         values = function(completions=list(completions), **columns)

@@ -16,6 +16,7 @@ config field has is an error that lists the valid ones.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 from pathlib import Path
@@ -24,24 +25,40 @@ from typing import Optional, Sequence
 import yaml
 from transformers import HfArgumentParser
 
+from pyterrier_reasonrank.errors import InputError
 
-class RecipeError(ValueError):
+
+class RecipeError(InputError):
     """A recipe or command line that does not fit the configs."""
 
 
-COMMANDS = {"annotate": ("AnnotateConfig",), "distill": ("DistillConfig", "StudentConfig"),
-            "refine": ("RefineConfig", "StudentConfig")}
-"""Each command of ``reasonrank-train`` (a function of :mod:`pyterrier_reasonrank.training` of the
-same name) and the configs it takes."""
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A command of ``reasonrank-train``: a function of :mod:`pyterrier_reasonrank.training` of the
+    same name, the configs it takes (by name, so that listing commands loads nothing) and what it does."""
+
+    configs: tuple[str, ...]
+    summary: str
+
+
+COMMANDS = {
+    "annotate": Command(("AnnotateConfig",), "a teacher explains and labels candidate pairs, or writes search "
+                                             "queries for questions (JSONL)"),
+    "distill": Command(("DistillConfig", "StudentConfig"), "supervised fine-tuning of the student on the annotations "
+                                                           "(LoRA / QLoRA / full)"),
+    "refine": Command(("RefineConfig", "StudentConfig"), "reinforcement learning from the distilled student "
+                                                         "(rwsft or grpo)"),
+}
+"""The commands of ``reasonrank-train``, by name."""
 
 
 def config_types(command: str) -> tuple:
     """The dataclass configs a command takes."""
     if command not in COMMANDS:
-        raise ValueError(f"unknown command {command!r}; one of {list(COMMANDS)}")
+        raise InputError(f"unknown command {command!r}; one of {list(COMMANDS)}")
     from pyterrier_reasonrank import training  # loads the (heavy) training stack on use
 
-    return tuple(getattr(training, name) for name in COMMANDS[command])
+    return tuple(getattr(training, name) for name in COMMANDS[command].configs)
 
 
 def read_recipe(command: str, path: Optional[str], overrides: Sequence[str] = ()) -> tuple:
@@ -53,8 +70,8 @@ def read_recipe(command: str, path: Optional[str], overrides: Sequence[str] = ()
         config, student = read_recipe("distill", "training/configs/tiny-cpu.yaml", ["--num_train_epochs", "1"])
         distill(config, student)
     """
-    return parse_configs(config_types(command), recipe_section(path, command), overrides,
-                         where=f"the '{command}:' section of {path}")
+    where = f"the '{command}:' section of {path}" if path else "the command line"
+    return parse_configs(config_types(command), recipe_section(path, command), overrides, where=where)
 
 
 def valid_keys(config_types: Sequence[type]) -> list[str]:
@@ -63,33 +80,111 @@ def valid_keys(config_types: Sequence[type]) -> list[str]:
 
 
 def recipe_section(path: Optional[str], section: str) -> dict:
-    """The section of a recipe file (empty without a file)."""
+    """The section of a recipe file (empty without a file).
+
+    Raises:
+        RecipeError: The file is not YAML, or not a mapping of sections, or the section is missing
+            or is not a mapping of keys to values.
+    """
     if path is None:
         return {}
-    recipe = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(recipe, dict) or section not in recipe:
-        raise RecipeError(f"{path} has no '{section}:' section (it has {sorted(recipe) if isinstance(recipe, dict) else 'none'})")
-    return recipe[section] or {}
+    try:
+        recipe = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path} is not valid YAML: {_yaml_problem(error)}") from None
+    if not isinstance(recipe, dict):
+        raise RecipeError(f"{path} is not a recipe: it holds {_kind(recipe)}, not sections such as "
+                          f"{', '.join(f'{c}:' for c in COMMANDS)}")
+    if section not in recipe:
+        raise RecipeError(f"{path} has no '{section}:' section (it has {sorted(map(str, recipe))})")
+    options = recipe[section] if recipe[section] is not None else {}
+    if not isinstance(options, dict):
+        raise RecipeError(f"the '{section}:' section of {path} holds {_kind(options)}, not keys with values")
+    return options
 
 
-def parse_configs(config_types: Sequence[type], section: dict, argv: Sequence[str], *, where: str = "the recipe") -> tuple:
+def parse_configs(config_types: Sequence[type], section: dict, argv: Sequence[str], *,
+                  where: str = "the recipe") -> tuple:
     """Build the configs from a recipe section, overridden by command-line options.
 
     Raises:
-        RecipeError: A key or option that no config takes, with the valid ones listed.
+        RecipeError: A key or option that no config takes (the valid ones are listed), a value of
+            the wrong type, or a combination the configs refuse.
     """
     keys = valid_keys(config_types)
     unknown = sorted(set(section) - set(keys))
     if unknown:
         raise RecipeError(_unknown_message(f"unknown key(s) in {where}", unknown, keys, ""))
-    parser = HfArgumentParser(config_types)
+    parser = _Parser(config_types)
     parser.allow_abbrev = False  # "--lora_alph" is a typo to report, not lora_alpha
-    parser.set_defaults(**section)
-    *configs, remaining = parser.parse_args_into_dataclasses(args=list(argv), return_remaining_strings=True)
+    options = {action.dest: action for action in parser._actions if f"--{action.dest}" in action.option_strings}
+    parser.set_defaults(**{key: _checked(options[key], value, where) for key, value in section.items()})
+    try:
+        *configs, remaining = parser.parse_args_into_dataclasses(args=list(argv), return_remaining_strings=True)
+    except RecipeError:
+        raise
+    except ValueError as error:  # a config's own checks, e.g. options that exclude each other
+        names = " + ".join(config_type.__name__ for config_type in config_types)
+        raise RecipeError(f"the {names} configuration: {error}") from None
     if remaining:
         options = [arg for arg in remaining if arg.startswith("--")] or remaining
         raise RecipeError(_unknown_message("unknown command-line option(s)", options, keys, "--"))
     return tuple(configs)
+
+
+class _Parser(HfArgumentParser):
+    """The configs' argument parser, whose errors are one :class:`RecipeError` line rather than a
+    usage text and an exit."""
+
+    def error(self, message: str):
+        raise RecipeError(f"command line: {message}")
+
+
+def _checked(action, value, where: str):
+    """A recipe value converted as the command line would convert it, or a :class:`RecipeError`
+    naming the key, the value and what it should be."""
+    def wrong() -> RecipeError:
+        return RecipeError(f"{where}: {action.dest}: {value!r} is not {_expected(action)}")
+
+    text_like = action.type in (None, str)  # a field typed as a union (text, list or mapping) parses as text
+    if value is None or (isinstance(value, (dict, list)) and text_like and action.nargs not in ("+", "*")):
+        return value
+    if action.nargs in ("+", "*"):
+        items = value if isinstance(value, list) else [value]
+        return [_converted(action, item, wrong) for item in items]
+    if isinstance(value, (dict, list)):
+        raise wrong()
+    return _converted(action, value, wrong)
+
+
+def _converted(action, value, wrong):
+    if isinstance(value, (dict, list)) or (isinstance(value, bool) and action.type in (int, float)):
+        raise wrong()
+    try:
+        converted = action.type(value if isinstance(value, (str, bool)) else str(value)) if action.type else value
+    except (ValueError, TypeError, AttributeError, argparse.ArgumentTypeError):
+        raise wrong() from None
+    if action.choices is not None and converted not in action.choices:
+        raise wrong()
+    return converted
+
+
+def _expected(action) -> str:
+    if action.choices is not None:
+        return f"one of {', '.join(map(str, action.choices))}"
+    kind = {int: "an integer", float: "a number", str: "text"}.get(action.type, "true or false")
+    return f"a list of {kind.split(' ', 1)[-1]} values" if action.nargs in ("+", "*") else kind
+
+
+def _kind(value) -> str:
+    kind = {dict: "a mapping", list: "a list", str: "the text"}.get(type(value), "the value")
+    return f"{kind} {str(value)[:40]!r}" if isinstance(value, str) else f"{kind} {str(value)[:40]}"
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
 def _unknown_message(what: str, unknown: Sequence[str], keys: Sequence[str], prefix: str) -> str:

@@ -1,6 +1,7 @@
 """JSONL files of annotations: crash-safe appends, resumption, and reading them back for training."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -8,9 +9,11 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional, Sequence, Union
 
+from pyterrier_reasonrank.errors import InputError
 from pyterrier_reasonrank.prompts import LABELS
+from pyterrier_reasonrank.redaction import scrub
 
 
 def record_key(record: dict) -> tuple:
@@ -24,30 +27,37 @@ class AnnotationStore:
     On opening, a last line left half-written by a crash is cut off, and the keys of the finished
     records are read so that a rerun skips them. Each record is written as one ``write`` of a whole
     line and flushed, so a kill loses at most the line being written. Only one process may hold
-    the file: a second one gets a clear error instead of interleaved lines.
+    the file: a second one gets a clear error instead of interleaved lines. Every secret given is
+    replaced by ``***`` in what is written (a teacher may repeat a key it was shown or sent).
 
     Args:
         path: The JSONL file (created with its folder if missing).
+        secrets: Strings that must never reach the file (see :mod:`pyterrier_reasonrank.redaction`).
     """
 
-    def __init__(self, path: Union[str, Path]):
+    def __init__(self, path: Union[str, Path], *, secrets: Sequence[str] = ()):
         self.path = Path(path)
+        self.secrets = tuple(secrets)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a+b")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._file.close()
-            raise RuntimeError(f"another process is writing annotations to {self.path}; "
-                               "wait for it to finish or choose another output") from None
+            raise InputError(f"another process is writing annotations to {self.path}; "
+                             "wait for it to finish or choose another output") from None
         self.repaired_bytes = _cut_torn_tail(self._file)
         self.records = read_jsonl(self.path)
         self.done = {record_key(record) for record in self.records}
 
     def append(self, record: dict) -> None:
-        """Write one record as a line, at once."""
-        self._file.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-        self._file.flush()
+        """Write one record as a line, at once, with the secrets masked."""
+        record = scrub(record, self.secrets)
+        try:
+            self._file.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+            self._file.flush()
+        except OSError as error:  # a full disk: say which file (a rerun repairs a torn last line)
+            raise OSError(error.errno, error.strerror, str(self.path)) from error
         self.records.append(record)
         self.done.add(record_key(record))
 
@@ -58,8 +68,12 @@ class AnnotationStore:
     def __enter__(self) -> "AnnotationStore":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.close()
+            return
+        with contextlib.suppress(OSError):  # the error in flight (a full disk, say) is the one to report
+            self.close()
 
 
 def _cut_torn_tail(file) -> int:
@@ -85,17 +99,69 @@ def _cut_torn_tail(file) -> int:
     return size - end
 
 
-def read_jsonl(path: Union[str, Path]) -> list[dict]:
-    """All records of a JSONL file; a line that is not JSON is an error naming its number."""
+PAIR_FIELDS = ("query", "text")
+"""What every record of a query-document pair holds (annotations, held-out pairs)."""
+
+
+def read_jsonl(path: Union[str, Path], *, required: Sequence[str] = ()) -> list[dict]:
+    """All records of a JSONL file.
+
+    Args:
+        path: The file.
+        required: Fields every record must hold as text (``query`` also not blank).
+
+    Raises:
+        InputError: A line is not JSON, not a JSON object, or lacks a required field; the error
+            names the file and the line.
+        FileNotFoundError: There is no such file.
+    """
     records = []
     with open(path, encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}, line {number}: not a JSON record ({error})") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InputError(f"{path}, line {number}: not a JSON record ({error})") from None
+            if not isinstance(record, dict):
+                raise InputError(f"{path}, line {number}: a record is a JSON object, not {type(record).__name__} "
+                                 f"({line.strip()[:40]})")
+            missing = [name for name in required if not isinstance(record.get(name), str)
+                       or (name == "query" and not record[name].strip())]
+            if missing:
+                raise InputError(f"{path}, line {number}: no {' or '.join(repr(m) for m in missing)} text in the "
+                                 f"record (each record needs {', '.join(required)})")
+            records.append(record)
     return records
+
+
+LABEL_SOURCES = ("gold_or_teacher", "gold", "teacher")
+
+
+def target_label(record: dict, source: str = "gold_or_teacher") -> Optional[int]:
+    """The label a pair should get: its gold label, the teacher's, or the gold one when known else the teacher's."""
+    if source not in LABEL_SOURCES:
+        raise InputError(f"label source must be one of {LABEL_SOURCES}, got {source!r}")
+    gold, teacher = record.get("gold_label"), record.get("label")
+    if source == "gold":
+        return gold
+    if source == "teacher":
+        return teacher
+    return gold if gold is not None else teacher
+
+
+def labelled_pairs(path: Union[str, Path], label_source: str = "gold_or_teacher") -> list[dict]:
+    """The pairs of a JSONL file that have a target label (see :func:`target_label`), in key order
+    (a file's order depends on when the teacher's answers arrived).
+
+    Raises:
+        InputError: The file holds none, or a record is not a pair (see :func:`read_jsonl`).
+    """
+    records = [r for r in read_jsonl(path, required=PAIR_FIELDS) if target_label(r, label_source) is not None]
+    if not records:
+        raise InputError(f"{path} holds no pairs with a {label_source.replace('_', ' ')} label")
+    return sorted(records, key=record_key)
 
 
 def usable_judgements(records: Iterable[dict]) -> list[dict]:

@@ -14,15 +14,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
 from transformers import set_seed
 from trl import GRPOConfig, GRPOTrainer, get_peft_config
 
+from pyterrier_reasonrank.errors import InputError
+from pyterrier_reasonrank.outputs import writable_folder
 from pyterrier_reasonrank.prompts import PromptEncoder
 
+from .arguments import TrainerDefaults
 from .checkpoints import resume_point
-from .evaluation import LABEL_SOURCES, mean_reward, target_label
-from .records import file_sha256, read_jsonl, record_key
+from .evaluation import mean_reward
+from .records import LABEL_SOURCES, file_sha256, labelled_pairs, target_label
 from .rewards import REWARDS, reward_functions
 from .runcard import plot_curves, write_run_card
 from .rwsft import RewardWeightedTrainer, weighted_examples
@@ -32,7 +34,7 @@ ALGORITHMS = ("rwsft", "grpo")
 
 
 @dataclass
-class RefineConfig(GRPOConfig):
+class RefineConfig(TrainerDefaults, GRPOConfig):
     """trl's ``GRPOConfig`` plus the data, the rewards and the reward-weighted algorithm's settings.
 
     ``num_generations``, ``temperature``, ``max_completion_length`` and ``reward_weights`` serve
@@ -55,16 +57,12 @@ class RefineConfig(GRPOConfig):
     eval_samples: int = field(default=4, metadata={"help": "responses sampled per held-out pair for the mean reward"})
     max_query_tokens: int = field(default=512, metadata={"help": "queries cut to this many tokens"})
     max_doc_tokens: int = field(default=1024, metadata={"help": "documents cut to this many tokens"})
-    bf16: Optional[bool] = field(default=None, metadata={"help": "default: on a GPU that supports bfloat16"})
-    report_to: Optional[str] = field(default="none", metadata={"help": "experiment trackers"})
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+            raise InputError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.label_source not in LABEL_SOURCES:
-            raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
-        if self.bf16 is None:
-            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            raise InputError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
         super().__post_init__()
 
 
@@ -94,15 +92,13 @@ def refine(config: RefineConfig, student: StudentConfig) -> dict:
     """
     from datasets import Dataset
 
+    # Every input is read and checked before any work starts.
     if not config.train_file:
-        raise ValueError("no train_file: the annotated JSONL to refine on")
-    # In key order: the file's order depends on when the teacher's answers arrived.
-    records = sorted((r for r in read_jsonl(config.train_file)
-                      if target_label(r, config.label_source) is not None and r.get("query") and r.get("text") is not None),
-                     key=record_key)
-    if not records:
-        raise ValueError(f"{config.train_file} holds no pairs with a {config.label_source} label")
+        raise InputError("no train_file: the annotated JSONL to refine on")
+    records = labelled_pairs(config.train_file, config.label_source)
     targets = [target_label(r, config.label_source) for r in records]
+    held_out = labelled_pairs(config.eval_file, config.label_source) if config.eval_file else None
+    writable_folder(config.output_dir)
     set_seed(config.seed)  # sampling before training (held-out reward, rwsft's draw) is repeatable too
     model, tokenizer = load_student(student, trust_remote_code=config.trust_remote_code)
     if student.use_peft and student.adapter is None:
@@ -112,7 +108,6 @@ def refine(config: RefineConfig, student: StudentConfig) -> dict:
     rewards = reward_functions(config.rewards, partial_credit=config.partial_credit, reward_model=config.reward_model,
                                trust_remote_code=config.trust_remote_code)
     encoder = PromptEncoder(tokenizer, max_query_tokens=config.max_query_tokens, max_doc_tokens=config.max_doc_tokens)
-    held_out = read_jsonl(config.eval_file) if config.eval_file else None
     metrics: dict = {}
     if held_out:
         metrics["eval_reward_before"] = _mean_reward(model, tokenizer, held_out, rewards, config)
@@ -126,7 +121,7 @@ def refine(config: RefineConfig, student: StudentConfig) -> dict:
             include_teacher=config.include_teacher, reward_weights=config.reward_weights,
             batch_size=config.per_device_train_batch_size, verbose=not config.disable_tqdm)
         if not examples:
-            raise ValueError("no sampled response was kept: every pair's candidates tied on reward; "
+            raise InputError("no sampled response was kept: every pair's candidates tied on reward; "
                              "raise temperature or num_generations")
         trainer = RewardWeightedTrainer(model=model, args=config, train_dataset=Dataset.from_list(examples),
                                         processing_class=tokenizer, pad_token_id=tokenizer.pad_token_id)

@@ -13,6 +13,8 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from pyterrier_reasonrank import prompts
+from pyterrier_reasonrank.errors import InputError
+
 
 def label_reward(completions: Sequence[str], target_label: Sequence[Optional[int]], partial_credit: float = 0.5,
                  **kwargs) -> list[Optional[float]]:
@@ -116,7 +118,7 @@ def reward_functions(names: Sequence[str], *, partial_credit: float = 0.5, rewar
     """
     unknown = sorted(set(names) - set(REWARDS))
     if unknown:
-        raise ValueError(f"unknown reward function(s) {unknown}; choose from {list(REWARDS)}")
+        raise InputError(f"unknown reward function(s) {unknown}; choose from {list(REWARDS)}")
     functions: list[Callable] = []
     for name in names:
         if name == "label":
@@ -126,6 +128,6 @@ def reward_functions(names: Sequence[str], *, partial_credit: float = 0.5, rewar
             functions.append(format_reward)
         else:
             if not reward_model:
-                raise ValueError("the reward_model reward needs `reward_model`: a sequence-classification model id")
+                raise InputError("the reward_model reward needs `reward_model`: a sequence-classification model id")
             functions.append(RewardModelReward(reward_model, **reward_model_options))
     return functions

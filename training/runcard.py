@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Sequence
 
 import pyterrier_reasonrank
+from pyterrier_reasonrank.redaction import config_secrets, scrub
 
 
 def write_run_card(output_dir: str, *, stage: str, configs: Sequence, data: dict, metrics: dict) -> Path:
     """Write ``run_card.json``: the stage, its configuration, the data it saw (with file hashes),
-    its metrics and the library versions. Secrets never appear: trainer arguments mask their
-    tokens, and fields declared with ``repr=False`` (API keys) are left out. Under ``accelerate
-    launch``, the main process writes it."""
+    its metrics and the library versions. Secrets never appear: fields declared with ``repr=False``
+    (API keys) are left out, and every known secret is masked wherever else it appears. Under
+    ``accelerate launch``, the main process writes it."""
     from accelerate import PartialState
 
     path = Path(output_dir) / "run_card.json"
@@ -36,7 +37,7 @@ def write_run_card(output_dir: str, *, stage: str, configs: Sequence, data: dict
                      "trl": trl.__version__, "torch": torch.__version__, "python": platform.python_version()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(card, indent=2, default=str) + "\n")
+    path.write_text(scrub(json.dumps(card, indent=2, default=str), config_secrets(*configs)) + "\n")
     return path
 
 

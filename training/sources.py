@@ -26,6 +26,8 @@ import pandas as pd
 import pyterrier as pt
 import yaml
 
+from pyterrier_reasonrank.dataset import get_dataset
+from pyterrier_reasonrank.errors import InputError
 from pyterrier_reasonrank.indexing import bm25
 
 PAIR_COLUMNS = ["qid", "query", "docno", "text", "gold_label", "source"]
@@ -61,12 +63,12 @@ class SourceConfig:
 
     def __post_init__(self):
         if self.queries_without_qrels not in ("skip", "keep"):
-            raise ValueError(f"queries_without_qrels must be 'skip' or 'keep', got {self.queries_without_qrels!r}")
+            raise InputError(f"queries_without_qrels must be 'skip' or 'keep', got {self.queries_without_qrels!r}")
         if isinstance(self.label_map, str):
             self.label_map = yaml.safe_load(self.label_map)
         if self.label_map is not None:
             if not isinstance(self.label_map, dict) or not all(v in (0, 1, 2) for v in self.label_map.values()):
-                raise ValueError(f"label_map must map grades to 0, 1 or 2, got {self.label_map!r}")
+                raise InputError(f"label_map must map grades to 0, 1 or 2, got {self.label_map!r}")
             self.label_map = {int(k): int(v) for k, v in self.label_map.items()}
 
 
@@ -86,8 +88,8 @@ def candidate_pairs(config: SourceConfig) -> pd.DataFrame:
         queries in dataset order.
     """
     if not config.dataset:
-        raise ValueError("no dataset: set `dataset` (e.g. irds:cranfield) in the config or on the command line")
-    dataset = pt.get_dataset(config.dataset)
+        raise InputError("no dataset: set `dataset` (e.g. irds:cranfield) in the config or on the command line")
+    dataset = get_dataset(config.dataset)
     topics = dataset.get_topics()
     if config.num_queries is not None:
         topics = topics.head(config.num_queries)

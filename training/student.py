@@ -5,10 +5,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from trl import ModelConfig
-from trl import get_quantization_config
+from trl import ModelConfig, get_quantization_config
 
 from pyterrier_reasonrank.backends.hf import base_model, clear_load_errors, tokenizer_source
+from pyterrier_reasonrank.errors import InputError
 
 
 @dataclass
@@ -27,7 +27,7 @@ class StudentConfig(ModelConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.model_name_or_path is None and self.adapter is None:
-            raise ValueError("no student model: set `model_name_or_path` (or `adapter`, whose base model is used)")
+            raise InputError("no student model: set `model_name_or_path` (or `adapter`, whose base model is used)")
 
 
 def load_student(config: StudentConfig, *, trust_remote_code: bool = False):
@@ -46,12 +46,12 @@ def load_student(config: StudentConfig, *, trust_remote_code: bool = False):
     quantization = None
     if config.load_in_4bit or config.load_in_8bit:
         if not torch.cuda.is_available():
-            raise RuntimeError("QLoRA (load_in_4bit / load_in_8bit) needs a CUDA GPU, and none is available; "
+            raise InputError("QLoRA (load_in_4bit / load_in_8bit) needs a CUDA GPU, and none is available; "
                                "train LoRA in full precision instead (load_in_4bit: false).")
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
-            raise RuntimeError("QLoRA needs bitsandbytes: pip install bitsandbytes") from None
+            raise InputError("QLoRA needs bitsandbytes: pip install bitsandbytes") from None
         quantization = get_quantization_config(config)
     name = config.model_name_or_path or base_model(config.adapter)
     with clear_load_errors("model", name):

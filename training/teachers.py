@@ -11,7 +11,8 @@ from typing import Callable, Iterator, Optional, Sequence
 
 from pyterrier_reasonrank import prompts
 from pyterrier_reasonrank.backends import hf
-from pyterrier_reasonrank.backends.openai import bounded_map, openai_client, secret_redacted
+from pyterrier_reasonrank.backends.openai import MalformedReply, bounded_map, openai_client, read_reply
+from pyterrier_reasonrank.redaction import known_secrets, redacted
 from pyterrier_reasonrank.scoring import most_probable_label
 
 
@@ -37,9 +38,10 @@ class OpenAITeacher:
     """A teacher behind an OpenAI-compatible chat-completions endpoint: a vLLM server or a hosted API.
 
     Requests run concurrently; the ``openai`` client retries rate limits (429), server errors (5xx)
-    and dropped connections with exponential backoff. An error that outlasts the retries (a wrong
-    key, an unreachable server) stops the run, so that the unanswered pairs are asked again on
-    resume instead of being recorded as failures.
+    and dropped connections with exponential backoff; a reply in the wrong shape (no choices, cut-off
+    JSON) is retried the same way. An error that outlasts the retries (a wrong key, an unreachable
+    server, a server that keeps answering garbage) stops the run, so that the unanswered pairs are
+    asked again on resume instead of being recorded as failures.
 
     Args:
         model: The model name the endpoint serves, e.g. ``"meta-llama/Llama-3.3-70B-Instruct"``.
@@ -62,6 +64,7 @@ class OpenAITeacher:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.max_doc_chars = max_doc_chars
+        self.max_retries = max_retries
         self._client = openai_client(base_url, api_key, max_retries=max_retries, timeout=timeout)
 
     def judge(self, queries: Sequence[str], documents: Sequence[str],
@@ -74,14 +77,24 @@ class OpenAITeacher:
         return self._answers([prompts.query_messages(q) for q in questions], query_fields)
 
     def _answers(self, conversations: list[list[dict]], to_fields: Callable[[str], dict]) -> Iterator[tuple[int, dict]]:
-        with secret_redacted(self._client.api_key):
+        with redacted(known_secrets(self._client.api_key)):
             for index, text in bounded_map(self._complete, conversations, self.concurrency):
                 yield index, to_fields(text)
 
     def _complete(self, messages: list[dict]) -> str:
-        response = self._client.chat.completions.create(model=self.name, messages=messages,
-                                                        temperature=self.temperature, max_tokens=self.max_tokens)
-        return response.choices[0].message.content or ""
+        return read_reply(lambda: self._client.chat.completions.create(
+            model=self.name, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens),
+            _answer_text, endpoint=str(self._client.base_url), retries=self.max_retries)
+
+
+def _answer_text(response) -> str:
+    """The text of a chat completion's first choice (a model may answer nothing: ``""``)."""
+    if not response.choices:
+        raise MalformedReply("no choices")
+    message = response.choices[0].message
+    if message is None:
+        raise MalformedReply("a choice without a message")
+    return message.content or ""
 
 
 class LocalTeacher:

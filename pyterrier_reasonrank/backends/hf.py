@@ -14,6 +14,7 @@ import numpy as np
 import pyterrier as pt
 import torch
 
+from ..errors import InputError, ModelNotFoundError, PickleCheckpointError
 from ..prompts import Mode, Prompt, PromptEncoder
 from ..scoring import label_probabilities
 from .base import Judgements, marker_started, progress_bar
@@ -26,14 +27,6 @@ class Completion:
 
     text: str
     ids: list[int]
-
-
-class ModelNotFoundError(OSError):
-    """The model (or adapter) could not be loaded: no such local path, and not on the Hub or in its cache."""
-
-
-class PickleCheckpointError(ModelNotFoundError):
-    """The weights are only in pickle files (``.bin``, ``.pt``...), which can run code when loaded: refused."""
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -404,6 +397,6 @@ def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) ->
     if isinstance(dtype, str):
         resolved = getattr(torch, dtype, None)
         if not isinstance(resolved, torch.dtype):
-            raise ValueError(f"dtype {dtype!r} is not a torch dtype name such as 'float32' or 'bfloat16'")
+            raise InputError(f"dtype {dtype!r} is not a torch dtype name such as 'float32' or 'bfloat16'")
         return resolved
     return dtype

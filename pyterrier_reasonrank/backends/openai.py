@@ -19,17 +19,24 @@ leaves the format gets the marker appended, and is marked ``forced`` — as loca
 """
 from __future__ import annotations
 
-import contextlib
+import json
 import os
+import random
+import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence, TypeVar
 
 import numpy as np
 import torch
 
+from ..errors import EndpointError
 from ..prompts import LABEL_MARKER, Mode, Prompt, PromptEncoder
+from ..redaction import known_secrets, redacted
 from ..scoring import label_probabilities
 from .base import Judgements, marker_started, progress_bar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def openai_client(base_url: Optional[str] = None, api_key: Optional[str] = None, *, max_retries: int = 6,
@@ -45,33 +52,40 @@ def openai_client(base_url: Optional[str] = None, api_key: Optional[str] = None,
                   timeout=timeout)
 
 
-@contextlib.contextmanager
-def secret_redacted(secret: Optional[str]):
-    """Errors raised inside have ``secret`` replaced by ``***`` in their message, arguments and body
-    (servers quote the key they were sent), so that no log, traceback or message shows it."""
-    try:
-        yield
-    except Exception as error:
-        if secret:
-            seen = set()
-            while error is not None and id(error) not in seen:
-                seen.add(id(error))
-                error.args = tuple(_scrub(arg, secret) for arg in error.args)
-                for name in ("message", "body"):
-                    if hasattr(error, name):
-                        setattr(error, name, _scrub(getattr(error, name), secret))
-                error = error.__cause__ or error.__context__
-        raise
+class MalformedReply(Exception):
+    """A reply (HTTP 200) whose body is not what the API promises: no choices, a null message..."""
 
 
-def _scrub(value, secret: str):
-    if isinstance(value, str):
-        return value.replace(secret, "***")
-    if isinstance(value, dict):
-        return {key: _scrub(item, secret) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_scrub(item, secret) for item in value)
-    return value
+RETRY_DELAY = 0.5
+"""Seconds before the first retry of a malformed reply; doubled for each further one (at most 8 s)."""
+
+
+def read_reply(request: Callable[[], T], read: Callable[[T], R], *, endpoint: str, retries: int) -> R:
+    """``read(request())``, where a reply in the wrong shape counts as a server fault.
+
+    The ``openai`` client retries rate limits, server errors and dropped connections itself; a
+    reply it parses but that lacks what the API promises (no ``choices``, a choice without a
+    message), or whose JSON is cut off, is retried here with the same backoff.
+
+    Args:
+        request: Sends the request and returns the parsed response.
+        read: Takes what is needed from the response; raises :class:`MalformedReply` when it is not there.
+        endpoint: The endpoint's URL, for the error.
+        retries: Retries after the first attempt.
+
+    Raises:
+        EndpointError: Every attempt got a malformed reply; it names the endpoint and the fault.
+    """
+    for attempt in range(retries + 1):
+        try:
+            return read(request())
+        except (MalformedReply, json.JSONDecodeError) as error:
+            fault = error
+        if attempt < retries:
+            time.sleep(min(RETRY_DELAY * 2 ** attempt, 8.0) * random.uniform(0.75, 1.25))
+    what = f"invalid JSON ({fault})" if isinstance(fault, json.JSONDecodeError) else str(fault)
+    raise EndpointError(f"the endpoint {endpoint} answered {retries + 1} time(s) with a reply that is not "
+                        f"OpenAI-compatible: {what}")
 
 
 def bounded_map(fn: Callable, items: Sequence, concurrency: int) -> Iterator[tuple[int, object]]:
@@ -113,6 +127,7 @@ class OpenAIBackend:
         self.model = model
         self.tokenizer = tokenizer
         self.concurrency = concurrency
+        self.max_retries = max_retries
         self._client = openai_client(base_url, max_retries=max_retries, timeout=timeout)
         self._stop_ids = frozenset(tokenizer.all_special_ids)
 
@@ -130,7 +145,7 @@ class OpenAIBackend:
             explanation, context, was_forced = self._explain(ids, encoder, max_new_tokens)
             return explanation, self._label_logprobs(context, encoder), was_forced
 
-        with progress_bar(progress, n, verbose) as progress, secret_redacted(self._client.api_key):
+        with progress_bar(progress, n, verbose) as progress, redacted(known_secrets(self._client.api_key)):
             for i, (explanation, logprobs, was_forced) in bounded_map(one, prompts, self.concurrency):
                 explanations[i], forced[i] = explanation, was_forced
                 label_logprobs[i] = torch.tensor(logprobs, dtype=torch.float64)
@@ -139,11 +154,10 @@ class OpenAIBackend:
 
     def _explain(self, ids: list[int], encoder: PromptEncoder, max_new_tokens: int) -> tuple[str, list[int], bool]:
         """The explanation, the context up to the label position, and whether the marker was forced."""
-        response = self._client.completions.create(
-            model=self.model, prompt=ids, max_tokens=max_new_tokens, temperature=0.0, stop=[LABEL_MARKER], logprobs=1,
+        choice, = self._complete(
+            1, prompt=ids, max_tokens=max_new_tokens, temperature=0.0, stop=[LABEL_MARKER], logprobs=1,
             extra_body={"include_stop_str_in_output": True, "return_tokens_as_token_ids": True,
                         "skip_special_tokens": False})
-        choice = response.choices[0]
         generated = [int(token.split(":", 1)[1]) for token in choice.logprobs.tokens]
         marker = encoder.marker_ids
         natural = choice.text.rstrip().endswith(LABEL_MARKER)
@@ -161,11 +175,22 @@ class OpenAIBackend:
 
     def _label_logprobs(self, context: list[int], encoder: PromptEncoder) -> list[float]:
         """log p(label | context) for each label, from one request echoing context + label."""
-        response = self._client.completions.create(
-            model=self.model, prompt=[context + [label] for label in encoder.label_ids], max_tokens=1,
-            temperature=0.0, echo=True, logprobs=1)
-        choices = sorted(response.choices, key=lambda choice: choice.index)
+        choices = self._complete(len(encoder.label_ids), prompt=[context + [label] for label in encoder.label_ids],
+                                 max_tokens=1, temperature=0.0, echo=True, logprobs=1)
         return [choice.logprobs.token_logprobs[len(context)] for choice in choices]
+
+    def _complete(self, n: int, **request) -> list:
+        """The ``n`` choices of a completions request, in prompt order, with their log-probabilities."""
+        def read(response) -> list:
+            choices = sorted(response.choices or [], key=lambda choice: choice.index)
+            if len(choices) != n:
+                raise MalformedReply(f"{len(choices)} choices for {n} prompt(s)")
+            if any(choice.logprobs is None or choice.text is None for choice in choices):
+                raise MalformedReply("a choice without text or log-probabilities")
+            return choices
+
+        return read_reply(lambda: self._client.completions.create(model=self.model, **request), read,
+                          endpoint=str(self._client.base_url), retries=self.max_retries)
 
 
 def load(model: str, *, tokenizer: Optional[str] = None, base_url: Optional[str] = None, concurrency: int = 32,
