@@ -39,3 +39,20 @@ def test_empty_input_needs_no_server():
     ranker = ReasonRanker("m", backend="openai", base_url="http://127.0.0.1:9/v1")
     assert len(ranker(pd.DataFrame(columns=["qid", "query", "docno", "text"]))) == 0
     assert repr(ranker) == "ReasonRanker('m', mode='explain', backend='openai')"
+
+
+@pytest.mark.parametrize("backend", ["transformers", "openai"])
+def test_a_loaded_ranker_pickles_and_loads_again_where_it_lands(tiny_model, backend):
+    """Process-parallel tools pickle transformers; a loaded ranker (an endpoint's client holds locks)
+    travels without its model or client and makes them again on first use."""
+    import pickle
+
+    inp = pairs(2, 3)
+    with CompletionsServer(str(tiny_model)) as server:
+        ranker = remote(tiny_model, server, mode="direct") if backend == "openai" \
+            else ReasonRanker(str(tiny_model), mode="direct")
+        first = ranker(inp)
+        copy = pickle.loads(pickle.dumps(ranker))
+        assert copy._backend is None and repr(copy) == repr(ranker)
+        again = copy(inp)
+    assert list(again.docno) == list(first.docno) and again.score.tolist() == pytest.approx(first.score.tolist())

@@ -65,6 +65,42 @@ def test_an_api_key_is_never_written_printed_or_raised(vocabulary, tmp_path):
     assert SECRET not in repr(config)
 
 
+def test_no_secret_reaches_any_file_or_output(tiny_model, tmp_path):
+    """Each known secret is planted where a run could write it — a teacher that repeats every key it
+    knows (a server that echoes, a prompt-injected document), a Hub token on the command line,
+    one in an error message — and every file written and every line printed is searched."""
+    secrets = {"argument": "sk-reasonrank-argument-0123456789", "OPENAI_API_KEY": "sk-reasonrank-environment-012345",
+               "HF_TOKEN": "hf_reasonrankEnvironmentToken0123", "hub_token": "hf_reasonrankCommandLineToken012"}
+    env = {**os.environ, "OPENAI_API_KEY": secrets["OPENAI_API_KEY"], "HF_TOKEN": secrets["HF_TOKEN"]}
+
+    def leaky(messages) -> str:  # every secret the annotating process knows (the Hub token is distillation's)
+        known = [secrets[name] for name in ("argument", "OPENAI_API_KEY", "HF_TOKEN")]
+        return f"Explanation: my keys are {' and '.join(known)}.\nRelevance: 1"
+
+    common = ["--hub_token", secrets["hub_token"], "--model_name_or_path", str(tiny_model), "--max_steps", "2",
+              "--save_strategy", "steps", "--save_steps", "1", "--per_device_train_batch_size", "4",
+              "--max_doc_tokens", "32", "--disable_tqdm", "true"]
+    with OpenAICompatibleServer(leaky, api_key=secrets["argument"]) as server:
+        runs = [run_cli(["annotate", "--dataset", "irds:cranfield", "--num_queries", "2", "--teacher_model", "leaky",
+                         "--base_url", server.base_url, "--api_key", secrets["argument"], "--output", "a.jsonl"],
+                        env, tmp_path)]
+    runs.append(run_cli(["distill", *common, "--train_file", "a.jsonl", "--output_dir", "distill"], env, tmp_path))
+    runs.append(run_cli(["refine", *common, "--train_file", "a.jsonl", "--output_dir", "refine",
+                         "--num_generations", "2", "--max_completion_length", "4"], env, tmp_path))
+    assert [run.returncode for run in runs] == [0, 0, 0], [run.stderr[-2000:] for run in runs]
+    # an error that would quote a secret
+    runs.append(run_cli(["distill", *common, "--learning_rate", secrets["hub_token"]], env, tmp_path))
+    assert runs[-1].returncode == 1 and "invalid float value: '***'" in runs[-1].stderr
+
+    written = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    assert {"a.jsonl", "a.jsonl.summary.json", "run_card.json", "training_args.bin", "trainer_state.json",
+            "adapter_config.json"} <= {path.name for path in written}
+    assert "***" in json.loads((tmp_path / "a.jsonl").read_text().splitlines()[0])["explanation"]
+    for name, secret in secrets.items():
+        assert not [str(path) for path, data in written.items() if secret.encode() in data], name
+        assert not [run.args for run in runs if secret in run.stdout + run.stderr], name
+
+
 def test_the_ranker_redacts_the_key_of_its_server(tiny_model, monkeypatch):
     from vllm_server import CompletionsServer
 
