@@ -1,8 +1,8 @@
 """Quickstart: BM25 against BM25 >> ReasonRanker on the bundled demo collection, and explanations.
 
-    python examples/quickstart.py                      # the default model (downloaded from the Hub)
-    REASONRANK_MODEL=/path/to/model python examples/quickstart.py
-    REASONRANK_ADAPTER=runs/tiny/refine python examples/quickstart.py
+python examples/quickstart.py                      # the default model (downloaded from the Hub)
+REASONRANK_MODEL=/path/to/model python examples/quickstart.py
+REASONRANK_ADAPTER=runs/tiny/refine python examples/quickstart.py
 """
 import os
 

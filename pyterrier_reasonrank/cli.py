@@ -95,8 +95,8 @@ def _demo(args) -> int:
 def _evaluate(args) -> int:
     import pandas as pd
 
-    from .display import write_report
     from .dataset import get_dataset
+    from .display import write_report
     from .evaluation import cascade, dataset_ids, evaluate, write_outputs
     from .outputs import writable_folder
 

@@ -28,7 +28,8 @@ class ReasonRankResults(pd.DataFrame):
     """The frame a :class:`~pyterrier_reasonrank.ReasonRanker` returns: an ordinary pandas
     DataFrame (every PyTerrier and pandas operation works on it) that Jupyter shows as a
     readable list per query — rank, docno, label, score, explanation and the document's opening.
-    ``pd.DataFrame(results)`` shows it as a table."""
+    ``pd.DataFrame(results)`` shows it as a table.
+    """
 
     @property
     def _constructor(self):

@@ -1,5 +1,6 @@
 """Evaluation: a first stage alone against re-ranked pipelines, with significance, over one or more
-datasets — BRIGHT's twelve domains among them — written as CSV, Markdown and a PNG."""
+datasets — BRIGHT's twelve domains among them — written as CSV, Markdown and a PNG.
+"""
 from __future__ import annotations
 
 import re
@@ -59,7 +60,8 @@ class DropExcluded(pt.Transformer):
 
 def cascade(first: pt.Transformer, second: pt.Transformer, depth: int) -> pt.Transformer:
     """``first`` ranks everything, ``second`` re-ranks its top ``depth``, and the rest follow below
-    in ``first``'s order — so the ranking keeps its full depth."""
+    in ``first``'s order — so the ranking keeps its full depth.
+    """
     return first >> ((pt.RankCutoff(depth) >> second) ^ pt.Transformer.identity())
 
 
@@ -143,7 +145,8 @@ def load_topics(dataset, dataset_id: str, query_field: Optional[str]) -> pd.Data
 
 def write_outputs(evaluation: Evaluation, output: Union[str, Path], *, headline=HEADLINE) -> dict[str, Path]:
     """Write ``results.csv``, ``results.md``, ``per_query.csv``, one TREC run per system and dataset
-    (``runs/``), and ``differences.png`` (per query, or per dataset when there are several)."""
+    (``runs/``), and ``differences.png`` (per query, or per dataset when there are several).
+    """
     output = Path(output)
     (output / "runs").mkdir(parents=True, exist_ok=True)
     files = {"csv": output / "results.csv", "markdown": output / "results.md", "per_query": output / "per_query.csv",
@@ -160,7 +163,8 @@ def write_outputs(evaluation: Evaluation, output: Union[str, Path], *, headline=
 
 def plot_differences(evaluation: Evaluation, path: Union[str, Path], *, headline=HEADLINE) -> Path:
     """Bars of each re-ranked system's difference from the first stage in the headline measure:
-    per query for one dataset, per dataset (with the average) for several."""
+    per query for one dataset, per dataset (with the average) for several.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -170,7 +170,8 @@ _NUMBERING = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022])\s*")
 
 def parse_queries(text: str) -> ParsedQueries:
     """Read the search queries from a response: one per line, numbering or bullets removed, at most
-    :data:`MAX_QUERIES`, duplicates dropped. No query at all is an error."""
+    :data:`MAX_QUERIES`, duplicates dropped. No query at all is an error.
+    """
     lines = _strip_prefix(text, QUERIES_PREFIX).splitlines()
     queries = [_NUMBERING.sub("", line).strip().strip('"') for line in lines]
     queries = list(dict.fromkeys(q for q in queries if q))[:MAX_QUERIES]

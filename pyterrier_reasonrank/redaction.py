@@ -23,7 +23,8 @@ MIN_SECRET_LENGTH = 8
 
 def known_secrets(*given: Optional[str]) -> tuple[str, ...]:
     """The secrets ``given`` and those in the environment, longest first (so that a secret that
-    contains another is masked whole)."""
+    contains another is masked whole).
+    """
     values = [*given, *(os.environ.get(name) for name in SECRET_VARIABLES)]
     return tuple(sorted({v for v in values if v and len(v) >= MIN_SECRET_LENGTH}, key=len, reverse=True))
 
@@ -35,7 +36,8 @@ def config_secrets(*configs) -> tuple[str, ...]:
 
 def scrub(value, secrets: Iterable[str]):
     """``value`` with every secret replaced by ``***``, in strings and inside dicts, lists and tuples
-    (keys too)."""
+    (keys too).
+    """
     secrets = tuple(secrets)
     if not secrets:
         return value
@@ -53,7 +55,8 @@ def scrub(value, secrets: Iterable[str]):
 @contextlib.contextmanager
 def redacted(secrets: Iterable[str]):
     """Errors raised inside have every secret replaced by ``***`` in their message, arguments and
-    body (servers quote the key they were sent), along their chain of causes."""
+    body (servers quote the key they were sent), along their chain of causes.
+    """
     secrets = tuple(secrets)
     try:
         yield
@@ -72,7 +75,8 @@ def redacted(secrets: Iterable[str]):
 class SecretFieldsNotPickled:
     """A mixin for config dataclasses: pickling (the trainer's ``training_args.bin``) leaves the
     secret fields out, so that a Hub token given on the command line is not written with the
-    checkpoint. The unpickled config has them as ``None``."""
+    checkpoint. The unpickled config has them as ``None``.
+    """
 
     def __getstate__(self):
         state = dict(self.__dict__)

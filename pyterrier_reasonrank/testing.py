@@ -66,7 +66,8 @@ def build_tiny_model(path: Union[str, Path], *, seed: int = 0, vocab_size: int =
 
 def build_tiny_reward_model(path: Union[str, Path], *, seed: int = 0) -> Path:
     """Write a tiny random Llama-style sequence-classification model (one logit: a reward model) and
-    the same tokenizer to ``path``, for offline tests of reward-model rewards."""
+    the same tokenizer to ``path``, for offline tests of reward-model rewards.
+    """
     from transformers import LlamaForSequenceClassification
 
     return _build(LlamaForSequenceClassification, path, seed=seed, vocab_size=4096, hidden_size=64, num_layers=2,

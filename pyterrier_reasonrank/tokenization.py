@@ -51,7 +51,8 @@ class TextTokenizer:
 
 def _private_copy(backend, *, encode_special_tokens: bool):
     """A copy of a Rust tokenizer that nothing else holds, with no truncation or padding (which the
-    Python wrapper also sets per call) and the special-token choice fixed."""
+    Python wrapper also sets per call) and the special-token choice fixed.
+    """
     from tokenizers import Tokenizer
 
     copy = Tokenizer.from_str(backend.to_str())

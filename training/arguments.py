@@ -14,7 +14,8 @@ from pyterrier_reasonrank.redaction import SecretFieldsNotPickled
 class TrainerDefaults(SecretFieldsNotPickled):
     """Defaults put before a trl config (``class DistillConfig(TrainerDefaults, SFTConfig)``): bf16
     only on a GPU that supports it, no experiment tracker, and no Hub token in the pickled
-    ``training_args.bin`` that the trainer writes with every checkpoint."""
+    ``training_args.bin`` that the trainer writes with every checkpoint.
+    """
 
     bf16: Optional[bool] = field(default=None, metadata={"help": "default: on a GPU that supports bfloat16"})
     report_to: Optional[str] = field(default="none", metadata={"help": "experiment trackers"})

@@ -21,7 +21,15 @@ from pyterrier_reasonrank.prompts import MODES, PromptEncoder, QueryPromptEncode
 from .arguments import TrainerDefaults
 from .checkpoints import resume_point
 from .evaluation import label_accuracy
-from .records import PAIR_FIELDS, file_sha256, labelled_pairs, read_jsonl, record_key, usable_judgements, usable_query_lists
+from .records import (
+    PAIR_FIELDS,
+    file_sha256,
+    labelled_pairs,
+    read_jsonl,
+    record_key,
+    usable_judgements,
+    usable_query_lists,
+)
 from .runcard import plot_curves, write_run_card
 from .student import StudentConfig, load_student
 

@@ -35,7 +35,8 @@ class RecipeError(InputError):
 @dataclasses.dataclass(frozen=True)
 class Command:
     """A command of ``reasonrank-train``: a function of :mod:`pyterrier_reasonrank.training` of the
-    same name, the configs it takes (by name, so that listing commands loads nothing) and what it does."""
+    same name, the configs it takes (by name, so that listing commands loads nothing) and what it does.
+    """
 
     configs: tuple[str, ...]
     summary: str
@@ -134,7 +135,8 @@ def parse_configs(config_types: Sequence[type], section: dict, argv: Sequence[st
 
 class _Parser(HfArgumentParser):
     """The configs' argument parser, whose errors are one :class:`RecipeError` line rather than a
-    usage text and an exit."""
+    usage text and an exit.
+    """
 
     def error(self, message: str):
         raise RecipeError(f"command line: {message}")
@@ -142,7 +144,8 @@ class _Parser(HfArgumentParser):
 
 def _checked(action, value, where: str):
     """A recipe value converted as the command line would convert it, or a :class:`RecipeError`
-    naming the key, the value and what it should be."""
+    naming the key, the value and what it should be.
+    """
     def wrong() -> RecipeError:
         return RecipeError(f"{where}: {action.dest}: {value!r} is not {_expected(action)}")
 

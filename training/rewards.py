@@ -35,7 +35,8 @@ def label_reward(completions: Sequence[str], target_label: Sequence[Optional[int
 
 def format_reward(completions: Sequence[str], **kwargs) -> list[float]:
     """1 for a response in the format — a non-empty explanation, then one ``Relevance:`` line with a
-    label and nothing after it — else 0."""
+    label and nothing after it — else 0.
+    """
     return [1.0 if _well_formed(completion) else 0.0 for completion in completions]
 
 

@@ -16,7 +16,8 @@ def write_run_card(output_dir: str, *, stage: str, configs: Sequence, data: dict
     """Write ``run_card.json``: the stage, its configuration, the data it saw (with file hashes),
     its metrics and the library versions. Secrets never appear: fields declared with ``repr=False``
     (API keys) are left out, and every known secret is masked wherever else it appears. Under
-    ``accelerate launch``, the main process writes it."""
+    ``accelerate launch``, the main process writes it.
+    """
     from accelerate import PartialState
 
     path = Path(output_dir) / "run_card.json"

@@ -36,7 +36,8 @@ class Backend(Protocol):
               max_new_tokens: int, verbose: bool = False, progress=None, **options) -> Judgements:
         """Judge each prompt, given as (prefix, suffix) token ids: the prefix (instructions and query)
         is shared by the documents of a query, the suffix ends with the response start for ``mode``.
-        ``progress``: a bar to advance per judged prompt, instead of one of its own when ``verbose``."""
+        ``progress``: a bar to advance per judged prompt, instead of one of its own when ``verbose``.
+        """
         ...
 
 
@@ -52,7 +53,8 @@ def progress_bar(progress, total: int, verbose: bool):
 
 def marker_started(generated: Sequence[int], marker: Sequence[int]) -> int:
     """How many leading tokens of the marker, short of all of them, ``generated`` ends with (0 if none):
-    a marker the model had started when it had to stop."""
+    a marker the model had started when it had to stop.
+    """
     for k in range(len(marker) - 1, 0, -1):
         if list(generated[-k:]) == list(marker[:k]):
             return k

@@ -23,7 +23,8 @@ from .base import Judgements, marker_started, progress_bar
 @dataclass
 class Completion:
     """A generated response: its text (special tokens removed) and its token ids, up to and
-    including the end-of-turn token when the model wrote one."""
+    including the end-of-turn token when the model wrote one.
+    """
 
     text: str
     ids: list[int]
@@ -256,7 +257,8 @@ def _batches(prompts: Sequence[Prompt], batch_size: int, max_batch_tokens: Optio
              budget: int) -> list[list[int]]:
     """Batches of prompt indices: a query's documents together (so their prefix can be shared),
     queries and documents longest first (so a batch pads little, and the first shows the peak
-    memory), each batch at most ``batch_size`` rows and ``max_batch_tokens`` tokens."""
+    memory), each batch at most ``batch_size`` rows and ``max_batch_tokens`` tokens.
+    """
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i][0]), prompts[i][0], -len(prompts[i][1])))
     batches: list[list[int]] = []
     width = 0
@@ -347,7 +349,8 @@ def tokenizer_source(model: str, adapter: Optional[str]) -> str:
 @contextlib.contextmanager
 def clear_load_errors(what: str, name: str):
     """Turns the loaders' errors for a missing model into one sentence that says what to do, and
-    refuses a local checkpoint whose weights are only in pickle files."""
+    refuses a local checkpoint whose weights are only in pickle files.
+    """
     refuse_pickle_weights(what, name)
     try:
         yield

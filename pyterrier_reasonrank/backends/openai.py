@@ -44,7 +44,8 @@ def openai_client(base_url: Optional[str] = None, api_key: Optional[str] = None,
     """An ``openai`` client for an OpenAI-compatible endpoint. ``base_url`` defaults to
     ``$OPENAI_BASE_URL`` and the key to ``$OPENAI_API_KEY`` (a placeholder for local servers that
     need none). The client retries rate limits, server errors and dropped connections with
-    exponential backoff."""
+    exponential backoff.
+    """
     from openai import OpenAI
 
     return OpenAI(base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None,
@@ -90,7 +91,8 @@ def read_reply(request: Callable[[], T], read: Callable[[T], R], *, endpoint: st
 
 def bounded_map(fn: Callable, items: Sequence, concurrency: int) -> Iterator[tuple[int, object]]:
     """``(index, fn(item))`` in completion order, at most ``2 * concurrency`` calls pending; the
-    first error cancels what has not started and is raised."""
+    first error cancels what has not started and is raised.
+    """
     pending = {}
     queue = iter(enumerate(items))
     with ThreadPoolExecutor(concurrency) as pool:
@@ -174,7 +176,7 @@ class OpenAIBackend:
         return explanation.strip(), ids + generated + ending, True
 
     def _label_logprobs(self, context: list[int], encoder: PromptEncoder) -> list[float]:
-        """log p(label | context) for each label, from one request echoing context + label."""
+        """Log p(label | context) for each label, from one request echoing context + label."""
         choices = self._complete(len(encoder.label_ids), prompt=[context + [label] for label in encoder.label_ids],
                                  max_tokens=1, temperature=0.0, echo=True, logprobs=1)
         return [choice.logprobs.token_logprobs[len(context)] for choice in choices]
