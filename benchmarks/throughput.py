@@ -37,7 +37,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from pyterrier_reasonrank.backends.hf import HFBackend
+    from pyterrier_reasonrank.prompts import Prompt, PromptEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,9 +75,9 @@ PRESETS = {
                                  prefix_docs=8),
     }},
     "gpu": {"device": "cuda", "models": {
-        "llama-3.2-3b": Workload(dtype="bfloat16", queries=20, k=50, batch_size=256, max_new_tokens=128, max_doc_tokens=512,
-                                 max_batch_tokens=256 * 1024, reference_docs=8, repeats=2, prefix_queries=20,
-                                 prefix_docs=50),
+        "llama-3.2-3b": Workload(dtype="bfloat16", queries=20, k=50, batch_size=256, max_new_tokens=128,
+                                 max_doc_tokens=512, max_batch_tokens=256 * 1024, reference_docs=8, repeats=2,
+                                 prefix_queries=20, prefix_docs=50),
     }},
 }
 SCORE_TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
@@ -83,7 +90,8 @@ PREFIX_DOC_TOKENS = 64
 
 # ---------------------------------------------------------------- the parent: data, models, report
 
-def main(argv=None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Run the benchmark (each measurement in a child process) and print the report as Markdown."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="default: gpu when CUDA is available, else cpu")
@@ -134,7 +142,8 @@ def main(argv=None) -> None:
             _progress(rooflines[-1])
     tiny_workload = PRESETS["cpu"]["models"]["tiny"]
     tiny = {**common, "model": str(_model("tiny", preset["device"])),
-            "workload": dataclasses.asdict(dataclasses.replace(tiny_workload, **QUICK) if args.quick else tiny_workload)}
+            "workload": dataclasses.asdict(dataclasses.replace(tiny_workload, **QUICK) if args.quick
+                                           else tiny_workload)}
     memory = [{"queries": n, **_child({**tiny, "kind": "memory", "queries": n})} for n in memory_queries]
 
     report += _speed_table(speed) + _prefix_table(prefix) + _memory_table(memory) + _roofline_table(rooflines)
@@ -278,7 +287,7 @@ def _run_child(job: dict) -> dict:
     return {"speed": _speed, "prefix": _prefix, "memory": _memory, "roofline": _roofline}[job["kind"]](job)
 
 
-def _setup(job: dict, mode: str, pairs):
+def _setup(job: dict, mode: str, pairs: pd.DataFrame):
     """The ranker, its backend and the pre-tokenised prompts for ``pairs``."""
     from pyterrier_reasonrank import ReasonRanker
     from pyterrier_reasonrank.backends import hf
@@ -335,7 +344,7 @@ def _speed(job: dict) -> dict:
 class _Floor:
     """Raw batched ``generate`` (or one forward pass) on the pipeline's prompts, in its batches."""
 
-    def __init__(self, backend, prompts, options, new_tokens: int):
+    def __init__(self, backend: HFBackend, prompts: list[Prompt], options: dict, new_tokens: int):
         from pyterrier_reasonrank.backends.hf import _batches
 
         self.backend, self.new_tokens = backend, new_tokens
@@ -357,7 +366,7 @@ class _Floor:
                                    min_new_tokens=self.new_tokens, do_sample=False, pad_token_id=pad)
 
 
-def _one_pair_loop(backend, encoder, prompts, new_tokens: int) -> list[int]:
+def _one_pair_loop(backend: HFBackend, encoder: PromptEncoder, prompts: list[Prompt], new_tokens: int) -> list[int]:
     """One pair at a time: generate, decode, parse; label 0 when the output cannot be parsed."""
     import torch
 
@@ -404,7 +413,7 @@ def _prefix(job: dict) -> dict:
             "max_difference": float(np.abs(scores[0] - scores[1]).max())}
 
 
-def _prefill_tokens(prompts, options, *, reuse: bool) -> int:
+def _prefill_tokens(prompts: list[Prompt], options: dict, *, reuse: bool) -> int:
     """Tokens the prefill computes, counting each batch's distinct prefixes once when reusing."""
     from pyterrier_reasonrank.backends.hf import _batches
 
@@ -459,7 +468,7 @@ def _roofline(job: dict) -> dict:
             "decode_s": decode, "roofline": len(pairs) / (prefill + decode), "pipeline": len(pairs) / elapsed}
 
 
-def _measure_hardware(device: str, dtype) -> tuple[float, float]:
+def _measure_hardware(device: str, dtype: torch.dtype) -> tuple[float, float]:
     """Measured memory bandwidth (bytes/s, a large copy reads and writes) and matmul rate (FLOP/s)."""
     import torch
 
@@ -472,7 +481,7 @@ def _measure_hardware(device: str, dtype) -> tuple[float, float]:
     return 2 * source.numel() * source.element_size() / copy, 2 * n ** 3 / matmul
 
 
-def _timed(function, device: str) -> float:
+def _timed(function: Callable[[], object], device: str) -> float:
     import torch
 
     if device == "cuda":

@@ -1,5 +1,6 @@
-"""Evaluate a ReasonRanker on BRIGHT: BM25 top-100 of each domain re-ranked, excluded documents
-removed before scoring, nDCG@10 per domain and on average, with significance tests.
+"""Evaluate a ReasonRanker on BRIGHT: nDCG@10 per domain and on average, with significance tests.
+
+BM25's top 100 of each domain is re-ranked, and the documents BRIGHT excludes are removed before scoring.
 
     python examples/evaluate_bright.py --adapter runs/paper-3b/refine
     python examples/evaluate_bright.py --domains biology leetcode --k 20 --model /path/to/model

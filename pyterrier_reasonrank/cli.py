@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from typing import Optional, Sequence
 
 from .backends.hf import DEFAULT_MODEL
 from .errors import debugging, run_command
@@ -11,7 +12,7 @@ from .ranker import ReasonRanker
 from .redaction import known_secrets, scrub
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``reasonrank``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debugging(argv)
@@ -65,12 +66,12 @@ def main(argv=None) -> int:
                        debug=debug, scrub=lambda line: scrub(line, known_secrets()))
 
 
-def _ranker(args, mode: str) -> ReasonRanker:
+def _ranker(args: argparse.Namespace, mode: str) -> ReasonRanker:
     return ReasonRanker(args.model, adapter=args.adapter, mode=mode, batch_size=args.batch_size,
                         max_new_tokens=args.max_new_tokens, device=args.device, verbose=True)
 
 
-def _demo(args) -> int:
+def _demo(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .demo import run_demo
@@ -92,7 +93,7 @@ def _demo(args) -> int:
     return 0
 
 
-def _evaluate(args) -> int:
+def _evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .dataset import get_dataset

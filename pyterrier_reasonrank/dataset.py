@@ -8,7 +8,7 @@ import pyterrier as pt
 from .errors import InputError
 
 
-def get_dataset(name: str):
+def get_dataset(name: str) -> pt.datasets.Dataset:
     """``pt.get_dataset(name)``.
 
     Raises:

@@ -5,7 +5,7 @@ import json
 import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 import pandas as pd
 import pyterrier as pt
@@ -24,23 +24,27 @@ class DemoCollection:
     """
 
     def __init__(self):
+        """Locate the bundled files and read the documents' texts into memory."""
         self._root = resources.files("pyterrier_reasonrank") / "data" / "demo"
         lines = (self._root / "docs.jsonl").read_text().splitlines()
         self._texts = {doc["docno"]: doc["text"] for doc in map(json.loads, lines)}
 
     def get_corpus_iter(self) -> Iterator[dict]:
+        """The documents, as ``{"docno": ..., "text": ...}`` dicts (what indexing reads)."""
         return ({"docno": docno, "text": text} for docno, text in self._texts.items())
 
     def get_topics(self) -> pd.DataFrame:
+        """The queries, as a frame with ``qid`` and ``query`` columns."""
         rows = [line.split("\t") for line in (self._root / "topics.tsv").read_text().splitlines()]
         return pd.DataFrame(rows, columns=["qid", "query"])
 
     def get_qrels(self) -> pd.DataFrame:
+        """The graded relevance judgements, as a frame with ``qid``, ``docno`` and ``label`` (0, 1 or 2)."""
         rows = [line.split() for line in (self._root / "qrels.txt").read_text().splitlines()]
         qrels = pd.DataFrame([(q, d, int(g)) for q, _, d, g in rows], columns=["qid", "docno", "label"])
         return qrels
 
-    def text_loader(self, fields="*", *, verbose: bool = False) -> pt.Transformer:
+    def text_loader(self, fields: Union[list[str], str] = "*", *, verbose: bool = False) -> pt.Transformer:
         """Adds the ``text`` column (what ``pt.text.get_text(collection, "text")`` calls)."""
         return pt.apply.generic(lambda frame: frame.assign(text=frame["docno"].map(self._texts)))
 
@@ -63,7 +67,7 @@ class DemoResult:
     seconds: float
 
 
-def load_collection(dataset: Optional[str]):
+def load_collection(dataset: Optional[str]) -> Union[DemoCollection, pt.datasets.Dataset]:
     """The bundled collection (``None``) or a PyTerrier dataset such as ``"irds:vaswani"``."""
     return DemoCollection() if dataset is None else get_dataset(dataset)
 

@@ -17,7 +17,8 @@ _STYLE = """<style>
 .reasonrank ol { margin: 2px 0 10px 0; padding-left: 28px; }
 .reasonrank li { margin-bottom: 6px; }
 .reasonrank .label { border-radius: 3px; padding: 0 5px; color: #fff; font-weight: 600; }
-.reasonrank .l0 { background: #9e9e9e; } .reasonrank .l1 { background: #e69500; } .reasonrank .l2 { background: #2e8540; }
+.reasonrank .l0 { background: #9e9e9e; } .reasonrank .l1 { background: #e69500; }
+.reasonrank .l2 { background: #2e8540; }
 .reasonrank .meta { color: #555; }
 .reasonrank .explanation { margin-left: 4px; }
 .reasonrank .opening { color: #666; font-size: 12px; margin-left: 4px; }
@@ -25,10 +26,11 @@ _STYLE = """<style>
 
 
 class ReasonRankResults(pd.DataFrame):
-    """The frame a :class:`~pyterrier_reasonrank.ReasonRanker` returns: an ordinary pandas
-    DataFrame (every PyTerrier and pandas operation works on it) that Jupyter shows as a
-    readable list per query — rank, docno, label, score, explanation and the document's opening.
-    ``pd.DataFrame(results)`` shows it as a table.
+    """The frame a :class:`~pyterrier_reasonrank.ReasonRanker` returns: a DataFrame shown as a list per query.
+
+    It is an ordinary pandas DataFrame (every PyTerrier and pandas operation works on it) that
+    Jupyter shows as a readable list per query — rank, docno, label, score, explanation and the
+    document's opening. ``pd.DataFrame(results)`` shows it as a table.
     """
 
     @property

@@ -1,12 +1,13 @@
-"""Evaluation: a first stage alone against re-ranked pipelines, with significance, over one or more
-datasets — BRIGHT's twelve domains among them — written as CSV, Markdown and a PNG.
+"""Evaluation: a first stage alone against re-ranked pipelines, with significance, over one or more datasets.
+
+The datasets may include BRIGHT's twelve domains; the results are written as CSV, Markdown and a PNG.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import pandas as pd
 import pyterrier as pt
@@ -14,6 +15,9 @@ import pyterrier as pt
 from .dataset import get_dataset
 from .errors import InputError
 from .indexing import bm25
+
+if TYPE_CHECKING:
+    from ir_measures import Measure
 
 BRIGHT_DOMAINS = ("biology", "earth-science", "economics", "psychology", "robotics", "stackoverflow",
                   "sustainable-living", "leetcode", "pony", "aops", "theoremqa-theorems", "theoremqa-questions")
@@ -33,18 +37,25 @@ def dataset_ids(names: Sequence[str]) -> list[str]:
 
 
 class DropExcluded(pt.Transformer):
-    """Removes from rankings the documents that the qrels exclude from evaluation (label -100),
-    as BRIGHT prescribes, and ranks the rest again.
+    """Removes from rankings the documents that the qrels exclude from evaluation (label -100).
 
-    Args:
-        qrels: The dataset's qrels (``qid, docno, label``).
+    This is what BRIGHT prescribes; the remaining documents are ranked again.
     """
 
     def __init__(self, qrels: pd.DataFrame):
+        """Collect the (qid, docno) pairs that the qrels exclude.
+
+        Args:
+            qrels: The dataset's qrels (``qid, docno, label``).
+        """
         excluded = qrels[qrels["label"] == EXCLUDED]
         self.excluded = frozenset(zip(excluded["qid"].astype(str), excluded["docno"].astype(str)))
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        """Drop the excluded (qid, docno) pairs from a result frame and recompute the ranks of the rest.
+
+        Without exclusions, or without rows, the frame is returned as it is.
+        """
         pt.validate.result_frame(inp)
         if not self.excluded or len(inp) == 0:
             return inp
@@ -54,13 +65,15 @@ class DropExcluded(pt.Transformer):
     def __repr__(self) -> str:
         return f"DropExcluded({len(self.excluded)} pairs)"
 
-    def schematic(self, *, input_columns=None) -> dict:
+    def schematic(self, *, input_columns: Optional[list[str]] = None) -> dict[str, Any]:
+        """How PyTerrier draws this stage in a pipeline: a plain label, with no help link."""
         return {"label": "DropExcluded", "help_url": None}
 
 
 def cascade(first: pt.Transformer, second: pt.Transformer, depth: int) -> pt.Transformer:
-    """``first`` ranks everything, ``second`` re-ranks its top ``depth``, and the rest follow below
-    in ``first``'s order — so the ranking keeps its full depth.
+    """``first`` ranks everything, ``second`` re-ranks its top ``depth``, and the rest follow below.
+
+    The rest keep ``first``'s order, so the ranking keeps its full depth.
     """
     return first >> ((pt.RankCutoff(depth) >> second) ^ pt.Transformer.identity())
 
@@ -132,7 +145,7 @@ def evaluate(datasets: Sequence[str], rerankers: dict[str, pt.Transformer], *, k
     return Evaluation(table, per_query, runs)
 
 
-def load_topics(dataset, dataset_id: str, query_field: Optional[str]) -> pd.DataFrame:
+def load_topics(dataset: pt.datasets.Dataset, dataset_id: str, query_field: Optional[str]) -> pd.DataFrame:
     """The topics with a ``query`` column (from ``query_field`` when given; BRIGHT's is ``"text"``)."""
     if query_field is None and dataset_id.startswith("irds:bright/"):
         query_field = "text"
@@ -143,9 +156,12 @@ def load_topics(dataset, dataset_id: str, query_field: Optional[str]) -> pd.Data
     return topics[["qid", "query"]]
 
 
-def write_outputs(evaluation: Evaluation, output: Union[str, Path], *, headline=HEADLINE) -> dict[str, Path]:
-    """Write ``results.csv``, ``results.md``, ``per_query.csv``, one TREC run per system and dataset
-    (``runs/``), and ``differences.png`` (per query, or per dataset when there are several).
+def write_outputs(evaluation: Evaluation, output: Union[str, Path], *,
+                  headline: Measure = HEADLINE) -> dict[str, Path]:
+    """Write the tables, the runs and the plot of an evaluation into the folder ``output``.
+
+    The files are ``results.csv``, ``results.md``, ``per_query.csv``, one TREC run per system and
+    dataset (``runs/``), and ``differences.png`` (per query, or per dataset when there are several).
     """
     output = Path(output)
     (output / "runs").mkdir(parents=True, exist_ok=True)
@@ -161,9 +177,10 @@ def write_outputs(evaluation: Evaluation, output: Union[str, Path], *, headline=
     return files
 
 
-def plot_differences(evaluation: Evaluation, path: Union[str, Path], *, headline=HEADLINE) -> Path:
-    """Bars of each re-ranked system's difference from the first stage in the headline measure:
-    per query for one dataset, per dataset (with the average) for several.
+def plot_differences(evaluation: Evaluation, path: Union[str, Path], *, headline: Measure = HEADLINE) -> Path:
+    """Bars of each re-ranked system's difference from the first stage in the headline measure.
+
+    The bars are per query for one dataset, per dataset (with the average) for several.
     """
     import matplotlib
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import pyterrier as pt
+
+if TYPE_CHECKING:
+    from pyterrier_reasonrank.demo import DemoCollection
 
 
 def index_cache() -> Path:
@@ -15,7 +18,8 @@ def index_cache() -> Path:
     return root / "indexes"
 
 
-def bm25(collection, *, name: Optional[str], num_results: int) -> pt.Transformer:
+def bm25(collection: Union[pt.datasets.Dataset, DemoCollection], *, name: Optional[str],
+         num_results: int) -> pt.Transformer:
     """pyterrier_pisa BM25 (porter2 stemming, k1 0.9, b 0.4) over a collection.
 
     Args:

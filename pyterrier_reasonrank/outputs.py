@@ -7,8 +7,9 @@ from typing import Union
 
 
 def writable_folder(path: Union[str, Path]) -> None:
-    """Create ``path`` if needed and check that a file can be written there, so that a run that
-    could not save its result stops before it starts rather than after hours of work.
+    """Create ``path`` if needed and check that a file can be written there.
+
+    A run that could not save its result thus stops before it starts rather than after hours of work.
 
     Raises:
         OSError: The folder cannot be created or written (read-only file system, no permission).

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Literal, Optional, Sequence
 
 import jinja2
 
 from .errors import InputError
 from .tokenization import TextTokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 Mode = Literal["explain", "direct"]
 MODES: tuple[str, ...] = ("explain", "direct")
@@ -169,8 +172,9 @@ _NUMBERING = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022])\s*")
 
 
 def parse_queries(text: str) -> ParsedQueries:
-    """Read the search queries from a response: one per line, numbering or bullets removed, at most
-    :data:`MAX_QUERIES`, duplicates dropped. No query at all is an error.
+    """Read the search queries from a response: one per line, numbering or bullets removed.
+
+    At most :data:`MAX_QUERIES` are kept, duplicates dropped. No query at all is an error.
     """
     lines = _strip_prefix(text, QUERIES_PREFIX).splitlines()
     queries = [_NUMBERING.sub("", line).strip().strip('"') for line in lines]
@@ -181,7 +185,8 @@ def parse_queries(text: str) -> ParsedQueries:
 class _TemplateEncoder:
     """Renders a chat template around slots for user text and encodes the pieces once."""
 
-    def __init__(self, tokenizer, turns: list[dict[str, str]], slots: Sequence[str], response_start: str):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, str]], slots: Sequence[str],
+                 response_start: str):
         self.tokenizer = tokenizer
         self._tokens = TextTokenizer(tokenizer)
         pieces = _render(tokenizer, turns, slots)
@@ -226,16 +231,22 @@ class PromptEncoder(_TemplateEncoder):
     ``ValueError`` names the tokenizer otherwise), and it exposes the token ids that the scoring
     reads: ``marker_ids`` (the marker as the model writes it), ``forced_marker_ids`` (a line break
     and the marker, appended when the model did not write it) and ``label_ids`` (for 0, 1, 2).
-
-    Args:
-        tokenizer: A Hugging Face tokenizer. Its chat template is used when it has one.
-        mode: ``"explain"`` or ``"direct"``.
-        max_query_tokens: The query is cut to this many tokens.
-        max_doc_tokens: The document is cut to this many tokens.
     """
 
-    def __init__(self, tokenizer, mode: Mode = "explain", *, max_query_tokens: int = 512,
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, mode: Mode = "explain", *, max_query_tokens: int = 512,
                  max_doc_tokens: int = 1024):
+        """Check the tokenizer's label tokens and render the prompt template for ``mode`` once.
+
+        Args:
+            tokenizer: A Hugging Face tokenizer. Its chat template is used when it has one.
+            mode: ``"explain"`` or ``"direct"``.
+            max_query_tokens: The query is cut to this many tokens.
+            max_doc_tokens: The document is cut to this many tokens.
+
+        Raises:
+            ValueError: An unknown ``mode``.
+            InputError: A limit below 1, or a tokenizer that does not write each label as one token.
+        """
         _check_mode(mode)
         for name, value in (("max_query_tokens", max_query_tokens), ("max_doc_tokens", max_doc_tokens)):
             if value < 1:
@@ -272,8 +283,9 @@ class PromptEncoder(_TemplateEncoder):
 
     def prompts(self, queries: Sequence[str], documents: Sequence[str],
                 hints: Optional[Sequence[Optional[str]]] = None) -> list[Prompt]:
-        """The prompts of many pairs as (:meth:`prefix`, :meth:`suffix`) token ids, tokenized in
-        batches, each distinct query once.
+        """The prompts of many pairs as (:meth:`prefix`, :meth:`suffix`) token ids.
+
+        The texts are tokenized in batches, each distinct query once.
 
         Args:
             queries: The query of each pair.
@@ -311,14 +323,18 @@ class PromptEncoder(_TemplateEncoder):
 
 
 class QueryPromptEncoder(_TemplateEncoder):
-    """Turns a long question into the token ids of the query-generation prompt.
+    """Turns a long question into the token ids of the query-generation prompt."""
 
-    Args:
-        tokenizer: A Hugging Face tokenizer. Its chat template is used when it has one.
-        max_question_tokens: The question is cut to this many tokens.
-    """
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, max_question_tokens: int = 1024):
+        """Render the query-generation prompt template for ``tokenizer`` once.
 
-    def __init__(self, tokenizer, *, max_question_tokens: int = 1024):
+        Args:
+            tokenizer: A Hugging Face tokenizer. Its chat template is used when it has one.
+            max_question_tokens: The question is cut to this many tokens.
+
+        Raises:
+            InputError: ``max_question_tokens`` is below 1.
+        """
         if max_question_tokens < 1:
             raise InputError(f"max_question_tokens must be at least 1, got {max_question_tokens}")
         self.max_question_tokens = max_question_tokens
@@ -334,7 +350,7 @@ class QueryPromptEncoder(_TemplateEncoder):
         return self.encode_text(text) + self.end_ids  # as text, like the judgement response
 
 
-def _render(tokenizer, turns: list[dict[str, str]], slots: Sequence[str]) -> list[str]:
+def _render(tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, str]], slots: Sequence[str]) -> list[str]:
     """The prompt text around the slots: ``len(slots) + 1`` pieces."""
     if tokenizer.chat_template is None:
         bos = tokenizer.bos_token if getattr(tokenizer, "add_bos_token", False) else None
@@ -353,7 +369,7 @@ def _render(tokenizer, turns: list[dict[str, str]], slots: Sequence[str]) -> lis
     return pieces + [rendered]
 
 
-def _label_tokens(tokenizer) -> tuple[list[int], list[int], list[int]]:
+def _label_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int], list[int]]:
     """Marker, forced marker and label token ids, found by tokenizing whole responses."""
     # Whole responses, so that marker and labels are split as in context. A word ends the
     # explanation: a full stop would merge with the line break in some tokenizers.

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import pandas as pd
 import pyterrier as pt
@@ -17,7 +17,7 @@ COMBINATIONS = ("join", "question+join")
 
 
 class QueryGenerator(pt.Transformer):
-    """Rewrites each query (a long question) into the search queries the model writes for it.
+    r"""Rewrites each query (a long question) into the search queries the model writes for it.
 
     It follows PyTerrier's query-rewriting convention: the original query moves to ``query_0``
     and ``query`` holds the rewrite, so a first stage retrieves with the generated queries and
@@ -25,23 +25,8 @@ class QueryGenerator(pt.Transformer):
 
     .. code-block:: python
 
-        pipeline = QueryGenerator(adapter=student) >> bm25 >> pt.rewrite.reset() \\
+        pipeline = QueryGenerator(adapter=student) >> bm25 >> pt.rewrite.reset() \
             >> pt.text.get_text(dataset, "text") >> ReasonRanker(adapter=student)
-
-    Args:
-        model: Hub id or local directory. Default: the adapter's base model, or
-            :data:`~pyterrier_reasonrank.DEFAULT_MODEL`.
-        adapter: A PEFT adapter trained on query generation (``reasonrank-train distill`` with a
-            ``query_generation_file``).
-        combine: How the generated queries become the new ``query``: ``"join"`` (all of them,
-            joined into one bag-of-words query) or ``"question+join"`` (the question, then them).
-        max_new_tokens: Budget for the list of queries.
-        max_question_tokens: The question is cut to this many tokens.
-        batch_size: Questions generated for at once.
-        device: ``"cuda"``, ``"cpu"``, ... Default: CUDA when available.
-        dtype: ``torch.dtype`` or its name. Default: bfloat16 on a GPU, float32 on CPU.
-        verbose: Show a progress bar.
-        trust_remote_code: Allow the model's own code from its repository to run.
 
     The output keeps every input column, moves the question to ``query_0``, and adds
     ``generated_queries`` (the list the model wrote). A question for which the model writes no
@@ -52,6 +37,26 @@ class QueryGenerator(pt.Transformer):
                  max_new_tokens: int = 128, max_question_tokens: int = 1024, batch_size: int = 8,
                  device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
                  verbose: bool = False, trust_remote_code: bool = False):
+        """Check and store the settings; the model is loaded when queries are rewritten, not here.
+
+        Args:
+            model: Hub id or local directory. Default: the adapter's base model, or
+                :data:`~pyterrier_reasonrank.DEFAULT_MODEL`.
+            adapter: A PEFT adapter trained on query generation (``reasonrank-train distill`` with a
+                ``query_generation_file``).
+            combine: How the generated queries become the new ``query``: ``"join"`` (all of them,
+                joined into one bag-of-words query) or ``"question+join"`` (the question, then them).
+            max_new_tokens: Budget for the list of queries.
+            max_question_tokens: The question is cut to this many tokens.
+            batch_size: Questions generated for at once.
+            device: ``"cuda"``, ``"cpu"``, ... Default: CUDA when available.
+            dtype: ``torch.dtype`` or its name. Default: bfloat16 on a GPU, float32 on CPU.
+            verbose: Show a progress bar.
+            trust_remote_code: Allow the model's own code from its repository to run.
+
+        Raises:
+            InputError: An unknown ``combine``.
+        """
         if combine not in COMBINATIONS:
             raise InputError(f"combine must be one of {COMBINATIONS}, got {combine!r}")
         self.model = model
@@ -102,6 +107,7 @@ class QueryGenerator(pt.Transformer):
             args.append(f"combine={self.combine!r}")
         return f"QueryGenerator({', '.join(args)})"
 
-    def schematic(self, *, input_columns=None) -> dict:
+    def schematic(self, *, input_columns: Optional[list[str]] = None) -> dict[str, Any]:
+        """How PyTerrier draws this stage in a pipeline: a plain label, with no help link."""
         # help_url given, so that drawing a pipeline does not look the class up online.
         return {"label": "QueryGenerator", "help_url": None}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -35,37 +35,6 @@ class ReasonRanker(pt.Transformer):
         bm25 = pyterrier_pisa.PisaIndex("index").bm25(num_results=20)
         pipeline = bm25 >> pt.text.get_text(dataset, "text") >> ReasonRanker()
 
-    Args:
-        model: Hugging Face Hub id or local directory of a causal LM with a chat template. Default:
-            the adapter's base model when ``adapter`` is given, else :data:`DEFAULT_MODEL`.
-        adapter: A PEFT adapter (Hub id or directory), e.g. one made by ``reasonrank-train``.
-        mode: ``"explain"`` (explanation, then label) or ``"direct"`` (label only: one forward pass,
-            no generation; faster, for a first cut in a cascade).
-        batch_size: Number of pairs judged at once, across queries.
-        max_new_tokens: Explanation budget in tokens. A model that has not written the label marker
-            by then gets it appended, and the row is marked ``forced``.
-        max_query_tokens: The query is cut to this many tokens.
-        max_doc_tokens: The document is cut to this many tokens. Instructions and the response
-            marker are never cut.
-        text_field: The input column holding the document text.
-        max_batch_tokens: Most tokens in a batch, counted as pairs x (longest prompt + explanation
-            budget), so that long documents make smaller batches. ``None``: only ``batch_size`` limits.
-        prefix_reuse: Compute the prompt prefix that the documents of a query share (instructions
-            and query) once per batch rather than once per document. Scores are the same either way.
-        device: ``"cuda"``, ``"cpu"``, ... Default: CUDA when available.
-        dtype: ``torch.dtype`` or its name. Default: bfloat16 on a GPU, float32 on CPU.
-        backend: ``"transformers"`` (the model runs here) or ``"openai"``: the model is served by an
-            OpenAI-compatible server with vLLM's completions API (``vllm serve <model>
-            --enable-prefix-caching``); ``model`` is then the name it is served under, and the key,
-            if the server needs one, comes from ``$OPENAI_API_KEY``.
-        base_url: The server for ``backend="openai"``, e.g. ``"http://localhost:8000/v1"``
-            (default: ``$OPENAI_BASE_URL``).
-        tokenizer: For ``backend="openai"``: where the model's tokenizer is (default: ``model``).
-        concurrency: For ``backend="openai"``: pairs in flight.
-        verbose: Show a progress bar.
-        trust_remote_code: Allow the model's own code from its repository to run. Off unless you
-            trust the repository.
-
     The model is loaded on first use, not on construction.
     """
 
@@ -76,6 +45,42 @@ class ReasonRanker(pt.Transformer):
                  dtype: Union[str, torch.dtype, None] = None, backend: str = "transformers",
                  base_url: Optional[str] = None, tokenizer: Optional[str] = None, concurrency: int = 32,
                  verbose: bool = False, trust_remote_code: bool = False):
+        """Check and store the settings; the model (or the endpoint's tokenizer) is loaded on first use.
+
+        Args:
+            model: Hugging Face Hub id or local directory of a causal LM with a chat template. Default:
+                the adapter's base model when ``adapter`` is given, else :data:`DEFAULT_MODEL`.
+            adapter: A PEFT adapter (Hub id or directory), e.g. one made by ``reasonrank-train``.
+            mode: ``"explain"`` (explanation, then label) or ``"direct"`` (label only: one forward pass,
+                no generation; faster, for a first cut in a cascade).
+            batch_size: Number of pairs judged at once, across queries.
+            max_new_tokens: Explanation budget in tokens. A model that has not written the label marker
+                by then gets it appended, and the row is marked ``forced``.
+            max_query_tokens: The query is cut to this many tokens.
+            max_doc_tokens: The document is cut to this many tokens. Instructions and the response
+                marker are never cut.
+            text_field: The input column holding the document text.
+            max_batch_tokens: Most tokens in a batch, counted as pairs x (longest prompt + explanation
+                budget), so that long documents make smaller batches. ``None``: only ``batch_size`` limits.
+            prefix_reuse: Compute the prompt prefix that the documents of a query share (instructions
+                and query) once per batch rather than once per document. Scores are the same either way.
+            device: ``"cuda"``, ``"cpu"``, ... Default: CUDA when available.
+            dtype: ``torch.dtype`` or its name. Default: bfloat16 on a GPU, float32 on CPU.
+            backend: ``"transformers"`` (the model runs here) or ``"openai"``: the model is served by an
+                OpenAI-compatible server with vLLM's completions API (``vllm serve <model>
+                --enable-prefix-caching``); ``model`` is then the name it is served under, and the key,
+                if the server needs one, comes from ``$OPENAI_API_KEY``.
+            base_url: The server for ``backend="openai"``, e.g. ``"http://localhost:8000/v1"``
+                (default: ``$OPENAI_BASE_URL``).
+            tokenizer: For ``backend="openai"``: where the model's tokenizer is (default: ``model``).
+            concurrency: For ``backend="openai"``: pairs in flight.
+            verbose: Show a progress bar.
+            trust_remote_code: Allow the model's own code from its repository to run. Off unless you
+                trust the repository.
+
+        Raises:
+            InputError: An unknown mode or backend, or a size that is not a positive integer.
+        """
         if mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {mode!r}")
         if backend not in BACKENDS:
@@ -210,7 +215,8 @@ class ReasonRanker(pt.Transformer):
             args.append(f"backend={self.backend!r}")
         return f"ReasonRanker({', '.join(args)})"
 
-    def schematic(self, *, input_columns=None) -> dict:
+    def schematic(self, *, input_columns: Optional[list[str]] = None) -> dict[str, Any]:
+        """How PyTerrier draws this ranker in a pipeline: labelled with its mode, with no help link."""
         # help_url given, so that drawing a pipeline does not look the class up online.
         return {"label": f"ReasonRank {self.mode}", "help_url": None}
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional, TypeVar
+
+T = TypeVar("T")
 
 SECRET_VARIABLES = ("OPENAI_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 """Environment variables that hold secrets."""
@@ -22,8 +24,9 @@ MIN_SECRET_LENGTH = 8
 
 
 def known_secrets(*given: Optional[str]) -> tuple[str, ...]:
-    """The secrets ``given`` and those in the environment, longest first (so that a secret that
-    contains another is masked whole).
+    """The secrets ``given`` and those in the environment, longest first.
+
+    The order makes a secret that contains another be masked whole.
     """
     values = [*given, *(os.environ.get(name) for name in SECRET_VARIABLES)]
     return tuple(sorted({v for v in values if v and len(v) >= MIN_SECRET_LENGTH}, key=len, reverse=True))
@@ -34,9 +37,11 @@ def config_secrets(*configs) -> tuple[str, ...]:
     return known_secrets(*(getattr(config, name, None) for config in configs for name in SECRET_FIELDS))
 
 
-def scrub(value, secrets: Iterable[str]):
-    """``value`` with every secret replaced by ``***``, in strings and inside dicts, lists and tuples
-    (keys too).
+def scrub(value: T, secrets: Iterable[str]) -> T:
+    """``value`` with every secret replaced by ``***``.
+
+    Secrets are replaced in strings and inside dicts, lists and tuples (keys too); other values
+    come back as they are.
     """
     secrets = tuple(secrets)
     if not secrets:
@@ -53,9 +58,11 @@ def scrub(value, secrets: Iterable[str]):
 
 
 @contextlib.contextmanager
-def redacted(secrets: Iterable[str]):
-    """Errors raised inside have every secret replaced by ``***`` in their message, arguments and
-    body (servers quote the key they were sent), along their chain of causes.
+def redacted(secrets: Iterable[str]) -> Iterator[None]:
+    """Errors raised inside have every secret replaced by ``***``, along their chain of causes.
+
+    The secrets are replaced in each error's message, arguments and body (servers quote the key
+    they were sent).
     """
     secrets = tuple(secrets)
     try:
@@ -73,9 +80,10 @@ def redacted(secrets: Iterable[str]):
 
 
 class SecretFieldsNotPickled:
-    """A mixin for config dataclasses: pickling (the trainer's ``training_args.bin``) leaves the
-    secret fields out, so that a Hub token given on the command line is not written with the
-    checkpoint. The unpickled config has them as ``None``.
+    """A mixin for config dataclasses: pickling (the trainer's ``training_args.bin``) leaves the secret fields out.
+
+    A Hub token given on the command line is thus not written with the checkpoint. The unpickled
+    config has them as ``None``.
     """
 
     def __getstate__(self):

@@ -17,9 +17,12 @@ import argparse
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 from . import prompts
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -65,8 +68,10 @@ def build_tiny_model(path: Union[str, Path], *, seed: int = 0, vocab_size: int =
 
 
 def build_tiny_reward_model(path: Union[str, Path], *, seed: int = 0) -> Path:
-    """Write a tiny random Llama-style sequence-classification model (one logit: a reward model) and
-    the same tokenizer to ``path``, for offline tests of reward-model rewards.
+    """Write a tiny random Llama-style sequence-classification model (one logit) and its tokenizer to ``path``.
+
+    The model is a reward model with the same tokenizer as :func:`build_tiny_model`, for offline
+    tests of reward-model rewards.
     """
     from transformers import LlamaForSequenceClassification
 
@@ -145,8 +150,9 @@ def _tokenizer(path: Path, *, vocab_size: int):
     return tokenizer
 
 
-def _build(model_class, path, *, seed, vocab_size, hidden_size, num_layers, num_heads, initializer_range,
-           **config_options) -> Path:
+def _build(model_class: type[PreTrainedModel], path: Union[str, Path], *, seed: int, vocab_size: int,
+           hidden_size: int, num_layers: int, num_heads: int, initializer_range: float,
+           **config_options: object) -> Path:
     import torch
     from transformers import LlamaConfig
 
@@ -164,8 +170,10 @@ def _build(model_class, path, *, seed, vocab_size, hidden_size, num_layers, num_
     return path
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pyterrier_reasonrank.testing", description=build_tiny_model.__doc__.split("\n")[0])
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Build the tiny model into the directory given on the command line and print its path."""
+    parser = argparse.ArgumentParser(prog="python -m pyterrier_reasonrank.testing",
+                                     description=build_tiny_model.__doc__.split("\n")[0])
     parser.add_argument("path", help="directory to write the model to")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

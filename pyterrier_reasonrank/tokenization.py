@@ -9,21 +9,26 @@ creation, which no other code can switch.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerBase
 
 _SLICE = 256
 """Texts tokenized per call: the tokenizer's own output (tokens, offsets) is many times the size of the ids."""
 
 
 class TextTokenizer:
-    """Encodes text with a tokenizer, without state that another thread can change.
+    """Encodes text with a tokenizer, without state that another thread can change."""
 
-    Args:
-        tokenizer: A Hugging Face tokenizer. A fast one is copied twice (about a quarter of a second
-            for a 150K vocabulary); a Python one takes the choice per call, which is already safe.
-    """
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        """Make the private copies of a fast tokenizer's backend, one for text and one for templates.
 
-    def __init__(self, tokenizer):
+        Args:
+            tokenizer: A Hugging Face tokenizer. A fast one is copied twice (about a quarter of a second
+                for a 150K vocabulary); a Python one takes the choice per call, which is already safe.
+        """
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self._tokenizer = tokenizer
         self._as_text = None if backend is None else _private_copy(backend, encode_special_tokens=True)
@@ -37,7 +42,8 @@ class TextTokenizer:
         """Token ids of template text (a rendered chat template): special-token strings are special tokens."""
         return self._encode([text], self._as_template, split_special_tokens=False)[0]
 
-    def _encode(self, texts: Sequence[str], backend, *, split_special_tokens: bool) -> list[list[int]]:
+    def _encode(self, texts: Sequence[str], backend: Optional[Tokenizer], *,
+                split_special_tokens: bool) -> list[list[int]]:
         ids: list[list[int]] = []
         for start in range(0, len(texts), _SLICE):
             batch = [_encodable(text) for text in texts[start:start + _SLICE]]
@@ -49,9 +55,10 @@ class TextTokenizer:
         return ids
 
 
-def _private_copy(backend, *, encode_special_tokens: bool):
-    """A copy of a Rust tokenizer that nothing else holds, with no truncation or padding (which the
-    Python wrapper also sets per call) and the special-token choice fixed.
+def _private_copy(backend: Tokenizer, *, encode_special_tokens: bool) -> Tokenizer:
+    """A copy of a Rust tokenizer that nothing else holds, with the special-token choice fixed.
+
+    The copy has no truncation or padding (which the Python wrapper also sets per call).
     """
     from tokenizers import Tokenizer
 

@@ -13,8 +13,9 @@ def is_blank(column: pd.Series) -> pd.Series:
 
 
 def as_text(column: pd.Series) -> list[str]:
-    """The column's values as Python strings, missing values as ``""``, bytes decoded as UTF-8
-    (an invalid sequence as U+FFFD) rather than written ``"b'...'"``.
+    """The column's values as Python strings, missing values as ``""``.
+
+    Bytes are decoded as UTF-8 (an invalid sequence as U+FFFD) rather than written ``"b'...'"``.
 
     Not ``astype(str)``: pandas' string dtype refuses text that Python holds (a lone surrogate
     from a broken JSON escape), and the tokenizer deals with such text itself.
@@ -22,7 +23,7 @@ def as_text(column: pd.Series) -> list[str]:
     return [_text(value) for value in column]
 
 
-def _text(value) -> str:
+def _text(value: object) -> str:
     if _missing(value):
         return ""
     if isinstance(value, (bytes, bytearray)):
@@ -30,7 +31,7 @@ def _text(value) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def _missing(value) -> bool:
+def _missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 

@@ -7,6 +7,7 @@
 The stages' modules load trl, datasets and the teachers' clients on first use, not on import.
 """
 import importlib
+from typing import Any
 
 _EXPORTS = {
     "SourceConfig": "sources", "candidate_pairs": "sources",
@@ -23,7 +24,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

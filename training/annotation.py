@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import pandas as pd
 import pyterrier as pt
@@ -62,7 +62,7 @@ class AnnotateConfig(SourceConfig):
                 raise InputError(f"{name} must be one of {allowed}, got {value!r}")
 
 
-def make_teacher(config: AnnotateConfig):
+def make_teacher(config: AnnotateConfig) -> Union[LocalTeacher, OpenAITeacher]:
     """The teacher the configuration names."""
     if config.teacher == "local":
         return LocalTeacher(config.teacher_model, adapter=config.teacher_adapter, device=config.device,

@@ -12,9 +12,10 @@ from pyterrier_reasonrank.redaction import SecretFieldsNotPickled
 
 @dataclass
 class TrainerDefaults(SecretFieldsNotPickled):
-    """Defaults put before a trl config (``class DistillConfig(TrainerDefaults, SFTConfig)``): bf16
-    only on a GPU that supports it, no experiment tracker, and no Hub token in the pickled
-    ``training_args.bin`` that the trainer writes with every checkpoint.
+    """Defaults put before a trl config (``class DistillConfig(TrainerDefaults, SFTConfig)``).
+
+    They are: bf16 only on a GPU that supports it, no experiment tracker, and no Hub token in the
+    pickled ``training_args.bin`` that the trainer writes with every checkpoint.
     """
 
     bf16: Optional[bool] = field(default=None, metadata={"help": "default: on a GPU that supports bfloat16"})

@@ -4,13 +4,16 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 FRESH = ("no", "none", "false")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def resume_point(config) -> Optional[str]:
+def resume_point(config: TrainingArguments) -> Optional[str]:
     """The checkpoint a run resumes from.
 
     ``resume_from_checkpoint`` names one; unset, a run resumes from the last complete checkpoint in

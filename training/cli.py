@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Iterable, Optional, Sequence
 
 from pyterrier_reasonrank.errors import debugging, run_command
 from pyterrier_reasonrank.redaction import SECRET_FIELDS, config_secrets, known_secrets, scrub
@@ -21,7 +22,7 @@ def usage() -> str:
             "traceback of an error.\n")
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``reasonrank-train``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debugging(argv)
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     return run_command(f"reasonrank-train {command}", run, debug=debug, scrub=lambda line: scrub(line, secrets))
 
 
-def _option_values(argv: list[str], names) -> list[str]:
+def _option_values(argv: list[str], names: Iterable[str]) -> list[str]:
     """The values given to the options ``--name value`` or ``--name=value`` in ``argv``."""
     values = []
     for i, arg in enumerate(argv):

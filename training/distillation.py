@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer, get_peft_config
@@ -32,6 +32,9 @@ from .records import (
 )
 from .runcard import plot_curves, write_run_card
 from .student import StudentConfig, load_student
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -61,7 +64,7 @@ class DistillConfig(TrainerDefaults, SFTConfig):
         super().__post_init__()
 
 
-def training_examples(tokenizer, config: DistillConfig, judgements: list[dict],
+def training_examples(tokenizer: PreTrainedTokenizerBase, config: DistillConfig, judgements: list[dict],
                       query_lists: list[dict] = ()) -> list[dict]:
     """Tokenized prompt-completion examples: ``input_ids`` and a ``completion_mask`` (1 on the response)."""
     encoder = PromptEncoder(tokenizer, config.mode, max_query_tokens=config.max_query_tokens,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -13,10 +13,13 @@ from pyterrier_reasonrank.scoring import most_probable_label
 
 from .records import target_label
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-def label_accuracy(model, tokenizer, records: Sequence[dict], *, label_source: str = "gold_or_teacher",
-                   max_query_tokens: int = 512, max_doc_tokens: int = 1024, max_new_tokens: int = 128,
-                   batch_size: int = 16) -> dict:
+
+def label_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], *,
+                   label_source: str = "gold_or_teacher", max_query_tokens: int = 512, max_doc_tokens: int = 1024,
+                   max_new_tokens: int = 128, batch_size: int = 16) -> dict:
     """How often the student's label (explain mode, as ``ReasonRanker`` reads it) is the target label.
 
     Returns:
@@ -39,10 +42,11 @@ def label_accuracy(model, tokenizer, records: Sequence[dict], *, label_source: s
     return {"accuracy": accuracy, "majority_rate": majority, "pairs": len(targets)}
 
 
-def mean_reward(model, tokenizer, records: Sequence[dict], reward_funcs: Sequence[Callable], *,
-                label_source: str = "gold_or_teacher", num_samples: int = 4, temperature: float = 1.0,
-                max_new_tokens: int = 128, max_query_tokens: int = 512, max_doc_tokens: int = 1024,
-                batch_size: int = 16, reward_weights: Optional[Sequence[float]] = None) -> float:
+def mean_reward(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: Sequence[dict],
+                reward_funcs: Sequence[Callable], *, label_source: str = "gold_or_teacher", num_samples: int = 4,
+                temperature: float = 1.0, max_new_tokens: int = 128, max_query_tokens: int = 512,
+                max_doc_tokens: int = 1024, batch_size: int = 16,
+                reward_weights: Optional[Sequence[float]] = None) -> float:
     """The mean (weighted) reward of ``num_samples`` responses sampled per held-out pair."""
     encoder = PromptEncoder(tokenizer, max_query_tokens=max_query_tokens, max_doc_tokens=max_doc_tokens)
     samples = HFBackend(model, tokenizer).sample([encoder.encode(r["query"], r["text"]) for r in records],

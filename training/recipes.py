@@ -20,7 +20,7 @@ import argparse
 import dataclasses
 import difflib
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import yaml
 from transformers import HfArgumentParser
@@ -34,8 +34,10 @@ class RecipeError(InputError):
 
 @dataclasses.dataclass(frozen=True)
 class Command:
-    """A command of ``reasonrank-train``: a function of :mod:`pyterrier_reasonrank.training` of the
-    same name, the configs it takes (by name, so that listing commands loads nothing) and what it does.
+    """A command of ``reasonrank-train``: a function of :mod:`pyterrier_reasonrank.training` of the same name.
+
+    It holds the configs the command takes (by name, so that listing commands loads nothing) and
+    what it does.
     """
 
     configs: tuple[str, ...]
@@ -63,8 +65,9 @@ def config_types(command: str) -> tuple:
 
 
 def read_recipe(command: str, path: Optional[str], overrides: Sequence[str] = ()) -> tuple:
-    """The configs of ``command`` from its section of the recipe at ``path``, with command-line
-    style ``overrides`` (``["--learning_rate", "1e-4"]``) on top.
+    """The configs of ``command`` from its section of the recipe at ``path``, with ``overrides`` on top.
+
+    The overrides are written as on the command line (``["--learning_rate", "1e-4"]``).
 
     .. code-block:: python
 
@@ -134,17 +137,20 @@ def parse_configs(config_types: Sequence[type], section: dict, argv: Sequence[st
 
 
 class _Parser(HfArgumentParser):
-    """The configs' argument parser, whose errors are one :class:`RecipeError` line rather than a
-    usage text and an exit.
+    """The configs' argument parser, whose errors are one :class:`RecipeError` line.
+
+    It raises that error instead of printing a usage text and exiting.
     """
 
     def error(self, message: str):
         raise RecipeError(f"command line: {message}")
 
 
-def _checked(action, value, where: str):
-    """A recipe value converted as the command line would convert it, or a :class:`RecipeError`
-    naming the key, the value and what it should be.
+def _checked(action: argparse.Action, value: object, where: str):
+    """A recipe value converted as the command line would convert it.
+
+    A value that does not convert raises a :class:`RecipeError` naming the key, the value and what
+    it should be.
     """
     def wrong() -> RecipeError:
         return RecipeError(f"{where}: {action.dest}: {value!r} is not {_expected(action)}")
@@ -160,7 +166,7 @@ def _checked(action, value, where: str):
     return _converted(action, value, wrong)
 
 
-def _converted(action, value, wrong):
+def _converted(action: argparse.Action, value: object, wrong: Callable[[], RecipeError]):
     if isinstance(value, (dict, list)) or (isinstance(value, bool) and action.type in (int, float)):
         raise wrong()
     try:
@@ -172,14 +178,14 @@ def _converted(action, value, wrong):
     return converted
 
 
-def _expected(action) -> str:
+def _expected(action: argparse.Action) -> str:
     if action.choices is not None:
         return f"one of {', '.join(map(str, action.choices))}"
     kind = {int: "an integer", float: "a number", str: "text"}.get(action.type, "true or false")
     return f"a list of {kind.split(' ', 1)[-1]} values" if action.nargs in ("+", "*") else kind
 
 
-def _kind(value) -> str:
+def _kind(value: object) -> str:
     kind = {dict: "a mapping", list: "a list", str: "the text"}.get(type(value), "the value")
     return f"{kind} {str(value)[:40]!r}" if isinstance(value, str) else f"{kind} {str(value)[:40]}"
 

@@ -9,11 +9,14 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import IO, TYPE_CHECKING, Iterable, Optional, Sequence, Union
 
 from pyterrier_reasonrank.errors import InputError
 from pyterrier_reasonrank.prompts import LABELS
 from pyterrier_reasonrank.redaction import scrub
+
+if TYPE_CHECKING:
+    from types import TracebackType
 
 
 def record_key(record: dict) -> tuple:
@@ -29,13 +32,18 @@ class AnnotationStore:
     line and flushed, so a kill loses at most the line being written. Only one process may hold
     the file: a second one gets a clear error instead of interleaved lines. Every secret given is
     replaced by ``***`` in what is written (a teacher may repeat a key it was shown or sent).
-
-    Args:
-        path: The JSONL file (created with its folder if missing).
-        secrets: Strings that must never reach the file (see :mod:`pyterrier_reasonrank.redaction`).
     """
 
     def __init__(self, path: Union[str, Path], *, secrets: Sequence[str] = ()):
+        """Open and lock the file, cut off a torn last line, and read the records already written.
+
+        Args:
+            path: The JSONL file (created with its folder if missing).
+            secrets: Strings that must never reach the file (see :mod:`pyterrier_reasonrank.redaction`).
+
+        Raises:
+            InputError: Another process holds the file.
+        """
         self.path = Path(path)
         self.secrets = tuple(secrets)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,13 +70,15 @@ class AnnotationStore:
         self.done.add(record_key(record))
 
     def close(self) -> None:
+        """Sync the file to disk and close it (which releases the lock)."""
         os.fsync(self._file.fileno())
         self._file.close()
 
     def __enter__(self) -> "AnnotationStore":
         return self
 
-    def __exit__(self, kind, error, traceback) -> None:
+    def __exit__(self, kind: Optional[type[BaseException]], error: Optional[BaseException],
+                 traceback: Optional[TracebackType]) -> None:
         if kind is None:
             self.close()
             return
@@ -76,7 +86,7 @@ class AnnotationStore:
             self.close()
 
 
-def _cut_torn_tail(file) -> int:
+def _cut_torn_tail(file: IO[bytes]) -> int:
     """Truncate an unfinished last line (no newline at the end); returns the bytes removed."""
     size = file.seek(0, os.SEEK_END)
     if size == 0:
@@ -152,8 +162,9 @@ def target_label(record: dict, source: str = "gold_or_teacher") -> Optional[int]
 
 
 def labelled_pairs(path: Union[str, Path], label_source: str = "gold_or_teacher") -> list[dict]:
-    """The pairs of a JSONL file that have a target label (see :func:`target_label`), in key order
-    (a file's order depends on when the teacher's answers arrived).
+    """The pairs of a JSONL file that have a target label (see :func:`target_label`), in key order.
+
+    Key order, because a file's order depends on when the teacher's answers arrived.
 
     Raises:
         InputError: The file holds none, or a record is not a pair (see :func:`read_jsonl`).

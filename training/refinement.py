@@ -1,4 +1,6 @@
-"""Refinement by reinforcement learning, after distillation. Two algorithms behind one command:
+"""Refinement by reinforcement learning, after distillation.
+
+Two algorithms behind one command:
 
 - ``rwsft``: the paper's offline reward-weighted fine-tuning (see :mod:`.rwsft`);
 - ``grpo``: online GRPO with trl's ``GRPOTrainer``.
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from transformers import set_seed
 from trl import GRPOConfig, GRPOTrainer, get_peft_config
@@ -29,6 +31,9 @@ from .rewards import REWARDS, reward_functions
 from .runcard import plot_curves, write_run_card
 from .rwsft import RewardWeightedTrainer, weighted_examples
 from .student import StudentConfig, load_student
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ALGORITHMS = ("rwsft", "grpo")
 
@@ -51,7 +56,8 @@ class RefineConfig(TrainerDefaults, GRPOConfig):
     reward_model: Optional[str] = field(default=None, metadata={"help": "sequence-classification reward model"})
     partial_credit: float = field(default=0.5, metadata={"help": "label reward for a label off by one"})
     label_source: str = field(default="gold_or_teacher", metadata={"help": f"target label: one of {LABEL_SOURCES}"})
-    keep_threshold: float = field(default=0.85, metadata={"help": "rwsft: keep responses with normalised reward >= this"})
+    keep_threshold: float = field(default=0.85, metadata={
+        "help": "rwsft: keep responses with normalised reward >= this"})
     weight_power: float = field(default=3.0, metadata={"help": "rwsft: loss weight = normalised reward ** this"})
     include_teacher: bool = field(default=True, metadata={"help": "rwsft: the teacher's response is a candidate too"})
     eval_samples: int = field(default=4, metadata={"help": "responses sampled per held-out pair for the mean reward"})
@@ -67,18 +73,23 @@ class RefineConfig(TrainerDefaults, GRPOConfig):
 
 
 class EncodedPromptGRPOTrainer(GRPOTrainer):
-    """``GRPOTrainer`` that feeds the policy the prompt token ids made by the project's prompt
-    encoder — token for token what ``ReasonRanker`` feeds it — instead of re-tokenizing the prompt text.
+    """``GRPOTrainer`` that feeds the policy the prompt token ids made by the project's prompt encoder.
 
-    Args:
-        prompt_ids: Token ids of each prompt, keyed by the prompt text in the dataset.
+    These are token for token what ``ReasonRanker`` feeds it; the prompt text is not re-tokenized.
     """
 
     def __init__(self, *args, prompt_ids: dict[str, list[int]], **kwargs):
+        """Keep the encoded prompts, then set up ``GRPOTrainer`` with the other arguments.
+
+        Args:
+            *args: ``GRPOTrainer``'s positional arguments.
+            prompt_ids: Token ids of each prompt, keyed by the prompt text in the dataset.
+            **kwargs: ``GRPOTrainer``'s keyword arguments.
+        """
         self._prompt_ids = prompt_ids
         super().__init__(*args, **kwargs)
 
-    def _tokenize_prompts(self, prompts):
+    def _tokenize_prompts(self, prompts: list[str]):
         # trl's hook for turning prompts into ids (returns ids, images, multimodal fields).
         return [self._prompt_ids[prompt] for prompt in prompts], None, {}
 
@@ -145,7 +156,8 @@ def refine(config: RefineConfig, student: StudentConfig) -> dict:
     return metrics
 
 
-def _mean_reward(model, tokenizer, records, rewards, config: RefineConfig) -> float:
+def _mean_reward(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: Sequence[dict],
+                 rewards: Sequence[Callable], config: RefineConfig) -> float:
     return mean_reward(model, tokenizer, records, rewards, label_source=config.label_source,
                        num_samples=config.eval_samples, temperature=config.temperature,
                        max_new_tokens=config.max_completion_length, max_query_tokens=config.max_query_tokens,

@@ -8,7 +8,7 @@ columns as keyword arguments, and returns one float per completion::
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -34,8 +34,10 @@ def label_reward(completions: Sequence[str], target_label: Sequence[Optional[int
 
 
 def format_reward(completions: Sequence[str], **kwargs) -> list[float]:
-    """1 for a response in the format — a non-empty explanation, then one ``Relevance:`` line with a
-    label and nothing after it — else 0.
+    """1 for a response in the format, else 0.
+
+    The format is a non-empty explanation, then one ``Relevance:`` line with a label and nothing
+    after it.
     """
     return [1.0 if _well_formed(completion) else 0.0 for completion in completions]
 
@@ -54,20 +56,26 @@ class RewardModelReward:
     The reward model sees the conversation (the judging instructions and the user's query and
     document, then the student's response) through its own chat template, and its first logit is
     the reward.
-
-    Args:
-        model: Hub id or local directory of an ``AutoModelForSequenceClassification`` reward model.
-        device: Default: CUDA when available.
-        dtype: Default: bfloat16 on a GPU, float32 on CPU.
-        batch_size: Responses scored at once.
-        max_length: Conversations are cut to this many tokens.
-        trust_remote_code: Allow the model's own code to run.
     """
 
     __name__ = "reward_model"
 
-    def __init__(self, model: str, *, device=None, dtype=None, batch_size: int = 8, max_length: int = 4096,
+    def __init__(self, model: str, *, device: Union[str, torch.device, None] = None,
+                 dtype: Union[str, torch.dtype, None] = None, batch_size: int = 8, max_length: int = 4096,
                  trust_remote_code: bool = False):
+        """Load the reward model and its tokenizer onto ``device``, in eval mode.
+
+        Args:
+            model: Hub id or local directory of an ``AutoModelForSequenceClassification`` reward model.
+            device: Default: CUDA when available.
+            dtype: Default: bfloat16 on a GPU, float32 on CPU.
+            batch_size: Responses scored at once.
+            max_length: Conversations are cut to this many tokens.
+            trust_remote_code: Allow the model's own code to run.
+
+        Raises:
+            ModelNotFoundError: The reward model could not be found.
+        """
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from pyterrier_reasonrank.backends.hf import clear_load_errors, resolve_device, resolve_dtype
@@ -88,6 +96,14 @@ class RewardModelReward:
     @torch.inference_mode()
     def __call__(self, completions: Sequence[str], query: Sequence[str], text: Sequence[str],
                  **kwargs) -> list[float]:
+        """The reward model's first logit for each response, scored in batches of ``batch_size``.
+
+        Args:
+            completions: The sampled responses (the text after the prompt's ``Explanation:``).
+            query: The query of each response's pair.
+            text: The document text of each response's pair.
+            **kwargs: The dataset's other columns (trl passes them all): ignored.
+        """
         conversations = [
             prompts.messages(q, d) + [{"role": "assistant", "content": f"{prompts.EXPLANATION_PREFIX} {c.strip()}"}]
             for c, q, d in zip(completions, query, text)]

@@ -13,10 +13,11 @@ from pyterrier_reasonrank.redaction import config_secrets, scrub
 
 
 def write_run_card(output_dir: str, *, stage: str, configs: Sequence, data: dict, metrics: dict) -> Path:
-    """Write ``run_card.json``: the stage, its configuration, the data it saw (with file hashes),
-    its metrics and the library versions. Secrets never appear: fields declared with ``repr=False``
-    (API keys) are left out, and every known secret is masked wherever else it appears. Under
-    ``accelerate launch``, the main process writes it.
+    """Write ``run_card.json``: the stage, its configuration, the data it saw, its metrics and the library versions.
+
+    The data is described with file hashes. Secrets never appear: fields declared with
+    ``repr=False`` (API keys) are left out, and every known secret is masked wherever else it
+    appears. Under ``accelerate launch``, the main process writes it.
     """
     from accelerate import PartialState
 
@@ -42,7 +43,7 @@ def write_run_card(output_dir: str, *, stage: str, configs: Sequence, data: dict
     return path
 
 
-def _public_fields(config) -> dict:
+def _public_fields(config: object) -> dict:
     values = config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
     hidden = {f.name for f in dataclasses.fields(config) if not f.repr}
     return {k: v for k, v in values.items() if k not in hidden}

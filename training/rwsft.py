@@ -9,7 +9,7 @@ is left out (as its advantages would be zero in GRPO).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from pyterrier_reasonrank.prompts import PromptEncoder
 
 from .evaluation import total_rewards
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 
 def min_max(rewards: np.ndarray) -> Optional[np.ndarray]:
     """Rewards scaled to [0, 1] within one pair, or ``None`` when they all tie."""
@@ -27,9 +30,10 @@ def min_max(rewards: np.ndarray) -> Optional[np.ndarray]:
     return None if high == low else (rewards - low) / (high - low)
 
 
-def weighted_examples(model, tokenizer, records: Sequence[dict], targets: Sequence[int], encoder: PromptEncoder,
-                      reward_funcs: Sequence[Callable], *, num_samples: int, temperature: float,
-                      max_new_tokens: int, keep_threshold: float, weight_power: float, include_teacher: bool,
+def weighted_examples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: Sequence[dict],
+                      targets: Sequence[int], encoder: PromptEncoder, reward_funcs: Sequence[Callable], *,
+                      num_samples: int, temperature: float, max_new_tokens: int, keep_threshold: float,
+                      weight_power: float, include_teacher: bool,
                       reward_weights: Optional[Sequence[float]] = None, batch_size: int = 8,
                       verbose: bool = False) -> tuple[list[dict], dict]:
     """Sample, reward and select: the weighted training examples, and statistics of the draw.
@@ -72,9 +76,29 @@ class RewardWeightedTrainer(Trainer):
     """
 
     def __init__(self, *args, pad_token_id: int, **kwargs):
+        """Set up the ``Trainer`` with a collator that pads ``input_ids`` with ``pad_token_id``.
+
+        Args:
+            *args: ``Trainer``'s positional arguments.
+            pad_token_id: The token that pads ``input_ids`` (masked out by the attention mask).
+            **kwargs: ``Trainer``'s keyword arguments, except ``data_collator``.
+        """
         super().__init__(*args, data_collator=lambda batch: _collate(batch, pad_token_id), **kwargs)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+                     num_items_in_batch: Union[torch.Tensor, int, None] = None,
+                     ) -> Union[torch.Tensor, tuple[torch.Tensor, Any]]:
+        """The batch's reward-weighted loss: the mean over sequences of ``weight`` times the response-token NLL.
+
+        Args:
+            model: The model being trained.
+            inputs: A collated batch: ``input_ids``, ``attention_mask``, ``completion_mask`` and ``weight``.
+            return_outputs: Also return the model's outputs.
+            num_items_in_batch: Ignored: the loss is a mean per sequence, not per token.
+
+        Returns:
+            The loss, or ``(loss, outputs)`` when ``return_outputs``.
+        """
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         # The token at position t + 1 is predicted at position t: shift targets and mask together.
         logits = outputs.logits[:, :-1].float()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pandas as pd
 import pyterrier as pt
@@ -72,7 +72,7 @@ class SourceConfig:
             self.label_map = {int(k): int(v) for k, v in self.label_map.items()}
 
 
-def grade_to_label(label_map: Optional[dict], top_grade: int):
+def grade_to_label(label_map: Optional[dict], top_grade: int) -> Callable[[int], int]:
     """The function from a qrels grade to a gold label, as the module docstring describes."""
     if label_map is not None:
         return lambda grade: label_map.get(int(grade), 0)
@@ -108,7 +108,8 @@ def candidate_pairs(config: SourceConfig) -> pd.DataFrame:
         labels = labels or {}
         rng = random.Random(f"{config.seed}:{qid}")
         positives = sorted(docno for docno, label in labels.items() if label > 0)
-        chosen = {d: ("qrels", labels[d]) for d in rng.sample(positives, min(config.relevant_per_query, len(positives)))}
+        chosen = {d: ("qrels", labels[d])
+                  for d in rng.sample(positives, min(config.relevant_per_query, len(positives)))}
         hard = [d for d in ranked.get(qid, []) if d not in chosen and labels.get(d, 0) == 0]
         for docno in rng.sample(hard, min(config.bm25_negatives, len(hard))):
             chosen[docno] = ("bm25", labels.get(docno, unjudged))
@@ -121,7 +122,7 @@ def candidate_pairs(config: SourceConfig) -> pd.DataFrame:
     return with_text.rename(columns={config.text_field: "text"})[PAIR_COLUMNS]
 
 
-def _judgements(dataset, config: SourceConfig) -> Optional[dict[Any, dict[str, int]]]:
+def _judgements(dataset: pt.datasets.Dataset, config: SourceConfig) -> Optional[dict[Any, dict[str, int]]]:
     """Gold labels per query and document, or ``None`` for a dataset without qrels."""
     if not _has_qrels(dataset):
         return None
@@ -131,7 +132,7 @@ def _judgements(dataset, config: SourceConfig) -> Optional[dict[Any, dict[str, i
     return {qid: dict(zip(group["docno"], group["gold"])) for qid, group in qrels.groupby("qid")}
 
 
-def _has_qrels(dataset) -> bool:
+def _has_qrels(dataset: pt.datasets.Dataset) -> bool:
     irds = getattr(dataset, "irds_ref", None)
     if irds is not None:
         return irds().has_qrels()
@@ -145,7 +146,7 @@ def _has_qrels(dataset) -> bool:
 class _Corpus:
     """Uniform draws of document ids from a dataset's corpus."""
 
-    def __init__(self, dataset):
+    def __init__(self, dataset: pt.datasets.Dataset):
         irds = dataset.irds_ref() if hasattr(dataset, "irds_ref") else None
         if irds is not None:
             # ir_datasets looks documents up by position: no need to hold every docno.

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 from trl import ModelConfig, get_quantization_config
 
 from pyterrier_reasonrank.backends.hf import base_model, clear_load_errors, tokenizer_source
 from pyterrier_reasonrank.errors import InputError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass
@@ -30,7 +34,8 @@ class StudentConfig(ModelConfig):
             raise InputError("no student model: set `model_name_or_path` (or `adapter`, whose base model is used)")
 
 
-def load_student(config: StudentConfig, *, trust_remote_code: bool = False):
+def load_student(config: StudentConfig, *,
+                 trust_remote_code: bool = False) -> tuple[Union[PreTrainedModel, PeftModel], PreTrainedTokenizerBase]:
     """The student model (with its adapter, trainable, when one is given) and its tokenizer.
 
     Args:

@@ -7,13 +7,17 @@ not in the format (such a record is kept, counted, and never trained on).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, Union
 
 from pyterrier_reasonrank import prompts
 from pyterrier_reasonrank.backends import hf
-from pyterrier_reasonrank.backends.openai import MalformedReply, bounded_map, openai_client, read_reply
+from pyterrier_reasonrank.backends.openai import MalformedReplyError, bounded_map, openai_client, read_reply
 from pyterrier_reasonrank.redaction import known_secrets, redacted
 from pyterrier_reasonrank.scoring import most_probable_label
+
+if TYPE_CHECKING:
+    import torch
+    from openai.types.chat import ChatCompletion
 
 
 def judgement_fields(text: str) -> dict:
@@ -42,23 +46,25 @@ class OpenAITeacher:
     JSON) is retried the same way. An error that outlasts the retries (a wrong key, an unreachable
     server, a server that keeps answering garbage) stops the run, so that the unanswered pairs are
     asked again on resume instead of being recorded as failures.
-
-    Args:
-        model: The model name the endpoint serves, e.g. ``"meta-llama/Llama-3.3-70B-Instruct"``.
-        base_url: The endpoint, e.g. ``"http://localhost:8000/v1"``. Default: ``$OPENAI_BASE_URL``,
-            else OpenAI's.
-        api_key: Default: ``$OPENAI_API_KEY``; a local server that needs none gets a placeholder.
-        concurrency: Requests in flight.
-        max_retries: Retries per request.
-        timeout: Seconds per request.
-        temperature: Sampling temperature (the paper's teacher used 0).
-        max_tokens: Longest answer.
-        max_doc_chars: Documents are cut to this many characters before they are sent.
     """
 
     def __init__(self, model: str, *, base_url: Optional[str] = None, api_key: Optional[str] = None,
                  concurrency: int = 16, max_retries: int = 6, timeout: float = 120.0, temperature: float = 0.0,
                  max_tokens: int = 512, max_doc_chars: int = 8000):
+        """Set up the client for the endpoint; no request is sent until the first answers are asked for.
+
+        Args:
+            model: The model name the endpoint serves, e.g. ``"meta-llama/Llama-3.3-70B-Instruct"``.
+            base_url: The endpoint, e.g. ``"http://localhost:8000/v1"``. Default: ``$OPENAI_BASE_URL``,
+                else OpenAI's.
+            api_key: Default: ``$OPENAI_API_KEY``; a local server that needs none gets a placeholder.
+            concurrency: Requests in flight.
+            max_retries: Retries per request.
+            timeout: Seconds per request.
+            temperature: Sampling temperature (the paper's teacher used 0).
+            max_tokens: Longest answer.
+            max_doc_chars: Documents are cut to this many characters before they are sent.
+        """
         self.name = model
         self.concurrency = concurrency
         self.temperature = temperature
@@ -69,14 +75,23 @@ class OpenAITeacher:
 
     def judge(self, queries: Sequence[str], documents: Sequence[str],
               hints: Sequence[Optional[str]]) -> Iterator[tuple[int, dict]]:
+        """Ask the endpoint for a judgement of each pair; yields ``(index, fields)`` as answers arrive.
+
+        Args:
+            queries: The query of each pair.
+            documents: The document text of each pair (cut to ``max_doc_chars``).
+            hints: The gold-label hint shown after each document, or ``None``.
+        """
         conversations = [prompts.messages(q, d[:self.max_doc_chars], "explain", h)
                          for q, d, h in zip(queries, documents, hints)]
         return self._answers(conversations, judgement_fields)
 
     def write_queries(self, questions: Sequence[str]) -> Iterator[tuple[int, dict]]:
+        """Ask the endpoint for search queries for each question; yields ``(index, fields)`` as answers arrive."""
         return self._answers([prompts.query_messages(q) for q in questions], query_fields)
 
-    def _answers(self, conversations: list[list[dict]], to_fields: Callable[[str], dict]) -> Iterator[tuple[int, dict]]:
+    def _answers(self, conversations: list[list[dict]],
+                 to_fields: Callable[[str], dict]) -> Iterator[tuple[int, dict]]:
         with redacted(known_secrets(self._client.api_key)):
             for index, text in bounded_map(self._complete, conversations, self.concurrency):
                 yield index, to_fields(text)
@@ -87,13 +102,13 @@ class OpenAITeacher:
             _answer_text, endpoint=str(self._client.base_url), retries=self.max_retries)
 
 
-def _answer_text(response) -> str:
+def _answer_text(response: ChatCompletion) -> str:
     """The text of a chat completion's first choice (a model may answer nothing: ``""``)."""
     if not response.choices:
-        raise MalformedReply("no choices")
+        raise MalformedReplyError("no choices")
     message = response.choices[0].message
     if message is None:
-        raise MalformedReply("a choice without a message")
+        raise MalformedReplyError("a choice without a message")
     return message.content or ""
 
 
@@ -105,22 +120,27 @@ class LocalTeacher:
     record marked ``forced``, when the teacher did not write it) — so every answer has a valid
     label, and the record also keeps the teacher's label ``probabilities``. Queries are generated
     as text and parsed.
-
-    Args:
-        model: Hub id or local directory of the teacher.
-        adapter: Optional PEFT adapter for it.
-        device: Default: CUDA when available.
-        dtype: Default: bfloat16 on a GPU, float32 on CPU.
-        trust_remote_code: Allow the model's own code to run.
-        batch_size: Requests judged at once.
-        max_new_tokens: Explanation (or query list) budget.
-        max_doc_tokens: Documents are cut to this many tokens.
-        temperature: For query generation; 0 decodes greedily.
     """
 
-    def __init__(self, model: str, *, adapter: Optional[str] = None, device=None, dtype=None,
-                 trust_remote_code: bool = False, batch_size: int = 8, max_new_tokens: int = 256,
-                 max_doc_tokens: int = 2048, temperature: float = 0.0):
+    def __init__(self, model: str, *, adapter: Optional[str] = None, device: Union[str, torch.device, None] = None,
+                 dtype: Union[str, torch.dtype, None] = None, trust_remote_code: bool = False, batch_size: int = 8,
+                 max_new_tokens: int = 256, max_doc_tokens: int = 2048, temperature: float = 0.0):
+        """Load the teacher model (and adapter) now, with the prompt encoder for its tokenizer.
+
+        Args:
+            model: Hub id or local directory of the teacher.
+            adapter: Optional PEFT adapter for it.
+            device: Default: CUDA when available.
+            dtype: Default: bfloat16 on a GPU, float32 on CPU.
+            trust_remote_code: Allow the model's own code to run.
+            batch_size: Requests judged at once.
+            max_new_tokens: Explanation (or query list) budget.
+            max_doc_tokens: Documents are cut to this many tokens.
+            temperature: For query generation; 0 decodes greedily.
+
+        Raises:
+            ModelNotFoundError: The model or adapter could not be found.
+        """
         self.name = model if adapter is None else f"{model}+{adapter}"
         self._backend = hf.load(model, adapter=adapter, device=device, dtype=dtype,
                                 trust_remote_code=trust_remote_code)
@@ -131,6 +151,16 @@ class LocalTeacher:
 
     def judge(self, queries: Sequence[str], documents: Sequence[str],
               hints: Sequence[Optional[str]]) -> Iterator[tuple[int, dict]]:
+        """Judge the pairs ``batch_size`` at a time in explain mode; yields ``(index, fields)`` in order.
+
+        The label is the most probable label token after the explanation, so every answer has a
+        valid label; the fields also hold ``forced`` and the label ``probabilities``.
+
+        Args:
+            queries: The query of each pair.
+            documents: The document text of each pair (cut to ``max_doc_tokens`` tokens).
+            hints: The gold-label hint shown after each document, or ``None``.
+        """
         for start in range(0, len(queries), self.batch_size):
             batch = range(start, min(start + self.batch_size, len(queries)))
             ids = self._encoder.prompts([queries[i] for i in batch], [documents[i] for i in batch],
@@ -146,6 +176,7 @@ class LocalTeacher:
                           "probabilities": [round(float(p), 6) for p in judged.probabilities[k]]}
 
     def write_queries(self, questions: Sequence[str]) -> Iterator[tuple[int, dict]]:
+        """Generate search queries for each question, ``batch_size`` at a time; yields ``(index, fields)`` in order."""
         encoder = prompts.QueryPromptEncoder(self._backend.tokenizer)
         for start in range(0, len(questions), self.batch_size):
             batch = questions[start:start + self.batch_size]

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 import pyterrier as pt
 
-from ..prompts import Mode, Prompt, PromptEncoder
+from pyterrier_reasonrank.prompts import Mode, Prompt, PromptEncoder
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 @dataclass
@@ -33,16 +36,19 @@ class Backend(Protocol):
     tokenizer: object
 
     def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, batch_size: int,
-              max_new_tokens: int, verbose: bool = False, progress=None, **options) -> Judgements:
-        """Judge each prompt, given as (prefix, suffix) token ids: the prefix (instructions and query)
-        is shared by the documents of a query, the suffix ends with the response start for ``mode``.
-        ``progress``: a bar to advance per judged prompt, instead of one of its own when ``verbose``.
+              max_new_tokens: int, verbose: bool = False, progress: Optional[tqdm] = None,
+              **options: object) -> Judgements:
+        """Judge each prompt, given as (prefix, suffix) token ids.
+
+        The prefix (instructions and query) is shared by the documents of a query, the suffix ends
+        with the response start for ``mode``. ``progress``: a bar to advance per judged prompt,
+        instead of one of its own when ``verbose``.
         """
         ...
 
 
 @contextlib.contextmanager
-def progress_bar(progress, total: int, verbose: bool):
+def progress_bar(progress: Optional[tqdm], total: int, verbose: bool) -> Iterator[tqdm]:
     """``progress`` when given, else a new bar over ``total`` documents (hidden unless ``verbose``)."""
     if progress is not None:
         yield progress
@@ -52,8 +58,9 @@ def progress_bar(progress, total: int, verbose: bool):
 
 
 def marker_started(generated: Sequence[int], marker: Sequence[int]) -> int:
-    """How many leading tokens of the marker, short of all of them, ``generated`` ends with (0 if none):
-    a marker the model had started when it had to stop.
+    """How many leading tokens of the marker, short of all of them, ``generated`` ends with (0 if none).
+
+    Such a tail is a marker the model had started when it had to stop.
     """
     for k in range(len(marker) - 1, 0, -1):
         if list(generated[-k:]) == list(marker[:k]):

@@ -8,22 +8,28 @@ import threading
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import pyterrier as pt
 import torch
 
-from ..errors import InputError, ModelNotFoundError, PickleCheckpointError
-from ..prompts import Mode, Prompt, PromptEncoder
-from ..scoring import label_probabilities
+from pyterrier_reasonrank.errors import InputError, ModelNotFoundError, PickleCheckpointError
+from pyterrier_reasonrank.prompts import Mode, Prompt, PromptEncoder
+from pyterrier_reasonrank.scoring import label_probabilities
+
 from .base import Judgements, marker_started, progress_bar
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+    from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass
 class Completion:
-    """A generated response: its text (special tokens removed) and its token ids, up to and
-    including the end-of-turn token when the model wrote one.
+    """A generated response: its text (special tokens removed) and its token ids.
+
+    The token ids run up to and including the end-of-turn token when the model wrote one.
     """
 
     text: str
@@ -41,13 +47,15 @@ class HFBackend:
     there. A sequence that runs out of budget, or writes an end-of-turn or other special token
     before the marker, gets the marker appended and is marked ``forced``. Direct mode is one
     forward pass per prompt.
-
-    Args:
-        model: A loaded ``PreTrainedModel`` (causal LM), in eval mode on its device.
-        tokenizer: Its tokenizer.
     """
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+        """Wrap a loaded model and its tokenizer, and work out the token ids that end an explanation.
+
+        Args:
+            model: A loaded ``PreTrainedModel`` (causal LM), in eval mode on its device.
+            tokenizer: Its tokenizer.
+        """
         self.model = model
         self.tokenizer = tokenizer
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
@@ -64,13 +72,15 @@ class HFBackend:
 
     @property
     def device(self) -> torch.device:
+        """The device the model's weights are on (where the batches are sent)."""
         return self.model.device
 
     def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, batch_size: int,
               max_new_tokens: int, max_batch_tokens: Optional[int] = None, prefix_reuse: bool = True,
-              verbose: bool = False, progress=None) -> Judgements:
-        """Judge each prompt, given as (prefix, suffix) token ids — the prefix shared by the documents
-        of a query (see :meth:`PromptEncoder.prefix`).
+              verbose: bool = False, progress: Optional[tqdm] = None) -> Judgements:
+        """Judge each prompt, given as (prefix, suffix) token ids.
+
+        The prefix is shared by the documents of a query (see :meth:`PromptEncoder.prefix`).
 
         Args:
             prompts: The prompts, in the order the judgements are returned.
@@ -144,7 +154,8 @@ class HFBackend:
         cache.batch_select_indices(row_prefix)
         return self._forward([list(suffix) for _, suffix in prompts], cache=cache, past_mask=prefix_mask[row_prefix])
 
-    def _forward(self, ids: list[list[int]], *, cache=None, past_mask: Optional[torch.Tensor] = None):
+    def _forward(self, ids: list[list[int]], *, cache: Optional[Cache] = None,
+                 past_mask: Optional[torch.Tensor] = None):
         input_ids, mask = self._left_pad(ids, max(len(x) for x in ids))
         if past_mask is not None:
             mask = torch.cat([past_mask, mask], dim=1)
@@ -163,7 +174,8 @@ class HFBackend:
         return input_ids.to(self.device), mask.to(self.device)
 
     @torch.inference_mode()
-    def _explain(self, logits, cache, mask, last_position, encoder: PromptEncoder, max_new_tokens: int):
+    def _explain(self, logits: torch.Tensor, cache: Cache, mask: torch.Tensor, last_position: torch.Tensor,
+                 encoder: PromptEncoder, max_new_tokens: int):
         """Greedy decoding from a prefilled batch until each row has written (or been given) the marker."""
         n = len(logits)
         marker = encoder.marker_ids
@@ -255,9 +267,10 @@ def _release_memory() -> None:
 
 def _batches(prompts: Sequence[Prompt], batch_size: int, max_batch_tokens: Optional[int],
              budget: int) -> list[list[int]]:
-    """Batches of prompt indices: a query's documents together (so their prefix can be shared),
-    queries and documents longest first (so a batch pads little, and the first shows the peak
-    memory), each batch at most ``batch_size`` rows and ``max_batch_tokens`` tokens.
+    """Batches of prompt indices, each at most ``batch_size`` rows and ``max_batch_tokens`` tokens.
+
+    A query's documents go together (so their prefix can be shared), queries and documents longest
+    first (so a batch pads little, and the first shows the peak memory).
     """
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i][0]), prompts[i][0], -len(prompts[i][1])))
     batches: list[list[int]] = []
@@ -314,7 +327,8 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, device: Union[s
     return backend
 
 
-def _load(model, adapter, device, dtype, trust_remote_code) -> HFBackend:
+def _load(model: Optional[str], adapter: Optional[str], device: torch.device, dtype: torch.dtype,
+          trust_remote_code: bool) -> HFBackend:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = model or base_model(adapter)
@@ -347,9 +361,10 @@ def tokenizer_source(model: str, adapter: Optional[str]) -> str:
 
 
 @contextlib.contextmanager
-def clear_load_errors(what: str, name: str):
-    """Turns the loaders' errors for a missing model into one sentence that says what to do, and
-    refuses a local checkpoint whose weights are only in pickle files.
+def clear_load_errors(what: str, name: str) -> Iterator[None]:
+    """Turns the loaders' errors for a missing model into one sentence that says what to do.
+
+    It also refuses a local checkpoint whose weights are only in pickle files.
     """
     refuse_pickle_weights(what, name)
     try:

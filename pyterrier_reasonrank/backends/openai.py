@@ -1,10 +1,9 @@
-"""The OpenAI-compatible backend: the student served by vLLM (or any server with vLLM's
-completions API), for throughput and scale-out.
+r"""The OpenAI-compatible backend: the student served by vLLM, for throughput and scale-out.
 
-Serve the student, for instance::
+Any server with vLLM's completions API will do. Serve the student, for instance::
 
     vllm serve Qwen/Qwen2.5-1.5B-Instruct --enable-prefix-caching
-    vllm serve meta-llama/Llama-3.2-3B-Instruct --enable-lora --lora-modules student=runs/paper-3b/refine \\
+    vllm serve meta-llama/Llama-3.2-3B-Instruct --enable-lora --lora-modules student=runs/paper-3b/refine \
         --enable-prefix-caching --tensor-parallel-size 2
 
 and re-rank with ``ReasonRanker(backend="openai", base_url="http://localhost:8000/v1", model=...)``.
@@ -24,27 +23,35 @@ import os
 import random
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from typing import Callable, Iterator, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, TypeVar
 
 import numpy as np
 import torch
 
-from ..errors import EndpointError
-from ..prompts import LABEL_MARKER, Mode, Prompt, PromptEncoder
-from ..redaction import known_secrets, redacted
-from ..scoring import label_probabilities
+from pyterrier_reasonrank.errors import EndpointError
+from pyterrier_reasonrank.prompts import LABEL_MARKER, Mode, Prompt, PromptEncoder
+from pyterrier_reasonrank.redaction import known_secrets, redacted
+from pyterrier_reasonrank.scoring import label_probabilities
+
 from .base import Judgements, marker_started, progress_bar
+
+if TYPE_CHECKING:
+    from openai import OpenAI
+    from openai.types import Completion
+    from tqdm import tqdm
+    from transformers import PreTrainedTokenizerBase
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 def openai_client(base_url: Optional[str] = None, api_key: Optional[str] = None, *, max_retries: int = 6,
-                  timeout: float = 120.0):
-    """An ``openai`` client for an OpenAI-compatible endpoint. ``base_url`` defaults to
-    ``$OPENAI_BASE_URL`` and the key to ``$OPENAI_API_KEY`` (a placeholder for local servers that
-    need none). The client retries rate limits, server errors and dropped connections with
-    exponential backoff.
+                  timeout: float = 120.0) -> OpenAI:
+    """An ``openai`` client for an OpenAI-compatible endpoint.
+
+    ``base_url`` defaults to ``$OPENAI_BASE_URL`` and the key to ``$OPENAI_API_KEY`` (a placeholder
+    for local servers that need none). The client retries rate limits, server errors and dropped
+    connections with exponential backoff.
     """
     from openai import OpenAI
 
@@ -53,7 +60,7 @@ def openai_client(base_url: Optional[str] = None, api_key: Optional[str] = None,
                   timeout=timeout)
 
 
-class MalformedReply(Exception):
+class MalformedReplyError(Exception):
     """A reply (HTTP 200) whose body is not what the API promises: no choices, a null message..."""
 
 
@@ -70,7 +77,8 @@ def read_reply(request: Callable[[], T], read: Callable[[T], R], *, endpoint: st
 
     Args:
         request: Sends the request and returns the parsed response.
-        read: Takes what is needed from the response; raises :class:`MalformedReply` when it is not there.
+        read: Takes what is needed from the response; raises :class:`MalformedReplyError` when it is not
+            there.
         endpoint: The endpoint's URL, for the error.
         retries: Retries after the first attempt.
 
@@ -80,7 +88,7 @@ def read_reply(request: Callable[[], T], read: Callable[[T], R], *, endpoint: st
     for attempt in range(retries + 1):
         try:
             return read(request())
-        except (MalformedReply, json.JSONDecodeError) as error:
+        except (MalformedReplyError, json.JSONDecodeError) as error:
             fault = error
         if attempt < retries:
             time.sleep(min(RETRY_DELAY * 2 ** attempt, 8.0) * random.uniform(0.75, 1.25))
@@ -90,8 +98,9 @@ def read_reply(request: Callable[[], T], read: Callable[[T], R], *, endpoint: st
 
 
 def bounded_map(fn: Callable, items: Sequence, concurrency: int) -> Iterator[tuple[int, object]]:
-    """``(index, fn(item))`` in completion order, at most ``2 * concurrency`` calls pending; the
-    first error cancels what has not started and is raised.
+    """``(index, fn(item))`` in completion order, at most ``2 * concurrency`` calls pending.
+
+    The first error cancels what has not started and is raised.
     """
     pending = {}
     queue = iter(enumerate(items))
@@ -113,19 +122,20 @@ def bounded_map(fn: Callable, items: Sequence, concurrency: int) -> Iterator[tup
 
 
 class OpenAIBackend:
-    """Judges prompts with a model behind an OpenAI-compatible completions endpoint (vLLM).
+    """Judges prompts with a model behind an OpenAI-compatible completions endpoint (vLLM)."""
 
-    Args:
-        model: The model name the server serves.
-        tokenizer: The model's tokenizer (to encode prompts as the server's model would).
-        base_url: The endpoint, e.g. ``"http://localhost:8000/v1"`` (default: ``$OPENAI_BASE_URL``).
-        concurrency: Pairs in flight.
-        max_retries: Retries per request.
-        timeout: Seconds per request.
-    """
+    def __init__(self, model: str, tokenizer: PreTrainedTokenizerBase, *, base_url: Optional[str] = None,
+                 concurrency: int = 32, max_retries: int = 6, timeout: float = 120.0):
+        """Set up the client for the endpoint; no request is sent until the first judgement.
 
-    def __init__(self, model: str, tokenizer, *, base_url: Optional[str] = None, concurrency: int = 32,
-                 max_retries: int = 6, timeout: float = 120.0):
+        Args:
+            model: The model name the server serves.
+            tokenizer: The model's tokenizer (to encode prompts as the server's model would).
+            base_url: The endpoint, e.g. ``"http://localhost:8000/v1"`` (default: ``$OPENAI_BASE_URL``).
+            concurrency: Pairs in flight.
+            max_retries: Retries per request.
+            timeout: Seconds per request.
+        """
         self.model = model
         self.tokenizer = tokenizer
         self.concurrency = concurrency
@@ -134,13 +144,29 @@ class OpenAIBackend:
         self._stop_ids = frozenset(tokenizer.all_special_ids)
 
     def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, batch_size: int,
-              max_new_tokens: int, verbose: bool = False, progress=None, **options) -> Judgements:
+              max_new_tokens: int, verbose: bool = False, progress: Optional[tqdm] = None,
+              **options: object) -> Judgements:
+        """Judge each prompt through the endpoint, ``concurrency`` pairs in flight.
+
+        Explain mode first asks for the explanation (greedy, stopping at the label marker); both
+        modes then read the label log-probabilities from one echo request per pair.
+
+        Args:
+            prompts: The prompts as (prefix, suffix) token ids, in the order the judgements are returned.
+            encoder: The encoder that made them (marker and label tokens).
+            mode: ``"explain"`` or ``"direct"``.
+            batch_size: Ignored: the server batches requests itself.
+            max_new_tokens: Explanation budget.
+            verbose: Show a progress bar.
+            progress: A bar to advance instead (the ranker's, over all of its chunks).
+            **options: The local backend's batching options (``max_batch_tokens``, ``prefix_reuse``): ignored.
+        """
         n = len(prompts)
         explanations = [""] * n
         label_logprobs = torch.empty((n, len(encoder.label_ids)), dtype=torch.float64)
         forced = np.zeros(n, dtype=bool)
 
-        def one(prompt) -> tuple[str, list[float], bool]:
+        def one(prompt: Prompt) -> tuple[str, list[float], bool]:
             ids = list(prompt[0]) + list(prompt[1])
             if mode == "direct":
                 return "", self._label_logprobs(ids, encoder), False
@@ -183,12 +209,12 @@ class OpenAIBackend:
 
     def _complete(self, n: int, **request) -> list:
         """The ``n`` choices of a completions request, in prompt order, with their log-probabilities."""
-        def read(response) -> list:
+        def read(response: Completion) -> list:
             choices = sorted(response.choices or [], key=lambda choice: choice.index)
             if len(choices) != n:
-                raise MalformedReply(f"{len(choices)} choices for {n} prompt(s)")
+                raise MalformedReplyError(f"{len(choices)} choices for {n} prompt(s)")
             if any(choice.logprobs is None or choice.text is None for choice in choices):
-                raise MalformedReply("a choice without text or log-probabilities")
+                raise MalformedReplyError("a choice without text or log-probabilities")
             return choices
 
         return read_reply(lambda: self._client.completions.create(model=self.model, **request), read,
@@ -197,8 +223,9 @@ class OpenAIBackend:
 
 def load(model: str, *, tokenizer: Optional[str] = None, base_url: Optional[str] = None, concurrency: int = 32,
          trust_remote_code: bool = False) -> OpenAIBackend:
-    """An :class:`OpenAIBackend` for ``model`` as the server names it, with the tokenizer from
-    ``tokenizer`` (a Hub id or directory; default: ``model``).
+    """An :class:`OpenAIBackend` for ``model`` as the server names it.
+
+    The tokenizer comes from ``tokenizer`` (a Hub id or directory; default: ``model``).
 
     Raises:
         ModelNotFoundError: The tokenizer could not be found.
