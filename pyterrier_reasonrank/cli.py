@@ -2,14 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import textwrap
 from typing import Optional, Sequence
 
 from .backends.hf import DEFAULT_MODEL
 from .errors import debugging, run_command
+from .prompts import DEFAULT_MAX_DOC_TOKENS, DEFAULT_MAX_QUERY_TOKENS
 from .ranker import ReasonRanker
 from .redaction import known_secrets, scrub
+
+RANKER_OPTIONS = {"batch-size": "pairs judged at once", "max-new-tokens": "explanation budget in tokens",
+                  "max-query-tokens": "queries cut to this many tokens",
+                  "max-doc-tokens": "documents cut to this many tokens"}
+"""ReasonRanker's options that the commands take; unless given, the ranker's own defaults apply."""
+_LIBRARY_DEFAULTS = {"max-query-tokens": DEFAULT_MAX_QUERY_TOKENS, "max-doc-tokens": DEFAULT_MAX_DOC_TOKENS}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -23,8 +31,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model.add_argument("--model", default=None,
                        help=f"Hub id or local directory (default: {DEFAULT_MODEL}, or the adapter's base model)")
     model.add_argument("--adapter", default=None, help="PEFT adapter (Hub id or directory)")
-    model.add_argument("--batch-size", type=int, default=16)
-    model.add_argument("--max-new-tokens", type=int, default=128, help="explanation budget in tokens")
+    defaults = inspect.signature(ReasonRanker).parameters  # one place for the ranker's defaults: the ranker
+    for option, help_text in RANKER_OPTIONS.items():
+        default = defaults[option.replace("-", "_")].default
+        shown = default if default is not None else f"the student's, else {_LIBRARY_DEFAULTS[option]}"
+        model.add_argument(f"--{option}", type=int, default=None, help=f"{help_text} (default: {shown})")
     model.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
 
     demo = commands.add_parser("demo", parents=[model], help="compare BM25 with BM25 >> ReasonRanker in pt.Experiment",
@@ -67,8 +78,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _ranker(args: argparse.Namespace, mode: str) -> ReasonRanker:
-    return ReasonRanker(args.model, adapter=args.adapter, mode=mode, batch_size=args.batch_size,
-                        max_new_tokens=args.max_new_tokens, device=args.device, verbose=True)
+    given = {name: getattr(args, name) for name in (option.replace("-", "_") for option in RANKER_OPTIONS)}
+    return ReasonRanker(args.model, adapter=args.adapter, mode=mode, device=args.device, verbose=True,
+                        **{name: value for name, value in given.items() if value is not None})
 
 
 def _demo(args: argparse.Namespace) -> int:

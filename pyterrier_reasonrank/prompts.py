@@ -20,9 +20,11 @@ The second task, query generation, turns a long question into search queries::
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Optional, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal, Mapping, Optional, Sequence
 
 import jinja2
 
@@ -32,8 +34,25 @@ from .tokenization import TextTokenizer
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+FORMAT_VERSION = 1
+"""The version of the prompt and response format. A trained student records the version it was
+trained with (see :mod:`pyterrier_reasonrank.settings`); a version this library does not know is
+refused rather than served with another format."""
+
 Mode = Literal["explain", "direct"]
 MODES: tuple[str, ...] = ("explain", "direct")
+TASKS: tuple[str, ...] = (*MODES, "queries")
+"""What a student can be trained for: judging in explain or direct mode, and query generation."""
+
+DEFAULT_MAX_QUERY_TOKENS = 512
+DEFAULT_MAX_DOC_TOKENS = 1024
+DEFAULT_MAX_QUESTION_TOKENS = 1024
+
+TEMPLATE_VARIABLES: Mapping[str, str] = {"date_string": "26 Jul 2024"}
+"""Chat-template variables that are not the conversation, pinned so that a prompt is the same on
+every day: Llama 3.x templates write "Today Date: ..." into the system block from ``date_string``,
+or from ``strftime_now`` when it is not given (it then answers with this date too). The date is
+the one Llama 3.x templates fall back to."""
 
 LABELS: tuple[int, ...] = (0, 1, 2)
 LABEL_NAMES = {0: "irrelevant", 1: "partially relevant", 2: "relevant"}
@@ -68,6 +87,7 @@ QUERY_INSTRUCTIONS = (
 _QUERY_SLOT = "[[REASONRANK_QUERY]]"
 _DOCUMENT_SLOT = "[[REASONRANK_DOCUMENT]]"
 _QUESTION_SLOT = "[[REASONRANK_QUESTION]]"
+_RESPONSE_SLOT = "[[REASONRANK_RESPONSE]]"
 # Characters kept per wanted token before a long text is tokenized: tokens average about four
 # characters, so the cut keeps about twice the tokens wanted, and the tokens before the cut word
 # are those of the whole text.
@@ -182,14 +202,35 @@ def parse_queries(text: str) -> ParsedQueries:
     return ParsedQueries(queries) if queries else ParsedQueries([], "no queries in the response")
 
 
+def template_context(variables: Mapping[str, str]) -> dict:
+    """What a chat template is rendered with besides the conversation.
+
+    That is the pinned ``variables``, and ``strftime_now`` (which templates call for today's date)
+    answering with their date.
+    """
+    date = datetime.strptime(variables["date_string"], "%d %b %Y")
+    return {**variables, "strftime_now": date.strftime}
+
+
+def chat_template_sha256(tokenizer: PreTrainedTokenizerBase) -> Optional[str]:
+    """Hex SHA-256 of the tokenizer's chat template (``None`` without one).
+
+    A trained student records it, so that serving it with another template is noticed.
+    """
+    template = tokenizer.chat_template
+    return None if template is None else hashlib.sha256(str(template).encode("utf-8")).hexdigest()
+
+
 class _TemplateEncoder:
     """Renders a chat template around slots for user text and encodes the pieces once."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, str]], slots: Sequence[str],
-                 response_start: str):
+                 response_start: str, template_variables: Optional[Mapping[str, str]], *,
+                 add_generation_prompt: bool = True):
         self.tokenizer = tokenizer
+        self.template_variables = dict(TEMPLATE_VARIABLES if template_variables is None else template_variables)
         self._tokens = TextTokenizer(tokenizer)
-        pieces = _render(tokenizer, turns, slots)
+        pieces = _render(tokenizer, turns, slots, self.template_variables, add_generation_prompt)
         self._pieces = [self._tokens.template(piece) for piece in pieces]
         self._pieces[-1] += self._tokens.template(response_start)
         eos = tokenizer.eos_token_id
@@ -233,8 +274,9 @@ class PromptEncoder(_TemplateEncoder):
     and the marker, appended when the model did not write it) and ``label_ids`` (for 0, 1, 2).
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, mode: Mode = "explain", *, max_query_tokens: int = 512,
-                 max_doc_tokens: int = 1024):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, mode: Mode = "explain", *,
+                 max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS, max_doc_tokens: int = DEFAULT_MAX_DOC_TOKENS,
+                 template_variables: Optional[Mapping[str, str]] = None):
         """Check the tokenizer's label tokens and render the prompt template for ``mode`` once.
 
         Args:
@@ -242,6 +284,8 @@ class PromptEncoder(_TemplateEncoder):
             mode: ``"explain"`` or ``"direct"``.
             max_query_tokens: The query is cut to this many tokens.
             max_doc_tokens: The document is cut to this many tokens.
+            template_variables: Chat-template variables besides the conversation (default:
+                :data:`TEMPLATE_VARIABLES`).
 
         Raises:
             ValueError: An unknown ``mode``.
@@ -258,19 +302,21 @@ class PromptEncoder(_TemplateEncoder):
         # The explain prompt ends with the explanation prefix; the direct prompt with the marker,
         # as the model writes it before a label.
         super().__init__(tokenizer, messages(_QUERY_SLOT, _DOCUMENT_SLOT, mode), [_QUERY_SLOT, _DOCUMENT_SLOT],
-                         EXPLANATION_PREFIX if mode == "explain" else "")
+                         EXPLANATION_PREFIX if mode == "explain" else "", template_variables)
         if mode == "direct":
             self._pieces[-1] += self.marker_ids
 
-    def encode(self, query: str, document: str, hint: Optional[str] = None) -> list[int]:
+    def encode(self, query: str, document: str, hint: Optional[str] = None, *,
+               max_doc_tokens: Optional[int] = None) -> list[int]:
         """Token ids of the prompt for one pair: instructions, truncated query and document, response start.
 
         Args:
             query: The query text.
             document: The document text.
             hint: Text after the document, never truncated (a teacher's gold-label hint).
+            max_doc_tokens: Cut the document shorter than the encoder's limit (to fit a training example).
         """
-        prefix, suffix = self.prompts([query], [document], [hint])[0]
+        prefix, suffix = self.prompts([query], [document], [hint], max_doc_tokens=max_doc_tokens)[0]
         return list(prefix + suffix)
 
     def prefix(self, query: str) -> tuple[int, ...]:
@@ -282,7 +328,8 @@ class PromptEncoder(_TemplateEncoder):
         return self.prompts([""], [document], [hint])[0][1]
 
     def prompts(self, queries: Sequence[str], documents: Sequence[str],
-                hints: Optional[Sequence[Optional[str]]] = None) -> list[Prompt]:
+                hints: Optional[Sequence[Optional[str]]] = None, *,
+                max_doc_tokens: Optional[int] = None) -> list[Prompt]:
         """The prompts of many pairs as (:meth:`prefix`, :meth:`suffix`) token ids.
 
         The texts are tokenized in batches, each distinct query once.
@@ -291,13 +338,15 @@ class PromptEncoder(_TemplateEncoder):
             queries: The query of each pair.
             documents: The document text of each pair.
             hints: Text after each document, never truncated (a teacher's gold-label hint), or ``None``.
+            max_doc_tokens: Cut the documents shorter than the encoder's limit.
         """
         head, middle, tail = self._pieces
         distinct = list(dict.fromkeys(queries))
         prefixes = {query: tuple(head + ids + middle)
                     for query, ids in zip(distinct, self.encode_texts(distinct, self.max_query_tokens))}
         hint_ids = {hint: self.encode_text(f"\n\n{hint}") for hint in set(hints or ()) if hint is not None}
-        bodies = self.encode_texts(documents, self.max_doc_tokens)
+        bodies = self.encode_texts(documents, self.max_doc_tokens if max_doc_tokens is None
+                                   else min(self.max_doc_tokens, max_doc_tokens))
         hints = hints if hints is not None else [None] * len(bodies)
         return [(prefixes[query], tuple(body + hint_ids.get(hint, []) + tail))
                 for query, body, hint in zip(queries, bodies, hints)]
@@ -325,12 +374,15 @@ class PromptEncoder(_TemplateEncoder):
 class QueryPromptEncoder(_TemplateEncoder):
     """Turns a long question into the token ids of the query-generation prompt."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, max_question_tokens: int = 1024):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
+                 template_variables: Optional[Mapping[str, str]] = None):
         """Render the query-generation prompt template for ``tokenizer`` once.
 
         Args:
             tokenizer: A Hugging Face tokenizer. Its chat template is used when it has one.
             max_question_tokens: The question is cut to this many tokens.
+            template_variables: Chat-template variables besides the conversation (default:
+                :data:`TEMPLATE_VARIABLES`).
 
         Raises:
             InputError: ``max_question_tokens`` is below 1.
@@ -338,11 +390,19 @@ class QueryPromptEncoder(_TemplateEncoder):
         if max_question_tokens < 1:
             raise InputError(f"max_question_tokens must be at least 1, got {max_question_tokens}")
         self.max_question_tokens = max_question_tokens
-        super().__init__(tokenizer, query_messages(_QUESTION_SLOT), [_QUESTION_SLOT], QUERIES_PREFIX)
+        super().__init__(tokenizer, query_messages(_QUESTION_SLOT), [_QUESTION_SLOT], QUERIES_PREFIX,
+                         template_variables)
 
-    def encode(self, question: str) -> list[int]:
-        """Token ids of the prompt for one question, ending with the response start."""
-        return self._fill(self.encode_text(question, self.max_question_tokens))
+    def encode(self, question: str, *, max_question_tokens: Optional[int] = None) -> list[int]:
+        """Token ids of the prompt for one question, ending with the response start.
+
+        Args:
+            question: The question.
+            max_question_tokens: Cut the question shorter than the encoder's limit (to fit a training example).
+        """
+        limit = self.max_question_tokens if max_question_tokens is None \
+            else min(self.max_question_tokens, max_question_tokens)
+        return self._fill(self.encode_text(question, limit))
 
     def encode_response(self, queries: Sequence[str]) -> list[int]:
         """Token ids of the response listing ``queries``, as training targets."""
@@ -350,18 +410,61 @@ class QueryPromptEncoder(_TemplateEncoder):
         return self.encode_text(text) + self.end_ids  # as text, like the judgement response
 
 
-def _render(tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, str]], slots: Sequence[str]) -> list[str]:
+class ConversationEncoder(_TemplateEncoder):
+    """Encodes a whole judgement — instructions, query, document and a response — for a model that reads it.
+
+    A reward model reads the conversation through its own chat template. To fit ``max_length`` the
+    document is cut (then the query, if it must be), never the response, so that what is judged is
+    always seen.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, max_length: int,
+                 template_variables: Optional[Mapping[str, str]] = None):
+        """Render the conversation template for ``tokenizer`` once.
+
+        Args:
+            tokenizer: The reading model's tokenizer. Its chat template is used when it has one.
+            max_length: The most tokens a conversation may have.
+            template_variables: Chat-template variables besides the conversation (default:
+                :data:`TEMPLATE_VARIABLES`).
+        """
+        self.max_length = max_length
+        turns = messages(_QUERY_SLOT, _DOCUMENT_SLOT) + [
+            {"role": "assistant", "content": f"{EXPLANATION_PREFIX} {_RESPONSE_SLOT}"}]
+        super().__init__(tokenizer, turns, [_QUERY_SLOT, _DOCUMENT_SLOT, _RESPONSE_SLOT], "", template_variables,
+                         add_generation_prompt=False)
+
+    def encode(self, query: str, document: str, response: str) -> list[int]:
+        """Token ids of the conversation, at most ``max_length`` unless the response alone is longer.
+
+        Args:
+            query: The query.
+            document: The document.
+            response: The response after ``Explanation:`` (what a student wrote).
+        """
+        response_ids = self.encode_text(response.strip())
+        room = self.max_length - sum(map(len, self._pieces)) - len(response_ids)
+        query_ids = self.encode_text(query, max(room, 0))
+        return self._fill(query_ids, self.encode_text(document, max(room - len(query_ids), 0)), response_ids)
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, str]], slots: Sequence[str],
+            template_variables: Mapping[str, str], add_generation_prompt: bool = True) -> list[str]:
     """The prompt text around the slots: ``len(slots) + 1`` pieces."""
     if tokenizer.chat_template is None:
         bos = tokenizer.bos_token if getattr(tokenizer, "add_bos_token", False) else None
         rendered = (bos or "") + "".join(f"{turn['content']}\n\n" for turn in turns)
     else:
+        options = {"tokenize": False, "add_generation_prompt": add_generation_prompt,
+                   **template_context(template_variables)}
         try:
-            rendered = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            rendered = tokenizer.apply_chat_template(turns, **options)
         except jinja2.TemplateError:
             # Some templates (e.g. Gemma's) have no system role: put the instructions in the user turn.
-            turns = [{"role": "user", "content": "\n\n".join(turn["content"] for turn in turns)}]
-            rendered = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            system = [turn["content"] for turn in turns if turn["role"] == "system"]
+            rest = [turn for turn in turns if turn["role"] != "system"]
+            rendered = tokenizer.apply_chat_template(
+                [{"role": "user", "content": "\n\n".join([*system, rest[0]["content"]])}, *rest[1:]], **options)
     pieces = []
     for slot in slots:
         piece, rendered = rendered.split(slot)

@@ -9,8 +9,10 @@ import pyterrier as pt
 import torch
 
 from .backends import hf
+from .backends.hf import DEFAULT_MODEL
 from .errors import InputError
-from .prompts import QUERIES_PREFIX, QueryPromptEncoder, parse_queries
+from .prompts import QUERIES_PREFIX, parse_queries
+from .settings import serving_settings
 from .validation import as_text, require_text
 
 COMBINATIONS = ("join", "question+join")
@@ -34,7 +36,7 @@ class QueryGenerator(pt.Transformer):
     """
 
     def __init__(self, model: Optional[str] = None, *, adapter: Optional[str] = None, combine: str = "join",
-                 max_new_tokens: int = 128, max_question_tokens: int = 1024, batch_size: int = 8,
+                 max_new_tokens: int = 128, max_question_tokens: Optional[int] = None, batch_size: int = 8,
                  device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
                  verbose: bool = False, trust_remote_code: bool = False):
         """Check and store the settings; the model is loaded when queries are rewritten, not here.
@@ -47,7 +49,8 @@ class QueryGenerator(pt.Transformer):
             combine: How the generated queries become the new ``query``: ``"join"`` (all of them,
                 joined into one bag-of-words query) or ``"question+join"`` (the question, then them).
             max_new_tokens: Budget for the list of queries.
-            max_question_tokens: The question is cut to this many tokens.
+            max_question_tokens: The question is cut to this many tokens. Default: what the student
+                was trained with (its ``reasonrank_config.json``), else 1024.
             batch_size: Questions generated for at once.
             device: ``"cuda"``, ``"cpu"``, ... Default: CUDA when available.
             dtype: ``torch.dtype`` or its name. Default: bfloat16 on a GPU, float32 on CPU.
@@ -69,6 +72,31 @@ class QueryGenerator(pt.Transformer):
         self.dtype = dtype
         self.verbose = verbose
         self.trust_remote_code = trust_remote_code
+        self._backend = None
+        self._encoder = None
+
+    def load(self) -> "QueryGenerator":
+        """Load the model now (it is otherwise loaded on first use) and return this generator.
+
+        The prompt settings are those the student was trained with, ``max_question_tokens`` in place
+        when given.
+
+        Raises:
+            ModelNotFoundError: The model or adapter could not be found.
+        """
+        if self._backend is None:
+            backend = hf.load(self.model, adapter=self.adapter, device=self.device, dtype=self.dtype,
+                              trust_remote_code=self.trust_remote_code)
+            settings = serving_settings(self.adapter or self.model or DEFAULT_MODEL, backend.tokenizer,
+                                        who="QueryGenerator", task="queries",
+                                        max_question_tokens=self.max_question_tokens)
+            self._encoder = settings.query_encoder(backend.tokenizer)
+            self._backend = backend
+        return self
+
+    def __getstate__(self) -> dict:
+        # Without the loaded model: an unpickled generator loads it again on first use.
+        return {**self.__dict__, "_backend": None, "_encoder": None}
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         """Rewrite the queries of a query frame (``qid``, ``query``)."""
@@ -78,12 +106,10 @@ class QueryGenerator(pt.Transformer):
             return frame.assign(query=pd.Series(dtype=object), generated_queries=pd.Series(dtype=object))
         require_text(frame, "query_0", who="QueryGenerator", what="question")
         questions = as_text(frame["query_0"])
-        backend = hf.load(self.model, adapter=self.adapter, device=self.device, dtype=self.dtype,
-                          trust_remote_code=self.trust_remote_code)
-        encoder = QueryPromptEncoder(backend.tokenizer, max_question_tokens=self.max_question_tokens)
-        completions = backend.sample([encoder.encode(q) for q in questions], temperature=0.0,
-                                     max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                                     verbose=self.verbose)
+        self.load()
+        completions = self._backend.sample([self._encoder.encode(q) for q in questions], temperature=0.0,
+                                           max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                                           verbose=self.verbose)
         generated = [parse_queries(QUERIES_PREFIX + c[0].text).queries for c in completions]
         empty = [str(qid) for qid, queries in zip(frame["qid"], generated) if not queries]
         if empty:

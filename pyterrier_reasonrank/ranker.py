@@ -14,7 +14,8 @@ from .backends import hf, openai
 from .backends.hf import DEFAULT_MODEL
 from .display import ReasonRankResults
 from .errors import InputError
-from .prompts import LABELS, MODES, Mode, PromptEncoder
+from .prompts import LABELS, MODES, Mode
+from .settings import serving_settings
 from .validation import as_text, is_blank, require_text
 
 OUTPUT_COLUMNS = ["explanation", "label", "score", "forced", "rank"]
@@ -39,8 +40,9 @@ class ReasonRanker(pt.Transformer):
     """
 
     def __init__(self, model: Optional[str] = None, *, adapter: Optional[str] = None, mode: Mode = "explain",
-                 batch_size: int = 16, max_new_tokens: int = 128, max_query_tokens: int = 512,
-                 max_doc_tokens: int = 1024, text_field: str = "text", max_batch_tokens: Optional[int] = 65536,
+                 batch_size: int = 16, max_new_tokens: int = 128, max_query_tokens: Optional[int] = None,
+                 max_doc_tokens: Optional[int] = None, text_field: str = "text",
+                 max_batch_tokens: Optional[int] = 65536,
                  prefix_reuse: bool = True, device: Union[str, torch.device, None] = None,
                  dtype: Union[str, torch.dtype, None] = None, backend: str = "transformers",
                  base_url: Optional[str] = None, tokenizer: Optional[str] = None, concurrency: int = 32,
@@ -56,9 +58,11 @@ class ReasonRanker(pt.Transformer):
             batch_size: Number of pairs judged at once, across queries.
             max_new_tokens: Explanation budget in tokens. A model that has not written the label marker
                 by then gets it appended, and the row is marked ``forced``.
-            max_query_tokens: The query is cut to this many tokens.
-            max_doc_tokens: The document is cut to this many tokens. Instructions and the response
-                marker are never cut.
+            max_query_tokens: The query is cut to this many tokens. Default: what the student was
+                trained with (its ``reasonrank_config.json``), else 512.
+            max_doc_tokens: The document is cut to this many tokens; instructions and the response
+                marker are never cut. Default: what the student was trained with, else 1024. A value
+                that differs from training is used, with a warning.
             text_field: The input column holding the document text.
             max_batch_tokens: Most tokens in a batch, counted as pairs x (longest prompt + explanation
                 budget), so that long documents make smaller batches. ``None``: only ``batch_size`` limits.
@@ -85,9 +89,11 @@ class ReasonRanker(pt.Transformer):
             raise InputError(f"mode must be one of {MODES}, got {mode!r}")
         if backend not in BACKENDS:
             raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens),
-                            ("max_query_tokens", max_query_tokens), ("max_doc_tokens", max_doc_tokens)):
-            if not isinstance(value, int) or value < 1:
+        sizes = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "max_query_tokens": max_query_tokens,
+                 "max_doc_tokens": max_doc_tokens}
+        for name, value in sizes.items():
+            if (value is not None or name in ("batch_size", "max_new_tokens")) and \
+                    (not isinstance(value, int) or value < 1):  # None: the student's truncation
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         self.model = model
         self.adapter = adapter
@@ -113,19 +119,26 @@ class ReasonRanker(pt.Transformer):
     def load(self) -> "ReasonRanker":
         """Load the model now (it is otherwise loaded on first use) and return this ranker.
 
+        The prompt settings (truncation, chat-template variables) are those the student was trained
+        with (its ``reasonrank_config.json``), the options given in place.
+
         Raises:
             ModelNotFoundError: The model or adapter could not be found.
-            ValueError: The tokenizer does not write each label as a single token.
+            InputError: The tokenizer does not write each label as a single token, or the student was
+                trained with a prompt format this library does not know.
         """
         if self._backend is None:
             if self.backend == "openai":
                 backend = openai.load(self.model or DEFAULT_MODEL, tokenizer=self.tokenizer, base_url=self.base_url,
                                       concurrency=self.concurrency, trust_remote_code=self.trust_remote_code)
+                student = self.tokenizer or self.model
             else:
                 backend = hf.load(self.model, adapter=self.adapter, device=self.device, dtype=self.dtype,
                                   trust_remote_code=self.trust_remote_code)
-            self._encoder = PromptEncoder(backend.tokenizer, self.mode, max_query_tokens=self.max_query_tokens,
-                                          max_doc_tokens=self.max_doc_tokens)
+                student = self.adapter or self.model or DEFAULT_MODEL
+            settings = serving_settings(student, backend.tokenizer, who="ReasonRanker", task=self.mode,
+                                        max_query_tokens=self.max_query_tokens, max_doc_tokens=self.max_doc_tokens)
+            self._encoder = settings.encoder(backend.tokenizer, self.mode)
             self._backend = backend
         return self
 

@@ -30,7 +30,34 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+LLAMA3_STYLE_TEMPLATE = (
+    # As Llama 3.x templates do: the system block carries today's date unless `date_string` is given.
+    "{{- bos_token }}"
+    "{%- if date_string is not defined %}"
+    "{%- if strftime_now is defined %}{%- set date_string = strftime_now('%d %b %Y') %}"
+    "{%- else %}{%- set date_string = '26 Jul 2024' %}{%- endif %}"
+    "{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content'] | trim %}{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\n\n' }}"
+    "{{- 'Cutting Knowledge Date: December 2023\nToday Date: ' + date_string + '\n\n' }}"
+    "{{- system_message + '<|eot_id|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
+    "{{- message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"
+)
+CHAT_TEMPLATES = {
+    # name: (template, special tokens, beginning of text, end of turn, padding)
+    "chatml": (CHATML_TEMPLATE, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"],
+               "<|endoftext|>", "<|im_end|>", "<|pad|>"),
+    "llama3": (LLAMA3_STYLE_TEMPLATE, ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                                       "<|eot_id|>", "<|pad|>"], "<|begin_of_text|>", "<|eot_id|>", "<|pad|>"),
+}
+"""The chat templates a tiny model can have: ChatML (Qwen-style) and a Llama-3-style one that writes
+today's date into its system block."""
 
 
 def tokenizer_corpus() -> list[str]:
@@ -44,7 +71,8 @@ def tokenizer_corpus() -> list[str]:
 
 
 def build_tiny_model(path: Union[str, Path], *, seed: int = 0, vocab_size: int = 4096, hidden_size: int = 64,
-                     num_layers: int = 2, num_heads: int = 4, initializer_range: float = 0.2) -> Path:
+                     num_layers: int = 2, num_heads: int = 4, initializer_range: Optional[float] = None,
+                     chat_template: str = "chatml") -> Path:
     """Write a tiny random Llama-style causal LM and its tokenizer to ``path``.
 
     Args:
@@ -55,16 +83,22 @@ def build_tiny_model(path: Union[str, Path], *, seed: int = 0, vocab_size: int =
         hidden_size: Width of the model.
         num_layers: Number of transformer layers.
         num_heads: Number of attention heads (half as many key/value heads).
-        initializer_range: Standard deviation of the random weights. Larger than the usual 0.02 so
-            that greedy decoding is decisive rather than a coin toss between near-equal logits.
+        initializer_range: Standard deviation of the random weights. Default: 0.2 at width 64 (larger
+            than the usual 0.02, so that greedy decoding is decisive rather than a coin toss between
+            near-equal logits), scaled by ``sqrt(64 / hidden_size)`` so that a wider model starts
+            with the same scale of activations (0.2 at width 256 makes attention nearly one-hot).
+        chat_template: ``"chatml"`` or ``"llama3"`` (see :data:`CHAT_TEMPLATES`).
 
     Returns:
         The directory, loadable with ``from_pretrained`` and ``ReasonRanker(model=...)``.
     """
     from transformers import LlamaForCausalLM
 
+    if initializer_range is None:
+        initializer_range = 0.2 * (64 / hidden_size) ** 0.5
     return _build(LlamaForCausalLM, path, seed=seed, vocab_size=vocab_size, hidden_size=hidden_size,
-                  num_layers=num_layers, num_heads=num_heads, initializer_range=initializer_range)
+                  num_layers=num_layers, num_heads=num_heads, initializer_range=initializer_range,
+                  chat_template=chat_template)
 
 
 def build_tiny_reward_model(path: Union[str, Path], *, seed: int = 0) -> Path:
@@ -131,8 +165,8 @@ def build_random_model(path: Union[str, Path], architecture: str, *, seed: int =
     return path
 
 
-def _tokenizer(path: Path, *, vocab_size: int):
-    """Train the byte-level BPE tokenizer with the ChatML template and save it to ``path``."""
+def _tokenizer(path: Path, *, vocab_size: int, chat_template: str = "chatml"):
+    """Train the byte-level BPE tokenizer with a chat template and save it to ``path``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -140,24 +174,27 @@ def _tokenizer(path: Path, *, vocab_size: int):
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+    if chat_template not in CHAT_TEMPLATES:
+        raise ValueError(f"unknown chat template {chat_template!r}; choose one of {sorted(CHAT_TEMPLATES)}")
+    template, special_tokens, bos, eos, pad = CHAT_TEMPLATES[chat_template]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator(tokenizer_corpus(), trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|im_end|>",
-                                        pad_token="<|pad|>", unk_token=None, model_max_length=4096)
-    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=bos, eos_token=eos, pad_token=pad,
+                                        unk_token=None, model_max_length=4096)
+    tokenizer.chat_template = template
     tokenizer.save_pretrained(path)
     return tokenizer
 
 
 def _build(model_class: type[PreTrainedModel], path: Union[str, Path], *, seed: int, vocab_size: int,
-           hidden_size: int, num_layers: int, num_heads: int, initializer_range: float,
+           hidden_size: int, num_layers: int, num_heads: int, initializer_range: float, chat_template: str = "chatml",
            **config_options: object) -> Path:
     import torch
     from transformers import LlamaConfig
 
     path = Path(path)
-    tokenizer = _tokenizer(path, vocab_size=vocab_size)
+    tokenizer = _tokenizer(path, vocab_size=vocab_size, chat_template=chat_template)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=max(1, num_heads // 2),
@@ -176,8 +213,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                      description=build_tiny_model.__doc__.split("\n")[0])
     parser.add_argument("path", help="directory to write the model to")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chat-template", choices=sorted(CHAT_TEMPLATES), default="chatml")
     args = parser.parse_args(argv)
-    print(build_tiny_model(args.path, seed=args.seed))
+    print(build_tiny_model(args.path, seed=args.seed, chat_template=args.chat_template))
 
 
 if __name__ == "__main__":

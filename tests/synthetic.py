@@ -17,6 +17,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from pyterrier_reasonrank.prompts import format_queries
+
 
 @dataclass
 class Vocabulary:
@@ -43,6 +45,11 @@ class Vocabulary:
     def explanation(self, query: str, document: str) -> str:
         offered, needed = self.depths(query, document)
         return f"{document.split()[0]} goes to depth {offered}; {query.split()[-1]} needs depth {needed}."
+
+    def queries(self, question: str) -> list[str]:
+        """The search queries for a question: its topic, then the topic and its depth."""
+        topic = question.split()[-1]
+        return [topic, f"{topic} depth {self.topics.index(topic)}"]
 
 
 def make_pairs(vocabulary: Vocabulary, n: int, seed: int, prefix: str = "p") -> pd.DataFrame:
@@ -80,7 +87,9 @@ _PAIR = re.compile(r"Query:\n(?P<query>.*?)\n\nDocument:\n(?P<document>.*?)(?:\n
 
 
 def teacher_answer(vocabulary: Vocabulary, messages: list[dict]) -> str:
-    """What a teacher that knows the rule answers to the project's judging prompt."""
+    """What a teacher that knows the rule answers to the project's judging or query-generation prompt."""
+    if messages[-1]["content"].startswith("Question:\n"):
+        return format_queries(vocabulary.queries(messages[-1]["content"].removeprefix("Question:\n")))
     match = _PAIR.search(messages[-1]["content"])
     query, document = match["query"], match["document"]
     return f"Explanation: {vocabulary.explanation(query, document)}\nRelevance: {vocabulary.label(query, document)}"
@@ -97,14 +106,14 @@ def write_annotations(vocabulary: Vocabulary, path: Path, n: int, seed: int = 21
 
 def training_recipe(folder: Path, model, annotations: Path) -> Path:
     """A recipe of small distill and GRPO refine runs (checkpoints every 2 steps) on ``annotations``:
-    distillation for 2 epochs in batches of 4 per process, GRPO for 4 steps."""
+    distillation (explain mode) for 2 epochs in batches of 4 per process, GRPO for 4 steps."""
     common = {"model_name_or_path": str(model), "train_file": str(annotations), "use_peft": True, "lora_r": 4,
               "lora_alpha": 8, "lora_target_modules": ["q_proj", "v_proj"], "max_doc_tokens": 64,
               "per_device_train_batch_size": 4, "learning_rate": 1e-3, "logging_steps": 1, "save_strategy": "steps",
               "save_steps": 2, "report_to": "none", "disable_tqdm": True}
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump({
-        "distill": {**common, "output_dir": str(folder / "distill"), "num_train_epochs": 2},
+        "distill": {**common, "output_dir": str(folder / "distill"), "num_train_epochs": 2, "direct_fraction": 0.0},
         "refine": {**common, "output_dir": str(folder / "grpo"), "algorithm": "grpo", "max_steps": 4,
                    "num_generations": 4, "max_completion_length": 8, "rewards": ["label", "format"]},
     }))

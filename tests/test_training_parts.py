@@ -8,6 +8,7 @@ from trl import SFTTrainer
 
 from pyterrier_reasonrank import InputError
 from pyterrier_reasonrank.prompts import PromptEncoder
+from pyterrier_reasonrank.settings import StudentSettings
 from pyterrier_reasonrank.testing import build_tiny_reward_model
 from pyterrier_reasonrank.training.distillation import DistillConfig, training_examples
 from pyterrier_reasonrank.training.recipes import RecipeError, parse_configs, recipe_section
@@ -22,8 +23,9 @@ JUDGEMENT = {"query": "what causes tides", "text": "The moon pulls the ocean.", 
 
 def test_examples_mask_everything_but_the_response(tiny_model, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    config = DistillConfig(output_dir=str(tmp_path), max_doc_tokens=64)
-    [example] = training_examples(tokenizer, config, [JUDGEMENT])
+    config = DistillConfig(output_dir=str(tmp_path), direct_fraction=0.0)
+    [example], stats = training_examples(tokenizer, StudentSettings(max_doc_tokens=64), config, [JUDGEMENT])
+    assert stats == {"examples": {"explain": 1}, "documents_cut": 0, "questions_cut": 0, "too_long": 0}
     encoder = PromptEncoder(tokenizer, max_doc_tokens=64)
     prompt = encoder.encode(JUDGEMENT["query"], JUDGEMENT["text"])
     assert example["input_ids"][:len(prompt)] == prompt
@@ -37,10 +39,37 @@ def test_examples_mask_everything_but_the_response(tiny_model, tmp_path):
     assert labels[:len(prompt)] == [-100] * len(prompt) and labels[len(prompt):] == example["input_ids"][len(prompt):]
 
 
-def test_an_example_longer_than_max_length_is_an_error(tiny_model, tmp_path):
+def test_one_run_trains_every_task_in_the_mix_asked(tiny_model, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    with pytest.raises(ValueError, match="more than max_length=50; lower max_doc_tokens"):
-        training_examples(tokenizer, DistillConfig(output_dir=str(tmp_path), max_length=50), [JUDGEMENT])
+    judgements = [dict(JUDGEMENT, query=f"question {i}") for i in range(10)]
+    query_lists = [{"query": f"a long question {i}", "queries": ["tides", "moon"]} for i in range(4)]
+    config = DistillConfig(output_dir=str(tmp_path), direct_fraction=0.3, query_fraction=0.5)
+    examples, stats = training_examples(tokenizer, StudentSettings(), config, judgements, query_lists)
+    assert stats["examples"] == {"explain": 10, "direct": 3, "queries": 2} and len(examples) == 15
+    responses = [tokenizer.decode([t for t, m in zip(e["input_ids"], e["completion_mask"]) if m]) for e in examples]
+    assert responses.count(" It names the cause.\nRelevance: 2<|im_end|>") == 10
+    assert responses.count(" 2<|im_end|>") == 3  # direct mode: the label after the prompt's "Relevance:"
+    assert responses.count("\n1. tides\n2. moon<|im_end|>") == 2
+    # the same draw under the same seed
+    assert training_examples(tokenizer, StudentSettings(), config, judgements, query_lists)[0] == examples
+
+
+def test_a_long_example_has_its_document_cut_to_fit(tiny_model, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    long = dict(JUDGEMENT, text="the moon pulls the ocean and the tides follow " * 200)
+    settings = StudentSettings(max_doc_tokens=3000)
+    [full], _ = training_examples(tokenizer, settings, DistillConfig(output_dir=str(tmp_path), direct_fraction=0),
+                                  [long])
+    config = DistillConfig(output_dir=str(tmp_path), direct_fraction=0, max_length=300)
+    [fitted], stats = training_examples(tokenizer, settings, config, [long])
+    assert len(full["input_ids"]) > 1000 and len(fitted["input_ids"]) == 300
+    assert stats["documents_cut"] == 1 and stats["too_long"] == 0
+    response = [t for t, m in zip(fitted["input_ids"], fitted["completion_mask"]) if m]
+    assert tokenizer.decode(response) == " It names the cause.\nRelevance: 2<|im_end|>"  # the target is whole
+    # one that cannot fit even without its document is left out, and counted
+    examples, stats = training_examples(tokenizer, settings, DistillConfig(output_dir=str(tmp_path), direct_fraction=0,
+                                                                           max_length=20), [long])
+    assert examples == [] and stats["too_long"] == 1
 
 
 def test_label_and_format_rewards():
@@ -51,10 +80,27 @@ def test_label_and_format_rewards():
     assert label_reward(completions[:1], [None]) == [None]
     label, form = reward_functions(["label", "format"], partial_credit=0.1)
     assert label.__name__ == "label_reward" and label([" x\nRelevance: 1"], target_label=[2]) == [0.1]
-    with pytest.raises(ValueError, match=r"unknown reward function\(s\) \['length'\]"):
+    with pytest.raises(ValueError, match=r"unknown reward 'length': the built-in ones are \['label', 'format', "):
         reward_functions(["label", "length"])
     with pytest.raises(ValueError, match="needs `reward_model`"):
         reward_functions(["reward_model"])
+
+
+def test_a_reward_of_your_own_by_its_import_path():
+    label, brevity = reward_functions(["label", "custom_rewards.brevity"])
+    assert brevity([" Short.\nRelevance: 2", " " + "word " * 30 + "\nRelevance: 2"]) == [1.0, 0.0]
+    with pytest.raises(ValueError, match=r"cannot import the reward 'custom_rewards.nothing'"):
+        reward_functions(["custom_rewards.nothing"])
+    with pytest.raises(ValueError, match=r"cannot import the reward 'no_such_module.reward': No module named"):
+        reward_functions(["no_such_module.reward"])
+
+
+def test_a_reward_model_mixed_with_other_rewards_needs_explicit_weights(tmp_path):
+    with pytest.raises(ValueError, match=r"mix a reward model's scores .* give reward_weights"):
+        RefineConfig(output_dir=str(tmp_path), rewards=["label", "reward_model"], reward_model="rm")
+    assert RefineConfig(output_dir=str(tmp_path), rewards=["reward_model"], reward_model="rm").rewards == ["reward_model"]
+    assert RefineConfig(output_dir=str(tmp_path), rewards=["label", "reward_model"], reward_model="rm",
+                        reward_weights=[1.0, 0.1]).reward_weights == [1.0, 0.1]
 
 
 def test_reward_model_reward_scores_each_response(tmp_path):
@@ -63,6 +109,18 @@ def test_reward_model_reward_scores_each_response(tmp_path):
     rewards = scorer(completions, query=["tides"] * 3, text=["The moon."] * 3)
     assert len(rewards) == 3 and all(np.isfinite(rewards))
     assert rewards[0] == pytest.approx(rewards[2], abs=1e-4) and rewards[0] != pytest.approx(rewards[1], abs=1e-4)
+
+
+def test_the_reward_model_always_sees_the_response(tmp_path):
+    """A document far longer than the reward model's window is cut; the response never is."""
+    scorer = RewardModelReward(str(build_tiny_reward_model(tmp_path / "rm")), max_length=128)
+    document = "the moon pulls the ocean and the tides follow " * 2000  # ~16K tokens
+    good, bad = " It names the cause.\nRelevance: 2", " Unrelated.\nRelevance: 0"
+    conversations = [scorer.encoder.encode("tides", document, response) for response in (good, bad)]
+    assert [len(c) for c in conversations] == [128, 128]
+    assert scorer.tokenizer.decode(conversations[0]).endswith(f"Explanation: {good.strip()}<|im_end|>\n")
+    rewards = scorer([good, bad], query=["tides"] * 2, text=[document] * 2)
+    assert rewards[0] != pytest.approx(rewards[1], abs=1e-4)
 
 
 def test_min_max_normalisation_and_ties():
@@ -101,9 +159,12 @@ def test_weighted_examples_keep_the_best_candidates(tiny_model):
     assert [tokenizer.decode(e["input_ids"]).endswith(f"Explanation: It names the cause.\nRelevance: {label}<|im_end|>")
             for e, label in zip(examples, (2, 0))] == [True, True]
     assert [e["weight"] for e in examples] == [1.0, 1.0]
-    # without the teacher every candidate of a pair ties: nothing to learn from
+    # without the teacher every candidate of a pair ties: kept at weight 1 (the paper), or left out
     examples, stats = weighted_examples(model, tokenizer, records, [2, 0], encoder, reward_functions(["label"]),
                                         include_teacher=False, **options)
+    assert stats["pairs_tied"] == 2 and len(examples) == 6 and {e["weight"] for e in examples} == {1.0}
+    examples, stats = weighted_examples(model, tokenizer, records, [2, 0], encoder, reward_functions(["label"]),
+                                        include_teacher=False, keep_ties=False, **options)
     assert examples == [] and stats["pairs_tied"] == 2
 
 

@@ -10,21 +10,21 @@ and its pair asked again.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import pandas as pd
 import pyterrier as pt
 
 from pyterrier_reasonrank import prompts
-from pyterrier_reasonrank.dataset import get_dataset
 from pyterrier_reasonrank.errors import InputError
 from pyterrier_reasonrank.redaction import config_secrets
 
 from .records import AnnotationStore, record_key, summarize
-from .sources import SourceConfig, candidate_pairs
+from .sources import SourceConfig, candidate_pairs, own_pairs, questions, questions_of
 from .teachers import LocalTeacher, OpenAITeacher
 
 
@@ -34,6 +34,8 @@ class AnnotateConfig(SourceConfig):
 
     output: str = field(default="annotations.jsonl", metadata={"help": "JSONL file written (and resumed)"})
     task: str = field(default="relevance", metadata={"help": "relevance (judgements) or queries (query generation)"})
+    queries_output: Optional[str] = field(default=None, metadata={
+        "help": "with task relevance: also write query-generation annotations for the same questions here"})
     teacher: str = field(default="openai", metadata={"help": "openai (any OpenAI-compatible endpoint) or local"})
     teacher_model: str = field(default="meta-llama/Llama-3.3-70B-Instruct", metadata={"help": "teacher model"})
     teacher_adapter: Optional[str] = field(default=None, metadata={"help": "PEFT adapter for a local teacher"})
@@ -60,9 +62,15 @@ class AnnotateConfig(SourceConfig):
                                      ("teacher", self.teacher, ("openai", "local"))):
             if value not in allowed:
                 raise InputError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.queries_output and self.task != "relevance":
+            raise InputError("queries_output goes with task relevance (the queries are written to `output` when "
+                             "the task is queries)")
 
 
-def make_teacher(config: AnnotateConfig) -> Union[LocalTeacher, OpenAITeacher]:
+Teacher = Union[LocalTeacher, OpenAITeacher]
+
+
+def make_teacher(config: AnnotateConfig) -> Teacher:
     """The teacher the configuration names."""
     if config.teacher == "local":
         return LocalTeacher(config.teacher_model, adapter=config.teacher_adapter, device=config.device,
@@ -86,42 +94,44 @@ def annotate(config: AnnotateConfig, pairs: Optional[pd.DataFrame] = None) -> di
     Returns:
         The summary of the whole file: records, usable ones, errors by kind, labels, and how many
         records this run added. It is also written beside the output as ``<output>.summary.json``.
+        With ``queries_output``, the summary of that file is under ``"queries"``.
 
     Every known secret (the ``api_key``, ``$OPENAI_API_KEY``, ``$HF_TOKEN``) is masked in what is
     written: a teacher can be made to repeat the key it was sent.
     """
-    with AnnotationStore(config.output, secrets=config_secrets(config)) as store:
-        if config.task == "relevance":
-            todo = candidate_pairs(config) if pairs is None else _own_pairs(pairs)
-        else:
-            if not config.dataset:
-                raise InputError("no dataset: set `dataset` (e.g. irds:cranfield), whose questions the teacher "
-                                 "writes queries for")
-            todo = get_dataset(config.dataset).get_topics()
-            todo = (todo if config.num_queries is None else todo.head(config.num_queries))[["qid", "query"]]
-        todo = todo[[record_key(row) not in store.done for row in todo.to_dict("records")]].reset_index(drop=True)
-        new = 0
-        if len(todo):
-            teacher = make_teacher(config)
-            if config.task == "relevance":
-                hints = [prompts.hint_text(g) if config.gold_hint and g is not None else None for g in todo.gold_label]
-                answers = teacher.judge(todo["query"].tolist(), todo["text"].tolist(), hints)
-            else:
-                answers = teacher.write_queries(todo["query"].tolist())
-            rows = todo.to_dict("records")
-            for index, fields in pt.tqdm(answers, total=len(rows), desc=f"annotate ({teacher.name})", unit="pair"):
-                store.append(_record(rows[index], fields, teacher.name))
-                new += 1
-        summary = summarize(store.records, new=new)
-    Path(f"{config.output}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    own = None if pairs is None else own_pairs(pairs)
+    teacher = functools.cache(lambda: make_teacher(config))  # made once, when a pair is not annotated yet
+    if config.task == "queries":
+        return _annotate(config.output, config, teacher, "queries",
+                         lambda: questions(config) if own is None else questions_of(own))
+    if own is None:
+        own = candidate_pairs(config)
+    summary = _annotate(config.output, config, teacher, "relevance", lambda: own)
+    if config.queries_output:
+        summary["queries"] = _annotate(config.queries_output, config, teacher, "queries", lambda: questions_of(own))
     return summary
 
 
-def _own_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
-    pt.validate.result_frame(pairs, extra_columns=["query", "text"])
-    frame = pairs.assign(**{k: v for k, v in {"gold_label": None, "source": "given"}.items() if k not in pairs})
-    gold = frame["gold_label"].astype(object)
-    return frame.assign(gold_label=gold.where(gold.notna(), None))
+def _annotate(output: str, config: AnnotateConfig, teacher: Callable[[], Teacher], task: str,
+              todo: Callable[[], pd.DataFrame]) -> dict:
+    """Annotate what ``todo()`` lists and is not in ``output`` yet; the summary of the whole file."""
+    with AnnotationStore(output, secrets=config_secrets(config)) as store:
+        frame = todo()
+        frame = frame[[record_key(row) not in store.done for row in frame.to_dict("records")]].reset_index(drop=True)
+        if len(frame):
+            if task == "relevance":
+                hints = [prompts.hint_text(g) if config.gold_hint and g is not None else None for g in frame.gold_label]
+                answers = teacher().judge(frame["query"].tolist(), frame["text"].tolist(), hints)
+            else:
+                answers = teacher().write_queries(frame["query"].tolist())
+            rows = frame.to_dict("records")
+            unit = "pair" if task == "relevance" else "question"
+            for index, fields in pt.tqdm(answers, total=len(rows), desc=f"annotate {task} ({teacher().name})",
+                                         unit=unit):
+                store.append(_record(rows[index], fields, teacher().name))
+        summary = summarize(store.records, new=len(frame))
+    Path(f"{output}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def _record(item: dict, fields: dict, teacher: str) -> dict:

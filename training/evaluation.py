@@ -17,10 +17,10 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-def label_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], *,
-                   label_source: str = "gold_or_teacher", max_query_tokens: int = 512, max_doc_tokens: int = 1024,
-                   max_new_tokens: int = 128, batch_size: int = 16) -> dict:
-    """How often the student's label (explain mode, as ``ReasonRanker`` reads it) is the target label.
+def label_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: Sequence[dict],
+                   encoder: PromptEncoder, *, label_source: str = "gold_or_teacher", max_new_tokens: int = 128,
+                   batch_size: int = 16) -> dict:
+    """How often the student's label, as ``ReasonRanker`` reads it in the encoder's mode, is the target label.
 
     Returns:
         ``accuracy``, ``majority_rate`` (accuracy of always answering the most frequent target) and ``pairs``.
@@ -29,11 +29,10 @@ def label_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, r
     pairs = [(r, t) for r, t in pairs if t is not None]
     if not pairs:
         raise InputError("no held-out pairs with a target label")
-    encoder = PromptEncoder(tokenizer, max_query_tokens=max_query_tokens, max_doc_tokens=max_doc_tokens)
     was_training = model.training
     model.eval()
     prompts = encoder.prompts([r["query"] for r, _ in pairs], [r["text"] for r, _ in pairs])
-    judged = HFBackend(model, tokenizer).judge(prompts, encoder, mode="explain", batch_size=batch_size,
+    judged = HFBackend(model, tokenizer).judge(prompts, encoder, mode=encoder.mode, batch_size=batch_size,
                                                max_new_tokens=max_new_tokens)
     model.train(was_training)
     targets = np.array([t for _, t in pairs])
@@ -43,12 +42,10 @@ def label_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, r
 
 
 def mean_reward(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: Sequence[dict],
-                reward_funcs: Sequence[Callable], *, label_source: str = "gold_or_teacher", num_samples: int = 4,
-                temperature: float = 1.0, max_new_tokens: int = 128, max_query_tokens: int = 512,
-                max_doc_tokens: int = 1024, batch_size: int = 16,
+                reward_funcs: Sequence[Callable], encoder: PromptEncoder, *, label_source: str = "gold_or_teacher",
+                num_samples: int = 4, temperature: float = 1.0, max_new_tokens: int = 128, batch_size: int = 16,
                 reward_weights: Optional[Sequence[float]] = None) -> float:
     """The mean (weighted) reward of ``num_samples`` responses sampled per held-out pair."""
-    encoder = PromptEncoder(tokenizer, max_query_tokens=max_query_tokens, max_doc_tokens=max_doc_tokens)
     samples = HFBackend(model, tokenizer).sample([encoder.encode(r["query"], r["text"]) for r in records],
                                                  num_samples=num_samples, temperature=temperature,
                                                  max_new_tokens=max_new_tokens, batch_size=batch_size)

@@ -28,7 +28,7 @@ from .checkpoints import resume_point
 from .evaluation import mean_reward
 from .records import LABEL_SOURCES, file_sha256, labelled_pairs, target_label
 from .rewards import REWARDS, reward_functions
-from .runcard import plot_curves, write_run_card
+from .runcard import SettingsCallback, deferred_push, plot_curves, push_student, write_student
 from .rwsft import RewardWeightedTrainer, weighted_examples
 from .student import StudentConfig, load_student
 
@@ -52,23 +52,28 @@ class RefineConfig(TrainerDefaults, GRPOConfig):
     eval_file: Optional[str] = field(default=None, metadata={
         "help": "held-out JSONL: mean sampled reward before and after, in the run card"})
     rewards: list[str] = field(default_factory=lambda: ["label", "format"], metadata={
-        "help": f"reward functions, from {list(REWARDS)}"})
+        "help": f"reward functions: {', '.join(REWARDS)}, or the import path of your own (module.function)"})
     reward_model: Optional[str] = field(default=None, metadata={"help": "sequence-classification reward model"})
+    reward_model_max_length: int = field(default=4096, metadata={
+        "help": "conversations the reward model reads are fitted to this many tokens by cutting the document"})
     partial_credit: float = field(default=0.5, metadata={"help": "label reward for a label off by one"})
     label_source: str = field(default="gold_or_teacher", metadata={"help": f"target label: one of {LABEL_SOURCES}"})
     keep_threshold: float = field(default=0.85, metadata={
         "help": "rwsft: keep responses with normalised reward >= this"})
     weight_power: float = field(default=3.0, metadata={"help": "rwsft: loss weight = normalised reward ** this"})
     include_teacher: bool = field(default=True, metadata={"help": "rwsft: the teacher's response is a candidate too"})
+    keep_ties: bool = field(default=True, metadata={
+        "help": "rwsft: a pair whose candidates all tie keeps them at weight 1 (the paper), or is left out"})
     eval_samples: int = field(default=4, metadata={"help": "responses sampled per held-out pair for the mean reward"})
-    max_query_tokens: int = field(default=512, metadata={"help": "queries cut to this many tokens"})
-    max_doc_tokens: int = field(default=1024, metadata={"help": "documents cut to this many tokens"})
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise InputError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.label_source not in LABEL_SOURCES:
             raise InputError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
+        if "reward_model" in self.rewards and len(self.rewards) > 1 and not self.reward_weights:
+            raise InputError(f"rewards {self.rewards} mix a reward model's scores (unbounded logits) with rewards "
+                             "in [0, 1]: give reward_weights, one per reward, to say how they add up")
         super().__post_init__()
 
 
@@ -95,7 +100,10 @@ class EncodedPromptGRPOTrainer(GRPOTrainer):
 
 
 def refine(config: RefineConfig, student: StudentConfig) -> dict:
-    """Refine the student (usually the distilled adapter) and save the result with its run card and curves.
+    """Refine the student (usually the distilled adapter) and save the result, self-describing.
+
+    The prompts are built with the settings of the adapter it starts from (its truncation, unless
+    given here), and the result is saved with its settings, a model card, a run card and its curves.
 
     Returns:
         The run's metrics (also in ``run_card.json``), with ``eval_reward_before`` and
@@ -111,55 +119,62 @@ def refine(config: RefineConfig, student: StudentConfig) -> dict:
     held_out = labelled_pairs(config.eval_file, config.label_source) if config.eval_file else None
     writable_folder(config.output_dir)
     set_seed(config.seed)  # sampling before training (held-out reward, rwsft's draw) is repeatable too
-    model, tokenizer = load_student(student, trust_remote_code=config.trust_remote_code)
+    rewards = reward_functions(config.rewards, partial_credit=config.partial_credit, reward_model=config.reward_model,
+                               max_length=config.reward_model_max_length, trust_remote_code=config.trust_remote_code)
+    model, tokenizer = load_student(student, trust_remote_code=config.trust_remote_code,
+                                    gradient_checkpointing=config.gradient_checkpointing)
     if student.use_peft and student.adapter is None:
         from peft import get_peft_model
 
         model = get_peft_model(model, get_peft_config(student))
-    rewards = reward_functions(config.rewards, partial_credit=config.partial_credit, reward_model=config.reward_model,
-                               trust_remote_code=config.trust_remote_code)
-    encoder = PromptEncoder(tokenizer, max_query_tokens=config.max_query_tokens, max_doc_tokens=config.max_doc_tokens)
+    settings = config.student_settings(student, tokenizer, tasks=["explain"], stage=f"refine-{config.algorithm}")
+    encoder = settings.encoder(tokenizer)
     metrics: dict = {}
     if held_out:
-        metrics["eval_reward_before"] = _mean_reward(model, tokenizer, held_out, rewards, config)
+        metrics["eval_reward_before"] = _mean_reward(model, tokenizer, held_out, rewards, encoder, config)
 
+    push = deferred_push(config)
     start = time.perf_counter()
     if config.algorithm == "rwsft":
         examples, metrics["sampling"] = weighted_examples(
             model, tokenizer, records, targets, encoder, rewards, num_samples=config.num_generations,
             temperature=config.temperature, max_new_tokens=config.max_completion_length,
             keep_threshold=config.keep_threshold, weight_power=config.weight_power,
-            include_teacher=config.include_teacher, reward_weights=config.reward_weights,
+            include_teacher=config.include_teacher, keep_ties=config.keep_ties, reward_weights=config.reward_weights,
             batch_size=config.per_device_train_batch_size, verbose=not config.disable_tqdm)
         if not examples:
-            raise InputError("no sampled response was kept: every pair's candidates tied on reward; "
-                             "raise temperature or num_generations")
+            raise InputError("no sampled response was kept: every pair's candidates tied on reward and keep_ties is "
+                             "off; raise temperature or num_generations")
         trainer = RewardWeightedTrainer(model=model, args=config, train_dataset=Dataset.from_list(examples),
-                                        processing_class=tokenizer, pad_token_id=tokenizer.pad_token_id)
+                                        processing_class=tokenizer, pad_token_id=tokenizer.pad_token_id,
+                                        callbacks=[SettingsCallback(settings)])
     else:
         encoded = [encoder.encode(r["query"], r["text"]) for r in records]
         texts = [tokenizer.decode(ids) for ids in encoded]
         dataset = Dataset.from_list([{"prompt": p, "target_label": t, "query": r["query"], "text": r["text"]}
                                      for p, t, r in zip(texts, targets, records)])
         trainer = EncodedPromptGRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
-                                           processing_class=tokenizer, prompt_ids=dict(zip(texts, encoded)))
+                                           processing_class=tokenizer, prompt_ids=dict(zip(texts, encoded)),
+                                           callbacks=[SettingsCallback(settings)])
     result = trainer.train(resume_from_checkpoint=resume_point(config))
     metrics.update(train_loss=result.training_loss, steps=result.global_step,
                    train_seconds=round(time.perf_counter() - start, 1))
     trainer.save_model(config.output_dir)
     if held_out:
-        metrics["eval_reward_after"] = _mean_reward(trainer.model, tokenizer, held_out, rewards, config)
+        metrics["eval_reward_after"] = _mean_reward(trainer.model, tokenizer, held_out, rewards, encoder, config)
     data = {"train_file": config.train_file, "train_sha256": file_sha256(config.train_file), "pairs": len(records)}
-    write_run_card(config.output_dir, stage=f"refine-{config.algorithm}", configs=[config, student], data=data,
-                   metrics=metrics)
+    config.push_to_hub = push
+    write_student(config.output_dir, settings, configs=[config, student], data=data, metrics=metrics,
+                  adapter=student.use_peft)
+    if push:
+        push_student(config.output_dir, config, stage=f"refine-{config.algorithm}")
     plot_curves(trainer.state.log_history, f"{config.output_dir}/curves.png", title=f"refinement ({config.algorithm})")
     return metrics
 
 
 def _mean_reward(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: Sequence[dict],
-                 rewards: Sequence[Callable], config: RefineConfig) -> float:
-    return mean_reward(model, tokenizer, records, rewards, label_source=config.label_source,
+                 rewards: Sequence[Callable], encoder: PromptEncoder, config: RefineConfig) -> float:
+    return mean_reward(model, tokenizer, records, rewards, encoder, label_source=config.label_source,
                        num_samples=config.eval_samples, temperature=config.temperature,
-                       max_new_tokens=config.max_completion_length, max_query_tokens=config.max_query_tokens,
-                       max_doc_tokens=config.max_doc_tokens, batch_size=config.per_device_eval_batch_size,
+                       max_new_tokens=config.max_completion_length, batch_size=config.per_device_eval_batch_size,
                        reward_weights=config.reward_weights)

@@ -4,16 +4,21 @@ Each takes the sampled ``completions`` (the response text after the prompt) and 
 columns as keyword arguments, and returns one float per completion::
 
     label_reward(completions, target_label=[2, 0]) -> [1.0, 0.0]
+
+A recipe names them: ``label``, ``format`` and ``reward_model`` are built in, and any other is an
+import path ``module.function`` (as trl's scripts do), so a reward of your own needs no change here.
 """
 from __future__ import annotations
 
 import functools
+import importlib
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 
 from pyterrier_reasonrank import prompts
 from pyterrier_reasonrank.errors import InputError
+from pyterrier_reasonrank.prompts import ConversationEncoder
 
 
 def label_reward(completions: Sequence[str], target_label: Sequence[Optional[int]], partial_credit: float = 0.5,
@@ -55,7 +60,7 @@ class RewardModelReward:
 
     The reward model sees the conversation (the judging instructions and the user's query and
     document, then the student's response) through its own chat template, and its first logit is
-    the reward.
+    the reward. A conversation longer than ``max_length`` has its document cut, never the response.
     """
 
     __name__ = "reward_model"
@@ -70,7 +75,7 @@ class RewardModelReward:
             device: Default: CUDA when available.
             dtype: Default: bfloat16 on a GPU, float32 on CPU.
             batch_size: Responses scored at once.
-            max_length: Conversations are cut to this many tokens.
+            max_length: Conversations are fitted to this many tokens by cutting the document.
             trust_remote_code: Allow the model's own code to run.
 
         Raises:
@@ -91,7 +96,7 @@ class RewardModelReward:
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.batch_size = batch_size
-        self.max_length = max_length
+        self.encoder = ConversationEncoder(self.tokenizer, max_length=max_length)
 
     @torch.inference_mode()
     def __call__(self, completions: Sequence[str], query: Sequence[str], text: Sequence[str],
@@ -104,38 +109,33 @@ class RewardModelReward:
             text: The document text of each response's pair.
             **kwargs: The dataset's other columns (trl passes them all): ignored.
         """
-        conversations = [
-            prompts.messages(q, d) + [{"role": "assistant", "content": f"{prompts.EXPLANATION_PREFIX} {c.strip()}"}]
-            for c, q, d in zip(completions, query, text)]
-        if self.tokenizer.chat_template is not None:
-            texts = [self.tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
-        else:
-            texts = ["\n\n".join(turn["content"] for turn in c) for c in conversations]
+        conversations = [self.encoder.encode(q, d, c) for c, q, d in zip(completions, query, text)]
         rewards: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
-                                   max_length=self.max_length, add_special_tokens=False,
-                                   return_tensors="pt").to(self.model.device)
+        for start in range(0, len(conversations), self.batch_size):
+            batch = self.tokenizer.pad({"input_ids": conversations[start:start + self.batch_size]},
+                                       return_tensors="pt").to(self.model.device)
             rewards += self.model(**batch).logits[:, 0].float().tolist()
         return rewards
 
 
 REWARDS = ("label", "format", "reward_model")
+"""The built-in rewards; any other name is an import path ``module.function``."""
 
 
 def reward_functions(names: Sequence[str], *, partial_credit: float = 0.5, reward_model: Optional[str] = None,
-                     **reward_model_options) -> list[Callable]:
+                     **reward_model_options: object) -> list[Callable]:
     """The named reward functions, ready for refinement (and for trl's ``GRPOTrainer``).
 
     Args:
-        names: Any of ``"label"``, ``"format"`` and ``"reward_model"``.
+        names: ``"label"``, ``"format"``, ``"reward_model"``, or the import path of a function of
+            your own, e.g. ``"my_rewards.brevity"`` (any callable in trl's reward convention).
         partial_credit: The label reward for a label off by one.
         reward_model: The reward model, when ``"reward_model"`` is named.
         reward_model_options: Passed to :class:`RewardModelReward`.
+
+    Raises:
+        InputError: A name that is neither built in nor importable, or ``reward_model`` named without a model.
     """
-    unknown = sorted(set(names) - set(REWARDS))
-    if unknown:
-        raise InputError(f"unknown reward function(s) {unknown}; choose from {list(REWARDS)}")
     functions: list[Callable] = []
     for name in names:
         if name == "label":
@@ -143,8 +143,29 @@ def reward_functions(names: Sequence[str], *, partial_credit: float = 0.5, rewar
                                                       label_reward))
         elif name == "format":
             functions.append(format_reward)
-        else:
+        elif name == "reward_model":
             if not reward_model:
                 raise InputError("the reward_model reward needs `reward_model`: a sequence-classification model id")
             functions.append(RewardModelReward(reward_model, **reward_model_options))
+        else:
+            functions.append(imported_reward(name))
     return functions
+
+
+def imported_reward(path: str) -> Callable:
+    """The reward function at an import path ``module.function``.
+
+    Raises:
+        InputError: It cannot be imported, or is not callable.
+    """
+    module, _, attribute = path.rpartition(".")
+    if not module:
+        raise InputError(f"unknown reward {path!r}: the built-in ones are {list(REWARDS)}; a reward of your own is "
+                         "named by its import path, module.function")
+    try:
+        function = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as error:
+        raise InputError(f"cannot import the reward {path!r}: {error}") from None
+    if not callable(function):
+        raise InputError(f"the reward {path!r} is not a function")
+    return function

@@ -1,4 +1,4 @@
-"""What a training run leaves beside its model: a run card (JSON) and a PNG of its curves."""
+"""What a training run leaves beside its model: its settings, a model card, a run card (JSON) and its curves (PNG)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +8,69 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
 import pyterrier_reasonrank
 from pyterrier_reasonrank.redaction import config_secrets, scrub
+from pyterrier_reasonrank.settings import StudentSettings
+
+from .model_card import model_card
+
+
+def write_student(output_dir: str, settings: StudentSettings, *, configs: Sequence, data: dict, metrics: dict,
+                  adapter: bool) -> None:
+    """Write what makes the saved student self-describing, beside its weights (by the main process).
+
+    That is its settings (``reasonrank_config.json``, which inference reads), its model card
+    (``README.md``, with the metadata the Hub reads) and its run card (``run_card.json``). Every
+    known secret is masked in them.
+    """
+    if not is_main_process():
+        return
+    settings.save(output_dir)
+    card = model_card(output_dir, settings, configs=configs, data=data, metrics=metrics, adapter=adapter)
+    (Path(output_dir) / "README.md").write_text(scrub(card, config_secrets(*configs)))
+    write_run_card(output_dir, stage=settings.stage, configs=configs, data=data, metrics=metrics)
+
+
+def deferred_push(config: TrainingArguments) -> bool:
+    """Whether the config asks to push to the Hub; the trainer is told not to.
+
+    The student is pushed whole, with its settings and cards (see :func:`push_student`), once it is
+    finished, rather than by the trainer as it saves.
+    """
+    push, config.push_to_hub = config.push_to_hub, False
+    return push
+
+
+def push_student(output_dir: str, config: TrainingArguments, *, stage: str) -> None:
+    """Upload the finished student (weights, tokenizer, settings, cards; no checkpoints) to the Hub.
+
+    The repository is ``hub_model_id`` (default: the folder's name), private when ``hub_private_repo``;
+    the token is ``hub_token`` or ``$HF_TOKEN``.
+    """
+    if not is_main_process():
+        return
+    from huggingface_hub import create_repo, upload_folder
+
+    repo_id = config.hub_model_id or Path(output_dir).name
+    create_repo(repo_id, token=config.hub_token, private=config.hub_private_repo, exist_ok=True)
+    upload_folder(repo_id=repo_id, folder_path=output_dir, token=config.hub_token,
+                  commit_message=f"reasonrank-train {stage}", ignore_patterns=["checkpoint-*", "training_args.bin"])
+
+
+class SettingsCallback(TrainerCallback):
+    """Writes the student's settings into each checkpoint, so that a checkpoint is a self-describing student too."""
+
+    def __init__(self, settings: StudentSettings):
+        """Keep the settings to write."""
+        self.settings = settings
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                **kwargs: object) -> None:
+        """Write the settings into the checkpoint just saved."""
+        if state.is_world_process_zero:
+            self.settings.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
 
 def write_run_card(output_dir: str, *, stage: str, configs: Sequence, data: dict, metrics: dict) -> Path:

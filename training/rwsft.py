@@ -4,8 +4,10 @@ Sample k responses per pair from the student, score each (and the teacher's resp
 reward functions, min-max normalise the rewards within each pair, keep the responses at or above a
 threshold and fine-tune on them with a loss of ``r ** power`` times the response-token NLL.
 
-A pair whose candidates all get the same reward says nothing about which response is better: it
-is left out (as its advantages would be zero in GRPO).
+A pair whose candidates all get the same reward says nothing about which response is better.
+The paper's code keeps all of them at weight 1 (``keep_ties=True``); leaving such a pair out
+(``keep_ties=False``) trains only on pairs that tell responses apart, as GRPO does (its advantages
+are zero there).
 """
 from __future__ import annotations
 
@@ -33,14 +35,14 @@ def min_max(rewards: np.ndarray) -> Optional[np.ndarray]:
 def weighted_examples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: Sequence[dict],
                       targets: Sequence[int], encoder: PromptEncoder, reward_funcs: Sequence[Callable], *,
                       num_samples: int, temperature: float, max_new_tokens: int, keep_threshold: float,
-                      weight_power: float, include_teacher: bool,
+                      weight_power: float, include_teacher: bool, keep_ties: bool = True,
                       reward_weights: Optional[Sequence[float]] = None, batch_size: int = 8,
                       verbose: bool = False) -> tuple[list[dict], dict]:
     """Sample, reward and select: the weighted training examples, and statistics of the draw.
 
     Returns:
         Examples with ``input_ids``, ``completion_mask`` and ``weight``; and ``mean_sample_reward``,
-        ``pairs``, ``pairs_tied`` (left out) and ``kept`` (responses trained on).
+        ``pairs``, ``pairs_tied`` (kept at weight 1, or left out) and ``kept`` (responses trained on).
     """
     prompts = [encoder.encode(r["query"], r["text"]) for r in records]
     samples = HFBackend(model, tokenizer).sample(prompts, num_samples=num_samples, temperature=temperature,
@@ -58,7 +60,9 @@ def weighted_examples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         normalised = min_max(rewards)
         if normalised is None:
             tied += 1
-            continue
+            if not keep_ties:
+                continue
+            normalised = np.ones(len(candidates))
         for (_, ids), r in zip(candidates, normalised):
             if r >= keep_threshold:
                 examples.append({"input_ids": prompt + ids, "completion_mask": [0] * len(prompt) + [1] * len(ids),

@@ -1,6 +1,10 @@
-"""Candidate query-document pairs for the teacher, drawn from a PyTerrier / ir_datasets dataset.
+"""Candidate query-document pairs for the teacher: drawn from a PyTerrier / ir_datasets dataset, or your own.
 
-For each query: judged relevant documents (from the qrels), BM25 hard negatives (highly ranked
+Your own pairs (``pairs_file``) are a JSONL file of ``qid, query, docno, text`` (and optionally
+``gold_label``): questions with candidate documents, judged by the teacher alone — the paper's kind
+of data (StackExchange questions with the pages their answers link to, no human labels).
+
+From a dataset, for each query: judged relevant documents (from the qrels), BM25 hard negatives (highly ranked
 documents not judged relevant) and random negatives, each count configurable and the draw
 deterministic under the seed.
 
@@ -30,6 +34,8 @@ from pyterrier_reasonrank.dataset import get_dataset
 from pyterrier_reasonrank.errors import InputError
 from pyterrier_reasonrank.indexing import bm25
 
+from .records import read_jsonl
+
 PAIR_COLUMNS = ["qid", "query", "docno", "text", "gold_label", "source"]
 
 
@@ -39,6 +45,7 @@ class SourceConfig:
 
     Attributes:
         dataset: A PyTerrier dataset id, e.g. ``"irds:cranfield"``.
+        pairs_file: A JSONL file of your own pairs instead of a dataset.
         text_field: The document field given to the teacher and the student.
         num_queries: Use the first N queries (all when ``None``).
         relevant_per_query: Judged relevant documents drawn per query.
@@ -51,6 +58,8 @@ class SourceConfig:
     """
 
     dataset: Optional[str] = field(default=None, metadata={"help": "PyTerrier dataset id, e.g. irds:cranfield"})
+    pairs_file: Optional[str] = field(default=None, metadata={
+        "help": "JSONL of your own pairs (qid, query, docno, text; gold_label optional) instead of a dataset"})
     text_field: str = field(default="text", metadata={"help": "document field to judge"})
     num_queries: Optional[int] = field(default=None, metadata={"help": "use the first N queries (default: all)"})
     relevant_per_query: int = field(default=2, metadata={"help": "judged relevant documents per query"})
@@ -62,6 +71,8 @@ class SourceConfig:
     seed: int = field(default=0, metadata={"help": "seed of the draw"})
 
     def __post_init__(self):
+        if self.dataset and self.pairs_file:
+            raise InputError("give either a dataset or a pairs_file, not both")
         if self.queries_without_qrels not in ("skip", "keep"):
             raise InputError(f"queries_without_qrels must be 'skip' or 'keep', got {self.queries_without_qrels!r}")
         if isinstance(self.label_map, str):
@@ -80,19 +91,20 @@ def grade_to_label(label_map: Optional[dict], top_grade: int) -> Callable[[int],
 
 
 def candidate_pairs(config: SourceConfig) -> pd.DataFrame:
-    """Draw the candidate pairs of a dataset.
+    """Draw the candidate pairs of a dataset, or read your own (``pairs_file``).
 
     Returns:
         A frame with ``qid, query, docno, text, gold_label, source`` (``source`` is ``"qrels"``,
-        ``"bm25"`` or ``"random"``; ``gold_label`` is ``None`` where unknown), one row per pair,
-        queries in dataset order.
+        ``"bm25"`` or ``"random"``, or ``"given"`` for your own; ``gold_label`` is ``None`` where
+        unknown), one row per pair, queries in dataset order.
     """
-    if not config.dataset:
-        raise InputError("no dataset: set `dataset` (e.g. irds:cranfield) in the config or on the command line")
-    dataset = get_dataset(config.dataset)
-    topics = dataset.get_topics()
-    if config.num_queries is not None:
-        topics = topics.head(config.num_queries)
+    if config.pairs_file:
+        records = read_jsonl(config.pairs_file, required=("qid", "query", "docno", "text"))
+        if not records:
+            raise InputError(f"{config.pairs_file} holds no pairs")
+        return own_pairs(pd.DataFrame(records))
+    dataset = get_dataset(_dataset_id(config))
+    topics = questions(config)
     judged = _judgements(dataset, config)
     retrieved = bm25(dataset, name=config.dataset, num_results=config.bm25_depth)(topics) \
         if config.bm25_negatives else pd.DataFrame(columns=["qid", "docno"])
@@ -120,6 +132,40 @@ def candidate_pairs(config: SourceConfig) -> pd.DataFrame:
     pairs["gold_label"] = pairs["gold_label"].astype(object).where(pairs["gold_label"].notna(), None)
     with_text = pt.text.get_text(dataset, config.text_field)(pairs)
     return with_text.rename(columns={config.text_field: "text"})[PAIR_COLUMNS]
+
+
+def questions(config: SourceConfig) -> pd.DataFrame:
+    """The questions (``qid, query``) whose pairs are drawn.
+
+    They are the dataset's first ``num_queries`` topics, or the questions of your own pairs.
+    """
+    if config.pairs_file:
+        return questions_of(candidate_pairs(config))
+    topics = get_dataset(_dataset_id(config)).get_topics()
+    return (topics if config.num_queries is None else topics.head(config.num_queries))[["qid", "query"]]
+
+
+def questions_of(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The distinct questions (``qid, query``) of a frame of pairs, in order."""
+    return pairs[["qid", "query"]].drop_duplicates("qid", ignore_index=True)
+
+
+def own_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Pairs of your own in the form :func:`candidate_pairs` returns.
+
+    They have ``qid, docno, query, text``, and optionally ``gold_label`` and ``source``.
+    """
+    pt.validate.result_frame(pairs, extra_columns=["query", "text"])
+    frame = pairs.assign(**{k: v for k, v in {"gold_label": None, "source": "given"}.items() if k not in pairs})
+    gold = frame["gold_label"].astype(object)
+    return frame.assign(gold_label=gold.where(gold.notna(), None))[PAIR_COLUMNS]
+
+
+def _dataset_id(config: SourceConfig) -> str:
+    if not config.dataset:
+        raise InputError("no dataset: set `dataset` (e.g. irds:cranfield) or `pairs_file` in the config or on the "
+                         "command line")
+    return config.dataset
 
 
 def _judgements(dataset: pt.datasets.Dataset, config: SourceConfig) -> Optional[dict[Any, dict[str, int]]]:

@@ -33,17 +33,25 @@ class StudentConfig(ModelConfig):
         if self.model_name_or_path is None and self.adapter is None:
             raise InputError("no student model: set `model_name_or_path` (or `adapter`, whose base model is used)")
 
+    def base_model_name(self) -> str:
+        """The model the student is built on: ``model_name_or_path``, else the adapter's base model."""
+        return self.model_name_or_path or base_model(self.adapter)
 
-def load_student(config: StudentConfig, *,
-                 trust_remote_code: bool = False) -> tuple[Union[PreTrainedModel, PeftModel], PreTrainedTokenizerBase]:
+
+def load_student(config: StudentConfig, *, trust_remote_code: bool = False, gradient_checkpointing: bool = True,
+                 ) -> tuple[Union[PreTrainedModel, PeftModel], PreTrainedTokenizerBase]:
     """The student model (with its adapter, trainable, when one is given) and its tokenizer.
 
     Args:
         config: Which model and adapter.
         trust_remote_code: Allow the model's own code to run (the trainer configuration's setting).
+        gradient_checkpointing: Whether the trainer checkpoints activations (its setting of that name).
+
+    A quantized (QLoRA) model is prepared for k-bit training as the paper's code does (peft's
+    ``prepare_model_for_kbit_training``: norms in float32, input gradients for checkpointing).
 
     Raises:
-        RuntimeError: QLoRA / 8-bit loading was asked for without a CUDA GPU or bitsandbytes.
+        InputError: QLoRA / 8-bit loading was asked for without a CUDA GPU or bitsandbytes.
         ModelNotFoundError: The model or adapter could not be found.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -58,7 +66,7 @@ def load_student(config: StudentConfig, *,
         except ImportError:
             raise InputError("QLoRA needs bitsandbytes: pip install bitsandbytes") from None
         quantization = get_quantization_config(config)
-    name = config.model_name_or_path or base_model(config.adapter)
+    name = config.base_model_name()
     with clear_load_errors("model", name):
         model = AutoModelForCausalLM.from_pretrained(
             name, revision=config.model_revision, dtype=config.dtype, trust_remote_code=trust_remote_code,
@@ -68,6 +76,10 @@ def load_student(config: StudentConfig, *,
                                                   trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # batches need one; masked, so its value does not matter
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     if config.adapter is not None:
         from peft import PeftModel
 

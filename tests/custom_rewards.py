@@ -1,0 +1,6 @@
+"""A reward of a user's own, named in a recipe by its import path (custom_rewards.brevity)."""
+
+
+def brevity(completions, **kwargs) -> list[float]:
+    """1 for an explanation of at most 20 words, else 0."""
+    return [1.0 if len(completion.split("\n")[0].split()) <= 20 else 0.0 for completion in completions]

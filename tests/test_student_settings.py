@@ -1,0 +1,127 @@
+"""The student that is trained is the student that is served: its settings travel with it, its
+prompts do not change with the calendar, and what it was not trained for is said."""
+import datetime as real_datetime
+import json
+import warnings
+
+import pytest
+from transformers import AutoTokenizer
+from transformers.utils import chat_template_utils
+
+from pyterrier_reasonrank import QueryGenerator, ReasonRanker
+from pyterrier_reasonrank.prompts import FORMAT_VERSION, PromptEncoder, QueryPromptEncoder
+from pyterrier_reasonrank.settings import FILENAME, StudentSettings, read_settings
+from pyterrier_reasonrank.testing import build_tiny_model
+from pyterrier_reasonrank.training.distillation import DistillConfig, distill, training_examples
+from pyterrier_reasonrank.training.student import StudentConfig
+from synthetic import write_annotations
+
+LONG_DOCUMENT = "the moon pulls the ocean and the tides follow it around the earth " * 40
+
+
+def on(day: str):
+    """A stand-in for ``datetime`` whose today is ``day`` (what chat templates write as "Today Date")."""
+    class Frozen(real_datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls.strptime(day, "%Y-%m-%d")
+
+    return Frozen
+
+
+@pytest.fixture(scope="module")
+def llama3_model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("llama3"), chat_template="llama3")
+
+
+@pytest.fixture(scope="module")
+def student(llama3_model, tmp_path_factory, vocabulary):
+    """A tiny student with a Llama-3-style template, distilled with max_doc_tokens 64 on 2026-11-23."""
+    work = tmp_path_factory.mktemp("student")
+    data = write_annotations(vocabulary, work / "train.jsonl", 16)
+    config = DistillConfig(output_dir=str(work / "distill"), train_file=str(data), max_doc_tokens=64, max_steps=2,
+                           per_device_train_batch_size=8, save_strategy="steps", save_steps=1, disable_tqdm=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(chat_template_utils, "datetime", on("2026-11-23"))
+        distill(config, StudentConfig(model_name_or_path=str(llama3_model), lora_r=4, lora_alpha=8,
+                                      lora_target_modules=["q_proj", "v_proj"]))
+        tokenizer = AutoTokenizer.from_pretrained(work / "distill")
+        examples, _ = training_examples(tokenizer, read_settings(str(work / "distill")), config,
+                                        [{"query": "about tides", "text": LONG_DOCUMENT, "label": 2,
+                                          "explanation": "It says why."}])
+    prompt = [t for t, m in zip(examples[0]["input_ids"], examples[0]["completion_mask"]) if not m]
+    return work / "distill", prompt
+
+
+def test_the_student_is_served_its_training_prompt_on_another_day(student, monkeypatch):
+    path, training_prompt = student
+    monkeypatch.setattr(chat_template_utils, "datetime", on("2027-03-14"))
+    ranker = ReasonRanker(adapter=str(path)).load()  # no option given
+    served = ranker._encoder.encode("about tides", LONG_DOCUMENT)
+    assert served == training_prompt  # token for token
+    tokenizer = ranker._backend.tokenizer
+    assert ranker._encoder.max_doc_tokens == 64 and "Today Date: 26 Jul 2024" in tokenizer.decode(served)
+    # what an unpinned template would have written on each day
+    plain = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    assert "Today Date: 14 Mar 2027" in plain
+
+
+def test_prompts_are_the_same_on_any_date_for_every_template(llama3_model, tiny_model, monkeypatch):
+    for model in (llama3_model, tiny_model):
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        prompts = []
+        for day in ("2026-11-23", "2031-07-01"):
+            monkeypatch.setattr(chat_template_utils, "datetime", on(day))
+            prompts.append((PromptEncoder(tokenizer).encode("q", "d"), QueryPromptEncoder(tokenizer).encode("q")))
+        assert prompts[0] == prompts[1]
+
+
+def test_the_settings_file_says_what_shaped_the_input(student, llama3_model):
+    path, _ = student
+    settings = json.loads((path / FILENAME).read_text())
+    assert settings["format_version"] == FORMAT_VERSION and settings["stage"] == "distill"
+    assert settings["tasks"] == ["explain", "direct"] and settings["base_model"] == str(llama3_model)
+    assert (settings["max_query_tokens"], settings["max_doc_tokens"], settings["max_question_tokens"]) == (512, 64, 1024)
+    assert settings["template_variables"] == {"date_string": "26 Jul 2024"}
+    assert len(settings["chat_template_sha256"]) == 64
+    assert settings["labels"] == {"0": "irrelevant", "1": "partially relevant", "2": "relevant"}
+    # each checkpoint is a self-describing student too
+    assert json.loads((path / "checkpoint-1" / FILENAME).read_text())["max_doc_tokens"] == 64
+    card = (path / "README.md").read_text()
+    assert card.startswith(f"---\nbase_model: {llama3_model}\nlibrary_name: peft\npipeline_tag: text-generation\n")
+    assert "- pyterrier\n" in card and "max_doc_tokens: 64" in card and "train_sha256" in card
+
+
+def test_an_explicit_option_wins_with_a_warning(student):
+    path, _ = student
+    with pytest.warns(UserWarning, match=r"trained with max_doc_tokens=64; serving it with max_doc_tokens=32 as asked"):
+        ranker = ReasonRanker(adapter=str(path), max_doc_tokens=32).load()
+    assert ranker._encoder.max_doc_tokens == 32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ReasonRanker(adapter=str(path), max_doc_tokens=64, mode="direct").load()  # as trained: nothing to say
+
+
+def test_a_task_the_student_was_not_trained_for_is_said(student):
+    path, _ = student
+    with pytest.warns(UserWarning, match=r"trained for \['explain', 'direct'\], not 'queries'"):
+        QueryGenerator(adapter=str(path)).load()
+
+
+def test_an_unknown_prompt_format_is_refused(student, tmp_path):
+    import shutil
+
+    path, _ = student
+    copy = shutil.copytree(path, tmp_path / "future", ignore=shutil.ignore_patterns("checkpoint-*"))
+    settings = json.loads((copy / FILENAME).read_text())
+    (copy / FILENAME).write_text(json.dumps({**settings, "format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(ValueError, match=rf"trained with prompt format version {FORMAT_VERSION + 1}, and this "
+                                         rf"pyterrier-reasonrank knows version {FORMAT_VERSION}"):
+        ReasonRanker(adapter=str(copy)).load()
+
+
+def test_a_model_without_settings_gets_the_library_defaults(tiny_model):
+    assert read_settings(str(tiny_model)) is None
+    ranker = ReasonRanker(str(tiny_model)).load()
+    assert (ranker._encoder.max_query_tokens, ranker._encoder.max_doc_tokens) == (512, 1024)
+    assert StudentSettings().template_variables == {"date_string": "26 Jul 2024"}
