@@ -154,3 +154,13 @@ def test_query_prompt_encoder(tokenizer):
     assert tokenizer.decode(encoder.encode_text(question, 4)) in prompt and question not in prompt
     completion = tokenizer.decode(encoder.encode_response(["moon tides", "tidal forces"]))
     assert completion == "\n1. moon tides\n2. tidal forces<|im_end|>"
+
+
+def test_a_wider_tiny_model_keeps_the_scale_of_its_initialisation(tmp_path):
+    import json
+
+    from pyterrier_reasonrank.testing import build_tiny_model
+
+    for width, expected in ((64, 0.2), (256, 0.1)):  # 0.2 * sqrt(64 / width)
+        config = json.loads((build_tiny_model(tmp_path / str(width), hidden_size=width) / "config.json").read_text())
+        assert config["initializer_range"] == pytest.approx(expected)

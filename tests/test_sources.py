@@ -77,3 +77,32 @@ def test_queries_without_judgements(monkeypatch, policy):
 def test_a_dataset_is_required():
     with pytest.raises(ValueError, match="no dataset"):
         candidate_pairs(SourceConfig())
+
+
+def test_your_own_pairs_are_judged_by_the_teacher_alone(tmp_path, vocabulary):
+    """Questions with candidate documents and no judgements (the paper's kind of data), and the
+    query-generation annotation of the same questions in the same run."""
+    import json
+
+    from openai_server import OpenAICompatibleServer
+    from pyterrier_reasonrank.training.annotation import AnnotateConfig, annotate
+    from pyterrier_reasonrank.training.records import read_jsonl
+    from synthetic import make_pairs, teacher_answer
+
+    pairs = make_pairs(vocabulary, 6, seed=9).drop(columns=["gold_label"])
+    pairs["qid"] = ["q1", "q1", "q2", "q2", "q3", "q3"]
+    pairs["query"] = pairs.groupby("qid")["query"].transform("first")
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs.to_dict("records")))
+    config = SourceConfig(pairs_file=str(tmp_path / "pairs.jsonl"))
+    drawn = candidate_pairs(config)
+    assert list(drawn.columns) == PAIR_COLUMNS and len(drawn) == 6
+    assert set(drawn.source) == {"given"} and drawn.gold_label.isna().all()
+    with OpenAICompatibleServer(lambda m: teacher_answer(vocabulary, m)) as server:
+        summary = annotate(AnnotateConfig(pairs_file=str(tmp_path / "pairs.jsonl"), output=str(tmp_path / "a.jsonl"),
+                                          queries_output=str(tmp_path / "q.jsonl"), teacher_model="rule",
+                                          base_url=server.base_url, api_key="test-key"))
+    assert summary["usable"] == 6 and summary["queries"]["usable"] == 3
+    assert sorted(r["qid"] for r in read_jsonl(tmp_path / "q.jsonl")) == ["q1", "q2", "q3"]
+    assert all(r["label"] == vocabulary.label(r["query"], r["text"]) for r in read_jsonl(tmp_path / "a.jsonl"))
+    with pytest.raises(ValueError, match="either a dataset or a pairs_file"):
+        SourceConfig(dataset="irds:cranfield", pairs_file="x.jsonl")
