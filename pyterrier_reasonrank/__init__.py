@@ -1,8 +1,8 @@
 """pyterrier-reasonrank: a small generative model as a reasoning re-ranker for PyTerrier."""
 from . import prompts
-from .backends.hf import DEFAULT_MODEL
 from .display import ReasonRankResults, explanations_html, write_report
 from .errors import EndpointError, InputError, ModelNotFoundError, PickleCheckpointError, UserError
+from .loading import DEFAULT_MODEL
 from .query_generator import QueryGenerator
 from .ranker import ReasonRanker
 

@@ -7,8 +7,8 @@ import sys
 import textwrap
 from typing import Optional, Sequence
 
-from .backends.hf import DEFAULT_MODEL
 from .errors import debugging, run_command
+from .loading import DEFAULT_MODEL
 from .prompts import DEFAULT_MAX_DOC_TOKENS, DEFAULT_MAX_QUERY_TOKENS
 from .ranker import ReasonRanker
 from .redaction import known_secrets, scrub

@@ -9,8 +9,8 @@ import pyterrier as pt
 import torch
 
 from .backends import hf
-from .backends.hf import DEFAULT_MODEL
 from .errors import InputError
+from .loading import DEFAULT_MODEL
 from .prompts import QUERIES_PREFIX, parse_queries
 from .settings import serving_settings
 from .validation import as_text, require_text

@@ -11,9 +11,9 @@ import torch
 
 from . import scoring
 from .backends import hf, openai
-from .backends.hf import DEFAULT_MODEL
 from .display import ReasonRankResults
 from .errors import InputError
+from .loading import DEFAULT_MODEL
 from .prompts import LABELS, MODES, Mode
 from .settings import serving_settings
 from .validation import as_text, is_blank, require_text

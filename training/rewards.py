@@ -83,7 +83,7 @@ class RewardModelReward:
         """
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from pyterrier_reasonrank.backends.hf import clear_load_errors, resolve_device, resolve_dtype
+        from pyterrier_reasonrank.loading import clear_load_errors, resolve_device, resolve_dtype
 
         device = resolve_device(device)
         with clear_load_errors("reward model", model):

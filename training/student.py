@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Optional, Union
 import torch
 from trl import ModelConfig, get_quantization_config
 
-from pyterrier_reasonrank.backends.hf import base_model, clear_load_errors, tokenizer_source
 from pyterrier_reasonrank.errors import InputError
+from pyterrier_reasonrank.loading import base_model, clear_load_errors, tokenizer_source
 
 if TYPE_CHECKING:
     from peft import PeftModel

@@ -15,6 +15,17 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class Completion:
+    """A generated response: its text (special tokens removed) and its token ids.
+
+    The token ids run up to and including the end-of-turn token when the model wrote one.
+    """
+
+    text: str
+    ids: list[int]
+
+
+@dataclass
 class Judgements:
     """What a backend returns for ``n`` prompts, in prompt order.
 

@@ -1,42 +1,25 @@
-"""The transformers backend: a causal LM (optionally with a PEFT adapter) on CPU or GPU."""
+"""The transformers backend: a causal LM (optionally with a PEFT adapter merged) judging and sampling on CPU or GPU."""
 from __future__ import annotations
 
 import collections
-import contextlib
-import os
 import threading
 import warnings
 import weakref
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 import pyterrier as pt
 import torch
 
-from pyterrier_reasonrank.errors import InputError, ModelNotFoundError, PickleCheckpointError
+from pyterrier_reasonrank.loading import DEFAULT_MODEL, load_causal_lm, resolve_device, resolve_dtype
 from pyterrier_reasonrank.prompts import Mode, Prompt, PromptEncoder
 from pyterrier_reasonrank.scoring import label_probabilities
 
-from .base import Judgements, marker_started, progress_bar
+from .base import Completion, Judgements, marker_started, progress_bar
 
 if TYPE_CHECKING:
     from tqdm import tqdm
     from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
-
-
-@dataclass
-class Completion:
-    """A generated response: its text (special tokens removed) and its token ids.
-
-    The token ids run up to and including the end-of-turn token when the model wrote one.
-    """
-
-    text: str
-    ids: list[int]
-
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 class HFBackend:
@@ -287,11 +270,6 @@ def _batches(prompts: Sequence[Prompt], batch_size: int, max_batch_tokens: Optio
     return batches
 
 
-DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
-"""Used when neither a model nor an adapter is given: small, ungated, Apache-2.0, with a chat
-template, and each label digit is one token in its tokenizer. Zero-shot it is a weak judge; a
-distilled adapter is the point."""
-
 _LOADED: "weakref.WeakValueDictionary[tuple, HFBackend]" = weakref.WeakValueDictionary()
 _LOADING = threading.Lock()
 
@@ -323,98 +301,8 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, device: Union[s
     with _LOADING:
         backend = _LOADED.get(key)
         if backend is None:
-            backend = _LOADED[key] = _load(model, adapter, device, dtype, trust_remote_code)
+            lm, tokenizer = load_causal_lm(model, adapter, dtype=dtype, trust_remote_code=trust_remote_code)
+            backend = _LOADED[key] = HFBackend(lm.to(device).eval(), tokenizer)
     return backend
 
 
-def _load(model: Optional[str], adapter: Optional[str], device: torch.device, dtype: torch.dtype,
-          trust_remote_code: bool) -> HFBackend:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = model or base_model(adapter)
-    with clear_load_errors("model", model):
-        lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                  use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(model, adapter), trust_remote_code=trust_remote_code)
-    if adapter is not None:
-        from peft import PeftModel
-
-        with clear_load_errors("adapter", adapter):
-            # Merged, so that inference costs what the base model costs.
-            lm = PeftModel.from_pretrained(lm, adapter).merge_and_unload()
-    return HFBackend(lm.to(device).eval(), tokenizer)
-
-
-def base_model(adapter: str) -> str:
-    """The base model a PEFT adapter was trained on, from its configuration."""
-    from peft import PeftConfig
-
-    with clear_load_errors("adapter", adapter):
-        return PeftConfig.from_pretrained(adapter).base_model_name_or_path
-
-
-def tokenizer_source(model: str, adapter: Optional[str]) -> str:
-    """Where the tokenizer comes from: an adapter directory that saved one (training does), else the model."""
-    if adapter is not None and os.path.isfile(os.path.join(adapter, "tokenizer_config.json")):
-        return adapter
-    return model
-
-
-@contextlib.contextmanager
-def clear_load_errors(what: str, name: str) -> Iterator[None]:
-    """Turns the loaders' errors for a missing model into one sentence that says what to do.
-
-    It also refuses a local checkpoint whose weights are only in pickle files.
-    """
-    refuse_pickle_weights(what, name)
-    try:
-        yield
-    except ModelNotFoundError:
-        raise
-    except (OSError, ValueError) as error:
-        if os.path.exists(name):
-            where = f"the directory {name!r} holds no loadable {what} ({error.__class__.__name__}: {error})"
-        elif name.startswith(("/", ".", "~")) or name.count("/") > 1:
-            where = f"there is no directory {name!r}"
-        else:
-            where = (f"{name!r} is not a local directory, not in the Hugging Face cache, and could not be "
-                     "fetched from the Hub (offline, gated, or no such repository)")
-        option = "adapter" if what == "adapter" else "model"
-        raise ModelNotFoundError(f"Could not load the {what}: {where}; pass --{option} / {option}= a local "
-                                 "directory or a Hub id you can download.") from error
-
-
-def refuse_pickle_weights(what: str, name: str) -> None:
-    """Weights load from safetensors only: a directory with pickle weights and no safetensors is refused.
-
-    Raises:
-        PickleCheckpointError: naming the files and how to convert them.
-    """
-    if not os.path.isdir(name):
-        return  # a Hub id: the loaders are asked for safetensors (use_safetensors=True)
-    files = sorted(os.listdir(name))
-    pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES) and not f.startswith("training_args")]
-    if pickles and not any(f.endswith(".safetensors") for f in files):
-        raise PickleCheckpointError(
-            f"Refusing to load the {what} in {name!r}: its weights are pickle files ({', '.join(pickles[:3])}), "
-            "which can run code when loaded; convert them to safetensors where you trust them "
-            "(from_pretrained, then save_pretrained(..., safe_serialization=True)).")
-
-
-def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
-    """The given device, or CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> torch.dtype:
-    """The given dtype (a name such as ``"bfloat16"`` is accepted), or the default for the device."""
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    if isinstance(dtype, str):
-        resolved = getattr(torch, dtype, None)
-        if not isinstance(resolved, torch.dtype):
-            raise InputError(f"dtype {dtype!r} is not a torch dtype name such as 'float32' or 'bfloat16'")
-        return resolved
-    return dtype

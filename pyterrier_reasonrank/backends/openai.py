@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from pyterrier_reasonrank.errors import EndpointError
+from pyterrier_reasonrank.loading import load_tokenizer
 from pyterrier_reasonrank.prompts import LABEL_MARKER, Mode, Prompt, PromptEncoder
 from pyterrier_reasonrank.redaction import known_secrets, redacted
 from pyterrier_reasonrank.scoring import label_probabilities
@@ -230,11 +231,5 @@ def load(model: str, *, tokenizer: Optional[str] = None, base_url: Optional[str]
     Raises:
         ModelNotFoundError: The tokenizer could not be found.
     """
-    from transformers import AutoTokenizer
-
-    from .hf import clear_load_errors
-
-    source = tokenizer or model
-    with clear_load_errors("tokenizer", source):
-        loaded = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    loaded = load_tokenizer(tokenizer or model, trust_remote_code=trust_remote_code)
     return OpenAIBackend(model, loaded, base_url=base_url, concurrency=concurrency)

@@ -1,0 +1,144 @@
+"""Loading models, adapters and tokenizers, for every backend and for training.
+
+One policy for all of them: weights load from safetensors only (a directory whose weights are only
+pickle files is refused, as pickles can run code), a model or adapter that cannot be found is one
+sentence that says what to do, ``trust_remote_code`` is off unless asked for, and the defaults for
+the model, device and dtype are the same everywhere.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import TYPE_CHECKING, Iterator, Optional, Union
+
+import torch
+
+from pyterrier_reasonrank.errors import InputError, ModelNotFoundError, PickleCheckpointError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
+"""Used when neither a model nor an adapter is given: small, ungated, Apache-2.0, with a chat
+template, and each label digit is one token in its tokenizer. Zero-shot it is a weak judge; a
+distilled adapter is the point."""
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def model_name(model: Optional[str], adapter: Optional[str]) -> str:
+    """The model to load: ``model``, else the adapter's base model, else :data:`DEFAULT_MODEL`."""
+    if model is not None:
+        return model
+    return base_model(adapter) if adapter is not None else DEFAULT_MODEL
+
+
+def load_causal_lm(model: Optional[str], adapter: Optional[str] = None, *, dtype: torch.dtype,
+                   trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM (with the adapter merged into it, so that it costs what the base model costs) and its tokenizer.
+
+    Raises:
+        ModelNotFoundError: The model or adapter could not be found (locally, in the cache or on the Hub).
+        PickleCheckpointError: Its weights are pickle files only.
+    """
+    from transformers import AutoModelForCausalLM
+
+    name = model_name(model, adapter)
+    with clear_load_errors("model", name):
+        lm = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                  use_safetensors=True)
+    tokenizer = load_tokenizer(tokenizer_source(name, adapter), trust_remote_code=trust_remote_code)
+    if adapter is not None:
+        from peft import PeftModel
+
+        with clear_load_errors("adapter", adapter):
+            lm = PeftModel.from_pretrained(lm, adapter).merge_and_unload()
+    return lm, tokenizer
+
+
+def load_tokenizer(source: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer at ``source`` (a Hub id or directory).
+
+    Raises:
+        ModelNotFoundError: It could not be found.
+    """
+    from transformers import AutoTokenizer
+
+    with clear_load_errors("tokenizer", source):
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+
+def base_model(adapter: str) -> str:
+    """The base model a PEFT adapter was trained on, from its configuration."""
+    from peft import PeftConfig
+
+    with clear_load_errors("adapter", adapter):
+        return PeftConfig.from_pretrained(adapter).base_model_name_or_path
+
+
+def tokenizer_source(model: str, adapter: Optional[str]) -> str:
+    """Where the tokenizer comes from: an adapter directory that saved one (training does), else the model."""
+    if adapter is not None and os.path.isfile(os.path.join(adapter, "tokenizer_config.json")):
+        return adapter
+    return model
+
+
+@contextlib.contextmanager
+def clear_load_errors(what: str, name: str) -> Iterator[None]:
+    """Turns the loaders' errors for a missing model into one sentence that says what to do.
+
+    It also refuses a local checkpoint whose weights are only in pickle files.
+    """
+    if what != "tokenizer":  # a tokenizer loads no weights
+        refuse_pickle_weights(what, name)
+    try:
+        yield
+    except ModelNotFoundError:
+        raise
+    except (OSError, ValueError) as error:
+        if os.path.exists(name):
+            where = f"the directory {name!r} holds no loadable {what} ({error.__class__.__name__}: {error})"
+        elif name.startswith(("/", ".", "~")) or name.count("/") > 1:
+            where = f"there is no directory {name!r}"
+        else:
+            where = (f"{name!r} is not a local directory, not in the Hugging Face cache, and could not be "
+                     "fetched from the Hub (offline, gated, or no such repository)")
+        option = "adapter" if what == "adapter" else "model"
+        raise ModelNotFoundError(f"Could not load the {what}: {where}; pass --{option} / {option}= a local "
+                                 "directory or a Hub id you can download.") from error
+
+
+def refuse_pickle_weights(what: str, name: str) -> None:
+    """Weights load from safetensors only: a directory with pickle weights and no safetensors is refused.
+
+    Raises:
+        PickleCheckpointError: naming the files and how to convert them.
+    """
+    if not os.path.isdir(name):
+        return  # a Hub id: the loaders are asked for safetensors (use_safetensors=True)
+    files = sorted(os.listdir(name))
+    pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES) and not f.startswith("training_args")]
+    if pickles and not any(f.endswith(".safetensors") for f in files):
+        raise PickleCheckpointError(
+            f"Refusing to load the {what} in {name!r}: its weights are pickle files ({', '.join(pickles[:3])}), "
+            "which can run code when loaded; convert them to safetensors where you trust them "
+            "(from_pretrained, then save_pretrained(..., safe_serialization=True)).")
+
+
+def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    """The given device, or CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> torch.dtype:
+    """The given dtype (a name such as ``"bfloat16"`` is accepted), or the default for the device."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype, None)
+        if not isinstance(resolved, torch.dtype):
+            raise InputError(f"dtype {dtype!r} is not a torch dtype name such as 'float32' or 'bfloat16'")
+        return resolved
+    return dtype
