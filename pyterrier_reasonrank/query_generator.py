@@ -8,7 +8,7 @@ import pandas as pd
 import pyterrier as pt
 import torch
 
-from .backends import hf
+from .backends import LOCAL_BACKENDS, load_local
 from .errors import InputError
 from .loading import DEFAULT_MODEL
 from .prompts import QUERIES_PREFIX, parse_queries
@@ -38,7 +38,8 @@ class QueryGenerator(pt.Transformer):
     def __init__(self, model: Optional[str] = None, *, adapter: Optional[str] = None, combine: str = "join",
                  max_new_tokens: int = 128, max_question_tokens: Optional[int] = None, batch_size: int = 8,
                  device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
-                 verbose: bool = False, trust_remote_code: bool = False):
+                 backend: str = "transformers", engine_options: Optional[dict] = None, verbose: bool = False,
+                 trust_remote_code: bool = False):
         """Check and store the settings; the model is loaded when queries are rewritten, not here.
 
         Args:
@@ -54,14 +55,18 @@ class QueryGenerator(pt.Transformer):
             batch_size: Questions generated for at once.
             device: ``"cuda"``, ``"cpu"``, ... Default: CUDA when available.
             dtype: ``torch.dtype`` or its name. Default: bfloat16 on a GPU, float32 on CPU.
+            backend: ``"transformers"`` or ``"vllm"`` (vLLM's engine, shared with rankers of the same model).
+            engine_options: For ``backend="vllm"``: options of ``vllm.LLM``.
             verbose: Show a progress bar.
             trust_remote_code: Allow the model's own code from its repository to run.
 
         Raises:
-            InputError: An unknown ``combine``.
+            InputError: An unknown ``combine`` or ``backend``.
         """
         if combine not in COMBINATIONS:
             raise InputError(f"combine must be one of {COMBINATIONS}, got {combine!r}")
+        if backend not in LOCAL_BACKENDS:
+            raise InputError(f"backend must be one of {LOCAL_BACKENDS}, got {backend!r}")
         self.model = model
         self.adapter = adapter
         self.combine = combine
@@ -70,6 +75,8 @@ class QueryGenerator(pt.Transformer):
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
+        self.backend = backend
+        self.engine_options = engine_options
         self.verbose = verbose
         self.trust_remote_code = trust_remote_code
         self._backend = None
@@ -85,8 +92,9 @@ class QueryGenerator(pt.Transformer):
             ModelNotFoundError: The model or adapter could not be found.
         """
         if self._backend is None:
-            backend = hf.load(self.model, adapter=self.adapter, device=self.device, dtype=self.dtype,
-                              trust_remote_code=self.trust_remote_code)
+            backend = load_local(self.backend, self.model, adapter=self.adapter, device=self.device,
+                                 dtype=self.dtype, engine_options=self.engine_options,
+                                 trust_remote_code=self.trust_remote_code)
             settings = serving_settings(self.adapter or self.model or DEFAULT_MODEL, backend.tokenizer,
                                         who="QueryGenerator", task="queries",
                                         max_question_tokens=self.max_question_tokens)
@@ -131,6 +139,8 @@ class QueryGenerator(pt.Transformer):
             args.append(f"adapter={self.adapter!r}")
         if self.combine != "join":
             args.append(f"combine={self.combine!r}")
+        if self.backend != "transformers":
+            args.append(f"backend={self.backend!r}")
         return f"QueryGenerator({', '.join(args)})"
 
     def schematic(self, *, input_columns: Optional[list[str]] = None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pyterrier as pt
 import torch
 
 from . import scoring
-from .backends import hf, openai
+from .backends import load_local, openai
 from .display import ReasonRankResults
 from .errors import InputError
 from .loading import DEFAULT_MODEL
@@ -21,7 +21,7 @@ from .validation import as_text, is_blank, require_text
 OUTPUT_COLUMNS = ["explanation", "label", "score", "forced", "rank"]
 CHUNK_PAIRS = 512
 """Pairs encoded and judged at a time (or four batches, if more), so that memory stays flat."""
-BACKENDS = ("transformers", "openai")
+BACKENDS = ("transformers", "vllm", "openai")
 
 
 class ReasonRanker(pt.Transformer):
@@ -45,8 +45,9 @@ class ReasonRanker(pt.Transformer):
                  max_batch_tokens: Optional[int] = 65536,
                  prefix_reuse: bool = True, device: Union[str, torch.device, None] = None,
                  dtype: Union[str, torch.dtype, None] = None, backend: str = "transformers",
-                 base_url: Optional[str] = None, tokenizer: Optional[str] = None, concurrency: int = 32,
-                 verbose: bool = False, trust_remote_code: bool = False):
+                 engine_options: Optional[dict] = None, base_url: Optional[str] = None,
+                 tokenizer: Optional[str] = None, concurrency: int = 32, verbose: bool = False,
+                 trust_remote_code: bool = False):
         """Check and store the settings; the model (or the endpoint's tokenizer) is loaded on first use.
 
         Args:
@@ -70,10 +71,16 @@ class ReasonRanker(pt.Transformer):
                 and query) once per batch rather than once per document. Scores are the same either way.
             device: ``"cuda"``, ``"cpu"``, ... Default: CUDA when available.
             dtype: ``torch.dtype`` or its name. Default: bfloat16 on a GPU, float32 on CPU.
-            backend: ``"transformers"`` (the model runs here) or ``"openai"``: the model is served by an
-                OpenAI-compatible server with vLLM's completions API (``vllm serve <model>
-                --enable-prefix-caching``); ``model`` is then the name it is served under, and the key,
-                if the server needs one, comes from ``$OPENAI_API_KEY``.
+            backend: ``"transformers"`` (the model runs here, the adapter merged), ``"vllm"`` (vLLM's
+                engine runs here: paged attention, continuous batching, prefix caching, the adapter
+                applied per request) or ``"openai"``: the model is served by an OpenAI-compatible
+                server with vLLM's completions API (``vllm serve <model> --enable-prefix-caching``);
+                ``model`` is then the name it is served under, and the key, if the server needs one,
+                comes from ``$OPENAI_API_KEY``. Every backend follows the same rule for where an
+                explanation ends, so their judgements agree.
+            engine_options: For ``backend="vllm"``: options of ``vllm.LLM``, e.g.
+                ``{"tensor_parallel_size": 2, "gpu_memory_utilization": 0.5, "max_model_len": 4096,
+                "enforce_eager": True}``.
             base_url: The server for ``backend="openai"``, e.g. ``"http://localhost:8000/v1"``
                 (default: ``$OPENAI_BASE_URL``).
             tokenizer: For ``backend="openai"``: where the model's tokenizer is (default: ``model``).
@@ -108,6 +115,7 @@ class ReasonRanker(pt.Transformer):
         self.device = device
         self.dtype = dtype
         self.backend = backend
+        self.engine_options = engine_options
         self.base_url = base_url
         self.tokenizer = tokenizer
         self.concurrency = concurrency
@@ -133,8 +141,9 @@ class ReasonRanker(pt.Transformer):
                                       concurrency=self.concurrency, trust_remote_code=self.trust_remote_code)
                 student = self.tokenizer or self.model
             else:
-                backend = hf.load(self.model, adapter=self.adapter, device=self.device, dtype=self.dtype,
-                                  trust_remote_code=self.trust_remote_code)
+                backend = load_local(self.backend, self.model, adapter=self.adapter, device=self.device,
+                                     dtype=self.dtype, engine_options=self.engine_options,
+                                     trust_remote_code=self.trust_remote_code)
                 student = self.adapter or self.model or DEFAULT_MODEL
             settings = serving_settings(student, backend.tokenizer, who="ReasonRanker", task=self.mode,
                                         max_query_tokens=self.max_query_tokens, max_doc_tokens=self.max_doc_tokens)

@@ -40,13 +40,14 @@ def script_model(tiny_model, tmp_path_factory):
     """Make a copy of the tiny model whose next token depends only on the current token, as scripted.
 
     ``transitions`` maps a token to the token that follows it (greedy); ``label_logits`` are the
-    logits of the label tokens 0, 1, 2 after the label marker. Every layer's output projection is
-    zeroed, so the last hidden state is the current token's embedding; scripted tokens get one-hot
-    embeddings and their own column in the output matrix.
+    logits of the label tokens 0, 1, 2 after the label marker; ``base`` is the model to copy
+    (default: the tiny model). Every layer's output projection is zeroed, so the last hidden state
+    is the current token's embedding; scripted tokens get one-hot embeddings and their own column in
+    the output matrix.
     """
-    def make(transitions: dict[str, str], label_logits=(0.0, 0.0, 0.0)) -> Path:
-        tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-        model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    def make(transitions: dict[str, str], label_logits=(0.0, 0.0, 0.0), base: Path = tiny_model) -> Path:
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForCausalLM.from_pretrained(base)
         encoder = PromptEncoder(tokenizer)
         marker_end = tokenizer.convert_ids_to_tokens(encoder.marker_ids[-1])
         ids = tokenizer.convert_tokens_to_ids
@@ -74,6 +75,12 @@ def script_model(tiny_model, tmp_path_factory):
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def wide_model(tmp_path_factory) -> Path:
+    """A tiny random model with attention heads of width 64 (hidden 256, 4 heads), as vLLM's CPU kernels need."""
+    return build_tiny_model(tmp_path_factory.mktemp("wide"), hidden_size=256, num_heads=4)
 
 
 @pytest.fixture(scope="session")

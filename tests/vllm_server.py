@@ -3,8 +3,11 @@ model, for tests of ReasonRanker's OpenAI backend against the same model run loc
 
 It implements the part of the protocol the backend uses: ``POST /v1/completions`` with token-id
 prompts (one or a batch), greedy decoding, ``stop`` strings with ``include_stop_str_in_output``,
-``logprobs`` with ``return_tokens_as_token_ids``, and ``echo`` with the prompt's log-probabilities;
-OpenAI's response shape, and vLLM's ``stop_reason``.
+``stop_token_ids`` (the stop token kept in the output, as vLLM does), ``logprobs`` with
+``return_tokens_as_token_ids``, and ``allowed_token_ids`` with log-probabilities after that mask
+(as ``vllm serve --logprobs-mode processed_logprobs``); OpenAI's response shape, and vLLM's
+``stop_reason``. (tests/test_vllm.py runs the real server; this double is for
+fault injection.)
 """
 from __future__ import annotations
 
@@ -44,18 +47,30 @@ class CompletionsServer(LoopbackServer):
 
     def _choice(self, index: int, prompt: list[int], body: dict) -> dict:
         ids = list(prompt)
-        logprobs = []
+        logprobs, top = [], []
         generated: list[int] = []
         finish, stop_reason, text = "length", None, ""
         as_ids = body.get("return_tokens_as_token_ids", False)
+        stop_ids = set(body.get("stop_token_ids") or [])
+        allowed = body.get("allowed_token_ids")
+
+        def name(token: int) -> str:
+            return f"token_id:{token}" if as_ids else self.tokenizer.decode([token])
+
         for _ in range(body.get("max_tokens", 16)):
-            scores = torch.log_softmax(self.model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
+            logits = self.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            if allowed is not None:  # processed log-probabilities: after the mask
+                logits = torch.full_like(logits, float("-inf")).index_copy(0, torch.tensor(allowed), logits[allowed])
+            scores = torch.log_softmax(logits, -1)
             token = int(scores.argmax())
             ids.append(token)
             generated.append(token)
             logprobs.append(float(scores[token]))
-            if token == self.tokenizer.eos_token_id:
-                finish = "stop"
+            best = torch.topk(scores, body.get("logprobs") or 1)
+            top.append({name(int(t)): float(v) for v, t in zip(best.values, best.indices)})
+            if token == self.tokenizer.eos_token_id or token in stop_ids:
+                finish, stop_reason = "stop", token if token in stop_ids else None
+                text = self.tokenizer.decode(generated, skip_special_tokens=body.get("skip_special_tokens", True))
                 break
             text = self.tokenizer.decode(generated, skip_special_tokens=body.get("skip_special_tokens", True))
             hit = next((s for s in body.get("stop") or [] if s in text), None)
@@ -65,15 +80,8 @@ class CompletionsServer(LoopbackServer):
                 break
         else:
             text = self.tokenizer.decode(generated, skip_special_tokens=body.get("skip_special_tokens", True))
-        tokens = [f"token_id:{t}" if as_ids else self.tokenizer.decode([t]) for t in generated]
-        if body.get("echo"):
-            scores = torch.log_softmax(self.model(input_ids=torch.tensor([prompt])).logits[0].float(), -1)
-            prompt_logprobs = [None] + [float(scores[j - 1, prompt[j]]) for j in range(1, len(prompt))]
-            tokens = [f"token_id:{t}" if as_ids else self.tokenizer.decode([t]) for t in prompt] + tokens
-            logprobs = prompt_logprobs + logprobs
-            text = self.tokenizer.decode(prompt) + text
         choice = {"index": index, "text": text, "finish_reason": finish, "stop_reason": stop_reason, "logprobs": None}
         if body.get("logprobs") is not None:
-            choice["logprobs"] = {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": None,
-                                  "text_offset": [0] * len(tokens)}
+            choice["logprobs"] = {"tokens": [name(t) for t in generated], "token_logprobs": logprobs,
+                                  "top_logprobs": top, "text_offset": [0] * len(generated)}
         return choice

@@ -1,4 +1,47 @@
-"""Engines that turn prompts into explanations and label distributions."""
-from .base import Backend, Judgements
+"""Engines that turn prompts into explanations and label distributions, and sample responses."""
+from __future__ import annotations
 
-__all__ = ["Backend", "Judgements"]
+from typing import Optional, Union
+
+import torch
+
+from .base import Backend, Completion, Judgements
+
+LOCAL_BACKENDS = ("transformers", "vllm")
+"""The engines that run the model in this process."""
+
+
+def load_local(backend: str, model: Optional[str], *, adapter: Optional[str] = None,
+               device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
+               engine_options: Optional[dict] = None, trust_remote_code: bool = False) -> Backend:
+    """Load (or reuse) a model in an engine of this process: ``"transformers"`` or ``"vllm"``.
+
+    Args:
+        backend: The engine.
+        model: Hub id or local directory (``None``: the adapter's base model, or the default model).
+        adapter: A PEFT adapter: merged by transformers, applied per request by vLLM.
+        device: For transformers: ``"cuda"``, ``"cpu"``... (vLLM places the model itself).
+        dtype: ``torch.dtype`` or its name.
+        engine_options: For vLLM: options of ``vllm.LLM``.
+        trust_remote_code: Allow the model's own code from its repository to run.
+
+    Raises:
+        InputError: An unknown backend, or options it does not take.
+    """
+    from pyterrier_reasonrank.errors import InputError
+
+    if backend == "vllm":
+        from . import vllm
+
+        return vllm.load(model, adapter=adapter, dtype=dtype, engine_options=engine_options,
+                         trust_remote_code=trust_remote_code)
+    if backend != "transformers":
+        raise InputError(f"backend must be one of {LOCAL_BACKENDS}, got {backend!r}")
+    if engine_options:
+        raise InputError("engine_options are options of the vllm backend; the transformers backend takes none")
+    from . import hf
+
+    return hf.load(model, adapter=adapter, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+__all__ = ["Backend", "Completion", "Judgements", "LOCAL_BACKENDS", "load_local"]

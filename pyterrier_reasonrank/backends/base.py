@@ -1,4 +1,12 @@
-"""The contract between :class:`~pyterrier_reasonrank.ReasonRanker` and an inference engine."""
+"""The contract between ``ReasonRanker`` and an inference engine, and where an explanation ends.
+
+The rule, the same for the transformers backend, the vLLM engine and an OpenAI-compatible server,
+decoding greedily: the explanation ends when the tokens written end with the label marker
+(``Relevance:`` as the tokenizer writes it); it is cut short, and the label is *forced*, at the
+first special token the model writes (an end of turn, or any other: the token is not kept), or when
+it has written ``max_new_tokens`` tokens without the marker. A forced explanation gets the rest of a
+marker the model had started, else a line break and the marker, and the label is read there.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -12,6 +20,7 @@ from pyterrier_reasonrank.prompts import Mode, Prompt, PromptEncoder
 
 if TYPE_CHECKING:
     from tqdm import tqdm
+    from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 
 @dataclass
@@ -77,3 +86,74 @@ def marker_started(generated: Sequence[int], marker: Sequence[int]) -> int:
         if list(generated[-k:]) == list(marker[:k]):
             return k
     return 0
+
+
+@dataclass(frozen=True)
+class Settled:
+    """Where a generated explanation ended, by the rule of this module.
+
+    Attributes:
+        length: How many of the generated tokens are the explanation (before the marker).
+        context: The generated tokens up to the label position: those written, then the marker
+            tokens appended when it was forced.
+        forced: Whether the marker was appended.
+    """
+
+    length: int
+    context: list[int]
+    forced: bool
+
+
+def end_ids(generation_config: Optional[GenerationConfig], tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """The tokens that end a response: the model's generation config's ends of sequence, and the tokenizer's."""
+    eos = generation_config.eos_token_id if generation_config is not None else None
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return frozenset(eos + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []))
+
+
+def stop_ids(tokenizer: PreTrainedTokenizerBase, ends: frozenset[int]) -> frozenset[int]:
+    """The tokens that cut an explanation short: every special token (end of turn, padding...), and ``ends``.
+
+    Special tokens are those the tokenizer names (``all_special_ids``) and every added token marked
+    special (Llama 3's header and reserved tokens are only the latter).
+    """
+    added = {token_id for token_id, token in tokenizer.added_tokens_decoder.items() if token.special}
+    return frozenset(tokenizer.all_special_ids) | frozenset(added) | ends
+
+
+def forced_ending(written: Sequence[int], encoder: PromptEncoder) -> tuple[int, list[int]]:
+    """For an explanation cut short: how many written tokens are the explanation, and the marker tokens to append.
+
+    The rest of a marker the model had started is appended, else a line break and the marker.
+    """
+    started = marker_started(written, encoder.marker_ids)
+    return len(written) - started, encoder.marker_ids[started:] if started else list(encoder.forced_marker_ids)
+
+
+def settle(generated: Sequence[int], encoder: PromptEncoder, stops: frozenset[int],
+           max_new_tokens: int) -> Optional[Settled]:
+    """Where a greedily generated sequence ends its explanation, or ``None`` if it has not ended yet.
+
+    An engine that stops generating at the marker's *text* (a stop string) may stop where the
+    tokens are not the marker's; the sequence has then not ended, and generating goes on.
+
+    Args:
+        generated: The tokens generated after the prompt, in order.
+        encoder: The encoder of the prompt (its marker tokens).
+        stops: The tokens that cut the explanation short (:func:`stop_ids`).
+        max_new_tokens: The explanation budget.
+    """
+    marker = encoder.marker_ids
+    for k, token in enumerate(generated[:max_new_tokens]):
+        if token in stops:
+            return _forced(list(generated[:k]), encoder)
+        if list(generated[max(0, k + 1 - len(marker)):k + 1]) == marker:
+            return Settled(k + 1 - len(marker), list(generated[:k + 1]), False)
+    if len(generated) >= max_new_tokens:
+        return _forced(list(generated[:max_new_tokens]), encoder)
+    return None
+
+
+def _forced(written: list[int], encoder: PromptEncoder) -> Settled:
+    length, ending = forced_ending(written, encoder)
+    return Settled(length, written + ending, True)

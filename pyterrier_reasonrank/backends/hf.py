@@ -15,7 +15,7 @@ from pyterrier_reasonrank.loading import DEFAULT_MODEL, load_causal_lm, resolve_
 from pyterrier_reasonrank.prompts import Mode, Prompt, PromptEncoder
 from pyterrier_reasonrank.scoring import label_probabilities
 
-from .base import Completion, Judgements, marker_started, progress_bar
+from .base import Completion, Judgements, end_ids, forced_ending, progress_bar, stop_ids
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -41,13 +41,8 @@ class HFBackend:
         """
         self.model = model
         self.tokenizer = tokenizer
-        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
-        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-        if tokenizer.eos_token_id is not None:
-            eos.append(tokenizer.eos_token_id)
-        self.eos_ids = frozenset(eos)
-        # Any special token (end of turn, end of text, padding...) ends the explanation early.
-        self.stop_ids = frozenset(tokenizer.all_special_ids) | self.eos_ids
+        self.eos_ids = end_ids(model.generation_config, tokenizer)
+        self.stop_ids = stop_ids(tokenizer, self.eos_ids)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (min(self.eos_ids) if self.eos_ids else 0)
         self.most_rows: Optional[int] = None
@@ -177,9 +172,7 @@ class HFBackend:
                         step.append(token)
                         continue
                     forced[i] = True
-                    started = marker_started(generated[i], marker)
-                    explanation_end[i] = len(generated[i]) - started
-                    to_append[i] = marker[started:] if started else list(encoder.forced_marker_ids)
+                    explanation_end[i], to_append[i] = forced_ending(generated[i], encoder)
                 token = to_append[i].pop(0)
                 generated[i].append(token)
                 step.append(token)

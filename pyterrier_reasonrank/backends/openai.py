@@ -2,19 +2,20 @@ r"""The OpenAI-compatible backend: the student served by vLLM, for throughput an
 
 Any server with vLLM's completions API will do. Serve the student, for instance::
 
-    vllm serve Qwen/Qwen2.5-1.5B-Instruct --enable-prefix-caching
+    vllm serve Qwen/Qwen2.5-1.5B-Instruct --enable-prefix-caching --logprobs-mode processed_logprobs
     vllm serve meta-llama/Llama-3.2-3B-Instruct --enable-lora --lora-modules student=runs/paper-3b/refine \
-        --enable-prefix-caching --tensor-parallel-size 2
+        --enable-prefix-caching --logprobs-mode processed_logprobs --tensor-parallel-size 2
 
 and re-rank with ``ReasonRanker(backend="openai", base_url="http://localhost:8000/v1", model=...)``.
 
 Prompts go to the completions API as token ids, built by the same prompt encoder as the local
 backend (so truncation and injection rules are the same). Explain mode asks for the explanation
-greedily, stopping at the label marker (``stop`` with ``include_stop_str_in_output``, and the
-generated token ids via ``return_tokens_as_token_ids``); direct mode skips that. The label
-distribution is then read exactly: one request echoes the context followed by each label token and
-returns their log-probabilities (``echo`` with ``logprobs``). A response that runs out of budget or
-leaves the format gets the marker appended, and is marked ``forced`` — as locally.
+greedily, stopping at the label marker's text or any special token (``stop``,
+``stop_token_ids``; the generated token ids come back with ``return_tokens_as_token_ids``), and
+ends it by the rule every backend follows (:mod:`pyterrier_reasonrank.backends.base`); direct mode
+skips that. The label distribution is then read exactly: one request allows only the label tokens
+(``allowed_token_ids``) and returns their log-probabilities after that restriction, which the
+server gives with ``--logprobs-mode processed_logprobs``.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from pyterrier_reasonrank.prompts import LABEL_MARKER, Mode, Prompt, PromptEncod
 from pyterrier_reasonrank.redaction import known_secrets, redacted
 from pyterrier_reasonrank.scoring import label_probabilities
 
-from .base import Judgements, marker_started, progress_bar
+from .base import Judgements, Settled, end_ids, progress_bar, settle, stop_ids
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -142,15 +143,15 @@ class OpenAIBackend:
         self.concurrency = concurrency
         self.max_retries = max_retries
         self._client = openai_client(base_url, max_retries=max_retries, timeout=timeout)
-        self._stop_ids = frozenset(tokenizer.all_special_ids)
+        self.stop_ids = stop_ids(tokenizer, end_ids(None, tokenizer))
 
     def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, batch_size: int,
               max_new_tokens: int, verbose: bool = False, progress: Optional[tqdm] = None,
               **options: object) -> Judgements:
         """Judge each prompt through the endpoint, ``concurrency`` pairs in flight.
 
-        Explain mode first asks for the explanation (greedy, stopping at the label marker); both
-        modes then read the label log-probabilities from one echo request per pair.
+        Explain mode first asks for the explanation (greedy, until it settles); both modes then read
+        the label log-probabilities from one request per pair.
 
         Args:
             prompts: The prompts as (prefix, suffix) token ids, in the order the judgements are returned.
@@ -171,8 +172,9 @@ class OpenAIBackend:
             ids = list(prompt[0]) + list(prompt[1])
             if mode == "direct":
                 return "", self._label_logprobs(ids, encoder), False
-            explanation, context, was_forced = self._explain(ids, encoder, max_new_tokens)
-            return explanation, self._label_logprobs(context, encoder), was_forced
+            settled = self._explain(ids, encoder, max_new_tokens)
+            explanation = self.tokenizer.decode(settled.context[:settled.length], skip_special_tokens=True)
+            return explanation.strip(), self._label_logprobs(ids + settled.context, encoder), settled.forced
 
         with progress_bar(progress, n, verbose) as progress, redacted(known_secrets(self._client.api_key)):
             for i, (explanation, logprobs, was_forced) in bounded_map(one, prompts, self.concurrency):
@@ -181,32 +183,47 @@ class OpenAIBackend:
                 progress.update(1)
         return Judgements(explanations, label_probabilities(label_logprobs), forced)
 
-    def _explain(self, ids: list[int], encoder: PromptEncoder, max_new_tokens: int) -> tuple[str, list[int], bool]:
-        """The explanation, the context up to the label position, and whether the marker was forced."""
-        choice, = self._complete(
-            1, prompt=ids, max_tokens=max_new_tokens, temperature=0.0, stop=[LABEL_MARKER], logprobs=1,
-            extra_body={"include_stop_str_in_output": True, "return_tokens_as_token_ids": True,
-                        "skip_special_tokens": False})
-        generated = [int(token.split(":", 1)[1]) for token in choice.logprobs.tokens]
-        marker = encoder.marker_ids
-        natural = choice.text.rstrip().endswith(LABEL_MARKER)
-        while generated and generated[-1] in self._stop_ids:
-            generated.pop()
-        if natural:
-            # The server stops at the marker's text, which may end inside its last tokens.
-            ending = [] if generated[-len(marker):] == marker else marker[marker_started(generated, marker):]
-            explanation = choice.text.rstrip()[:-len(LABEL_MARKER)]
-            return explanation.strip(), ids + generated + ending, False
-        started = marker_started(generated, marker)
-        ending = marker[started:] if started else list(encoder.forced_marker_ids)
-        explanation = self.tokenizer.decode(generated[:len(generated) - started], skip_special_tokens=True)
-        return explanation.strip(), ids + generated + ending, True
+    def _explain(self, ids: list[int], encoder: PromptEncoder, max_new_tokens: int) -> Settled:
+        """The greedy explanation after ``ids``, generated until it settles (see :func:`~.base.settle`).
+
+        The server stops at the marker's text or a special token (``stop_token_ids``); a sequence
+        whose text matched the marker without its tokens goes on in another request.
+        """
+        generated: list[int] = []
+        while True:
+            choice, = self._complete(
+                1, prompt=ids + generated, max_tokens=max_new_tokens - len(generated), temperature=0.0,
+                stop=[LABEL_MARKER], logprobs=1,
+                extra_body={"include_stop_str_in_output": True, "return_tokens_as_token_ids": True,
+                            "skip_special_tokens": False, "stop_token_ids": sorted(self.stop_ids)})
+            new = [int(token.split(":", 1)[1]) for token in choice.logprobs.tokens]
+            stopped_at = (choice.model_extra or {}).get("stop_reason")
+            if choice.finish_reason == "stop" and isinstance(stopped_at, int) and new[-1:] != [stopped_at]:
+                new.append(stopped_at)  # the special token it stopped at
+            generated += new
+            # A request that wrote nothing cannot write more: the budget ends there.
+            settled = settle(generated, encoder, self.stop_ids, max_new_tokens if new else len(generated))
+            if settled is not None:
+                return settled
 
     def _label_logprobs(self, context: list[int], encoder: PromptEncoder) -> list[float]:
-        """Log p(label | context) for each label, from one request echoing context + label."""
-        choices = self._complete(len(encoder.label_ids), prompt=[context + [label] for label in encoder.label_ids],
-                                 max_tokens=1, temperature=0.0, echo=True, logprobs=1)
-        return [choice.logprobs.token_logprobs[len(context)] for choice in choices]
+        """The log-probabilities of the labels after ``context``, renormalised over them, from one request.
+
+        The request allows only the label tokens; a server that returns log-probabilities after
+        that mask (``--logprobs-mode processed_logprobs``) gives their distribution exactly.
+
+        Raises:
+            EndpointError: The server returned log-probabilities before the mask.
+        """
+        choice, = self._complete(1, prompt=context, max_tokens=1, temperature=0.0, logprobs=len(encoder.label_ids),
+                                 extra_body={"allowed_token_ids": list(encoder.label_ids),
+                                             "return_tokens_as_token_ids": True})
+        returned = {int(token.split(":", 1)[1]): value for token, value in choice.logprobs.top_logprobs[0].items()}
+        logprobs = [returned.get(label) for label in encoder.label_ids]
+        if None in logprobs or abs(float(torch.logsumexp(torch.tensor(logprobs, dtype=torch.float64), 0))) > 1e-3:
+            raise EndpointError(f"the server at {self._client.base_url} returned the labels' log-probabilities before "
+                                "restricting them to the labels: start it with --logprobs-mode processed_logprobs")
+        return logprobs
 
     def _complete(self, n: int, **request) -> list:
         """The ``n`` choices of a completions request, in prompt order, with their log-probabilities."""

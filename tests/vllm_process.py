@@ -1,0 +1,70 @@
+"""A real vLLM OpenAI-compatible server (``vllm.entrypoints.openai.api_server``), on loopback, for tests.
+
+It runs the same vLLM code as ``vllm serve`` (the ``vllm`` console script of the CPU build cannot
+find its distribution, so the module is run), on CPU, with a small KV cache.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+ENVIRONMENT = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+"""A small KV cache (GiB), and nothing fetched or reported over the network."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class VLLMServer:
+    """``python -m vllm.entrypoints.openai.api_server`` for ``model``, until closed.
+
+    Args:
+        model: The model's directory.
+        log: Where the server's output goes.
+        adapter: A LoRA adapter served as ``student`` (``--lora-modules student=...``).
+        timeout: Seconds to wait for it to answer ``/health``.
+    """
+
+    def __init__(self, model: Path, log: Path, *, adapter: Optional[Path] = None, timeout: float = 400.0):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.log = log
+        args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+                "--served-model-name", "base", "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32",
+                "--enable-prefix-caching", "--logprobs-mode", "processed_logprobs", "--max-model-len", "2048",
+                "--disable-log-stats"]
+        if adapter is not None:
+            args += ["--enable-lora", "--lora-modules", f"student={adapter}", "--max-lora-rank", "8"]
+        self.process = subprocess.Popen(args, env={**os.environ, **ENVIRONMENT}, stdout=open(log, "w"),
+                                        stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not self._healthy():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"the vLLM server did not start:\n{log.read_text()[-4000:]}")
+            time.sleep(1)
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
