@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTTrainer
 
 from pyterrier_reasonrank import InputError
+from pyterrier_reasonrank.backends.hf import HFBackend
 from pyterrier_reasonrank.prompts import PromptEncoder
 from pyterrier_reasonrank.settings import StudentSettings
 from pyterrier_reasonrank.testing import build_tiny_reward_model
@@ -152,18 +153,22 @@ def test_weighted_examples_keep_the_best_candidates(tiny_model):
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
     encoder = PromptEncoder(tokenizer)
     records = [dict(JUDGEMENT, label=2), dict(JUDGEMENT, label=0)]
-    options = dict(num_samples=3, temperature=0.0, max_new_tokens=8, keep_threshold=0.85, weight_power=3.0)
-    examples, stats = weighted_examples(model, tokenizer, records, [2, 0], encoder, reward_functions(["label"]),
+    options = dict(keep_threshold=0.85, weight_power=3.0)
+
+    def draw(prompts):
+        return HFBackend(model, tokenizer).sample(prompts, num_samples=3, temperature=0.0, max_new_tokens=8)
+
+    examples, stats = weighted_examples(draw, tokenizer, records, [2, 0], encoder, reward_functions(["label"]),
                                         include_teacher=True, **options)
     assert stats == {"mean_sample_reward": 0.0, "pairs": 2, "pairs_tied": 0, "kept": 2}
     assert [tokenizer.decode(e["input_ids"]).endswith(f"Explanation: It names the cause.\nRelevance: {label}<|im_end|>")
             for e, label in zip(examples, (2, 0))] == [True, True]
     assert [e["weight"] for e in examples] == [1.0, 1.0]
     # without the teacher every candidate of a pair ties: kept at weight 1 (the paper), or left out
-    examples, stats = weighted_examples(model, tokenizer, records, [2, 0], encoder, reward_functions(["label"]),
+    examples, stats = weighted_examples(draw, tokenizer, records, [2, 0], encoder, reward_functions(["label"]),
                                         include_teacher=False, **options)
     assert stats["pairs_tied"] == 2 and len(examples) == 6 and {e["weight"] for e in examples} == {1.0}
-    examples, stats = weighted_examples(model, tokenizer, records, [2, 0], encoder, reward_functions(["label"]),
+    examples, stats = weighted_examples(draw, tokenizer, records, [2, 0], encoder, reward_functions(["label"]),
                                         include_teacher=False, keep_ties=False, **options)
     assert examples == [] and stats["pairs_tied"] == 2
 

@@ -7,7 +7,13 @@
 The stages' modules load trl, datasets and the teachers' clients on first use, not on import.
 """
 import importlib
+import warnings
 from typing import Any
+
+# trl warns on import when the installed vLLM is newer than the versions it lists (the CPU build
+# here is). Refinement samples with vLLM's engine through this package, not trl's integration; a GPU
+# user who sets GRPO's use_vllm installs a vLLM that trl supports.
+warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions", category=UserWarning)
 
 _EXPORTS = {
     "SourceConfig": "sources", "candidate_pairs": "sources",

@@ -12,9 +12,11 @@ reward model's judgement.
 """
 from __future__ import annotations
 
+import functools
+import json
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 from transformers import set_seed
 from trl import GRPOConfig, GRPOTrainer, get_peft_config
@@ -30,6 +32,7 @@ from .records import LABEL_SOURCES, file_sha256, labelled_pairs, target_label
 from .rewards import REWARDS, reward_functions
 from .runcard import SettingsCallback, deferred_push, plot_curves, push_student, write_student
 from .rwsft import RewardWeightedTrainer, weighted_examples
+from .sampling import SAMPLING_BACKENDS, draw
 from .student import StudentConfig, load_student
 
 if TYPE_CHECKING:
@@ -65,12 +68,20 @@ class RefineConfig(TrainerDefaults, GRPOConfig):
     keep_ties: bool = field(default=True, metadata={
         "help": "rwsft: a pair whose candidates all tie keeps them at weight 1 (the paper), or is left out"})
     eval_samples: int = field(default=4, metadata={"help": "responses sampled per held-out pair for the mean reward"})
+    sampling_backend: str = field(default="transformers", metadata={
+        "help": "rwsft: draw the responses with transformers, or vllm (its engine, in a process of its own)"})
+    sampling_engine_options: Union[dict, str, None] = field(default=None, metadata={
+        "help": "rwsft with vllm: options of vllm.LLM, e.g. '{\"gpu_memory_utilization\": 0.5}'"})
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise InputError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.label_source not in LABEL_SOURCES:
             raise InputError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
+        if self.sampling_backend not in SAMPLING_BACKENDS:
+            raise InputError(f"sampling_backend must be one of {SAMPLING_BACKENDS}, got {self.sampling_backend!r}")
+        if isinstance(self.sampling_engine_options, str):
+            self.sampling_engine_options = json.loads(self.sampling_engine_options)
         if "reward_model" in self.rewards and len(self.rewards) > 1 and not self.reward_weights:
             raise InputError(f"rewards {self.rewards} mix a reward model's scores (unbounded logits) with rewards "
                              "in [0, 1]: give reward_weights, one per reward, to say how they add up")
@@ -137,11 +148,10 @@ def refine(config: RefineConfig, student: StudentConfig) -> dict:
     start = time.perf_counter()
     if config.algorithm == "rwsft":
         examples, metrics["sampling"] = weighted_examples(
-            model, tokenizer, records, targets, encoder, rewards, num_samples=config.num_generations,
-            temperature=config.temperature, max_new_tokens=config.max_completion_length,
-            keep_threshold=config.keep_threshold, weight_power=config.weight_power,
-            include_teacher=config.include_teacher, keep_ties=config.keep_ties, reward_weights=config.reward_weights,
-            batch_size=config.per_device_train_batch_size, verbose=not config.disable_tqdm)
+            functools.partial(draw, config=config, student=student, model=model, tokenizer=tokenizer), tokenizer,
+            records, targets, encoder, rewards, keep_threshold=config.keep_threshold,
+            weight_power=config.weight_power, include_teacher=config.include_teacher, keep_ties=config.keep_ties,
+            reward_weights=config.reward_weights)
         if not examples:
             raise InputError("no sampled response was kept: every pair's candidates tied on reward and keep_ties is "
                              "off; raise temperature or num_generations")

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from transformers import Trainer
 
-from pyterrier_reasonrank.backends.hf import HFBackend
+from pyterrier_reasonrank.backends import Completion
 from pyterrier_reasonrank.prompts import PromptEncoder
 
 from .evaluation import total_rewards
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
 
 def min_max(rewards: np.ndarray) -> Optional[np.ndarray]:
@@ -32,21 +32,33 @@ def min_max(rewards: np.ndarray) -> Optional[np.ndarray]:
     return None if high == low else (rewards - low) / (high - low)
 
 
-def weighted_examples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: Sequence[dict],
-                      targets: Sequence[int], encoder: PromptEncoder, reward_funcs: Sequence[Callable], *,
-                      num_samples: int, temperature: float, max_new_tokens: int, keep_threshold: float,
-                      weight_power: float, include_teacher: bool, keep_ties: bool = True,
-                      reward_weights: Optional[Sequence[float]] = None, batch_size: int = 8,
-                      verbose: bool = False) -> tuple[list[dict], dict]:
+def weighted_examples(draw: Callable[[list[list[int]]], list[list[Completion]]], tokenizer: PreTrainedTokenizerBase,
+                      records: Sequence[dict], targets: Sequence[int], encoder: PromptEncoder,
+                      reward_funcs: Sequence[Callable], *, keep_threshold: float, weight_power: float,
+                      include_teacher: bool, keep_ties: bool = True,
+                      reward_weights: Optional[Sequence[float]] = None) -> tuple[list[dict], dict]:
     """Sample, reward and select: the weighted training examples, and statistics of the draw.
+
+    Args:
+        draw: The student's responses to each prompt (token ids): ``k`` per prompt (see
+            :mod:`.sampling`).
+        tokenizer: The student's tokenizer.
+        records: The pairs (``query``, ``text``, and the teacher's ``explanation`` and ``label``).
+        targets: The target label of each pair.
+        encoder: The student's prompt encoder.
+        reward_funcs: The rewards, weighted by ``reward_weights``.
+        keep_threshold: Responses whose normalised reward is at least this are kept.
+        weight_power: A kept response's loss weight is its normalised reward to this power.
+        include_teacher: The teacher's response is a candidate too.
+        keep_ties: A pair whose candidates all tie keeps them at weight 1, rather than being left out.
+        reward_weights: One weight per reward (default: 1 each).
 
     Returns:
         Examples with ``input_ids``, ``completion_mask`` and ``weight``; and ``mean_sample_reward``,
         ``pairs``, ``pairs_tied`` (kept at weight 1, or left out) and ``kept`` (responses trained on).
     """
     prompts = [encoder.encode(r["query"], r["text"]) for r in records]
-    samples = HFBackend(model, tokenizer).sample(prompts, num_samples=num_samples, temperature=temperature,
-                                                 max_new_tokens=max_new_tokens, batch_size=batch_size, verbose=verbose)
+    samples = draw(prompts)
     examples, sample_rewards, tied = [], [], 0
     for record, target, prompt, completions in zip(records, targets, prompts, samples):
         candidates = [(c.text, c.ids) for c in completions]
