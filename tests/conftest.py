@@ -78,12 +78,6 @@ def script_model(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def wide_model(tmp_path_factory) -> Path:
-    """A tiny random model with attention heads of width 64 (hidden 256, 4 heads), as vLLM's CPU kernels need."""
-    return build_tiny_model(tmp_path_factory.mktemp("wide"), hidden_size=256, num_heads=4)
-
-
-@pytest.fixture(scope="session")
 def vocabulary(tiny_model) -> Vocabulary:
     """The words of the synthetic task, in the tiny model's tokenizer."""
     return Vocabulary.of(AutoTokenizer.from_pretrained(tiny_model))

@@ -22,6 +22,8 @@ from test_hostile_inputs import HOSTILE  # noqa: E402
 from test_ranker import EXPLAINS, LABEL_LOGITS, expected_score, pairs  # noqa: E402
 
 OUTPUT = ["explanation", "label", "score", "forced", "rank"]
+ENGINE = {"enforce_eager": True}
+"""Every engine here: eager (no compilation: it starts faster; the results are the same)."""
 # Explanation "the", then a special token that is not the end of turn: every backend stops there.
 SPECIAL_MIDWAY = {":": "Ġthe", "Ġthe": "<|im_start|>", "<|im_start|>": "Ċ", "Ċ": "Relevance", "Relevance": ":"}
 
@@ -38,7 +40,8 @@ def judged_by_every_backend(model, server, *, adapter=None, served="base", **opt
     """The frame judged by each backend, in the same row order."""
     inp = frame()
     rankers = {"transformers": ReasonRanker(str(model), adapter=adapter, **options),
-               "vllm": ReasonRanker(str(model), adapter=adapter, backend="vllm", dtype="float32", **options),
+               "vllm": ReasonRanker(str(model), adapter=adapter, backend="vllm", dtype="float32", engine_options=ENGINE,
+                                    **options),
                "server": ReasonRanker(served, backend="openai", base_url=server.base_url,
                                       tokenizer=str(adapter or model), **options)}
     return {name: ranker(inp).set_index(["qid", "docno"]).loc[list(zip(inp.qid, inp.docno))]
@@ -54,38 +57,6 @@ def assert_agree(results: dict, *, explanations: bool) -> None:
         assert list(result.forced) == list(reference.forced), name
         if explanations:
             assert list(result.explanation) == list(reference.explanation), name
-
-
-@pytest.fixture(scope="module")
-def adapter(wide_model, tmp_path_factory):
-    """A LoRA adapter (rank 8, q and v projections) whose weights change the model's judgements."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(3)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(wide_model),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for name, weight in model.named_parameters():
-            if "lora_B" in name:
-                weight.normal_(0, 0.5)
-    path = tmp_path_factory.mktemp("adapter")
-    model.save_pretrained(path)
-    AutoTokenizer.from_pretrained(wide_model).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def server(wide_model, adapter, tmp_path_factory):
-    """A real vLLM server for the wide model, serving the adapter as ``student``."""
-    running = VLLMServer(wide_model, tmp_path_factory.mktemp("server") / "vllm.log", adapter=adapter)
-    yield running
-    running.close()
-
-
-def test_direct_mode_agrees_across_backends(wide_model, server):
-    results = judged_by_every_backend(wide_model, server, mode="direct")
-    assert_agree(results, explanations=True)
-    assert results["vllm"].score.nunique() == len(frame())  # graded, not ties
 
 
 def smallest_greedy_margin(model_path, max_new_tokens: int) -> float:
@@ -113,12 +84,40 @@ def decisive_model(tmp_path_factory):
     raise AssertionError("no seed gives a model without near-ties")
 
 
-def test_explain_mode_agrees_on_a_model_without_near_ties(decisive_model, tmp_path):
-    decisive_server = VLLMServer(decisive_model, tmp_path / "vllm.log")
-    try:
-        results = judged_by_every_backend(decisive_model, decisive_server, max_new_tokens=8)
-    finally:
-        decisive_server.close()
+@pytest.fixture(scope="module")
+def adapter(decisive_model, tmp_path_factory):
+    """A LoRA adapter (rank 8, q and v projections) whose weights change the model's judgements."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(3)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(decisive_model),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 0.5)
+    path = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(decisive_model).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(decisive_model, adapter, tmp_path_factory):
+    """A real vLLM server for the model, serving the adapter as ``student``."""
+    running = VLLMServer(decisive_model, tmp_path_factory.mktemp("server") / "vllm.log", adapter=adapter)
+    yield running
+    running.close()
+
+
+def test_direct_mode_agrees_across_backends(decisive_model, server):
+    results = judged_by_every_backend(decisive_model, server, mode="direct")
+    assert_agree(results, explanations=True)
+    assert results["vllm"].score.nunique() == len(frame())  # graded, not ties
+
+
+def test_explain_mode_agrees_on_a_model_without_near_ties(decisive_model, server):
+    results = judged_by_every_backend(decisive_model, server, max_new_tokens=8)
     assert_agree(results, explanations=True)
     assert results["vllm"].forced.all() and (results["vllm"].explanation != "").all()  # the budget ran out
 
@@ -127,9 +126,9 @@ def test_explain_mode_agrees_on_a_model_without_near_ties(decisive_model, tmp_pa
     (EXPLAINS, "the", False),        # writes the marker: stopped there
     (SPECIAL_MIDWAY, "the", True),   # writes a special token that is not its end of turn: stopped there
 ])
-def test_where_an_explanation_ends_is_one_rule_for_every_backend(script_model, wide_model, tmp_path, script,
+def test_where_an_explanation_ends_is_one_rule_for_every_backend(script_model, decisive_model, tmp_path, script,
                                                                  explanation, forced):
-    model = script_model(script, LABEL_LOGITS, base=wide_model)
+    model = script_model(script, LABEL_LOGITS, base=decisive_model)
     scripted_server = VLLMServer(model, tmp_path / "vllm.log")
     try:
         results = judged_by_every_backend(model, scripted_server, max_new_tokens=16)
@@ -141,62 +140,64 @@ def test_where_an_explanation_ends_is_one_rule_for_every_backend(script_model, w
         assert result.score.to_numpy() == pytest.approx([expected_score(LABEL_LOGITS)] * len(result), abs=1e-5)
 
 
-def test_an_adapter_is_applied_by_every_backend(wide_model, adapter, server):
-    with_adapter = judged_by_every_backend(wide_model, server, adapter=str(adapter), served="student", mode="direct")
+def test_an_adapter_is_applied_by_every_backend(decisive_model, adapter, server):
+    with_adapter = judged_by_every_backend(decisive_model, server, adapter=str(adapter), served="student", mode="direct")
     assert_agree(with_adapter, explanations=True)
-    without = judged_by_every_backend(wide_model, server, mode="direct")["vllm"]
+    without = judged_by_every_backend(decisive_model, server, mode="direct")["vllm"]
     assert np.abs(with_adapter["vllm"].score.to_numpy() - without.score.to_numpy()).max() > 0.01  # it mattered
     # one engine serves the base model and its students alike, per request
-    base = engine_backend.load(str(wide_model), dtype="float32")
-    student = engine_backend.load(str(wide_model), adapter=str(adapter), dtype="float32")
+    base = engine_backend.load(str(decisive_model), dtype="float32", engine_options=ENGINE)
+    student = engine_backend.load(str(decisive_model), adapter=str(adapter), dtype="float32", engine_options=ENGINE)
     assert student.lora is not None and base.lora is None
 
 
-def test_an_adapter_with_saved_modules_is_refused(wide_model, tmp_path):
+def test_an_adapter_with_saved_modules_is_refused(decisive_model, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(wide_model),
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(decisive_model),
                            LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]))
     model.save_pretrained(tmp_path / "adapter")
     with pytest.raises(InputError, match=r"vLLM applies LoRA weights, not the whole modules .*\['lm_head'\]"):
-        ReasonRanker(str(wide_model), adapter=str(tmp_path / "adapter"), backend="vllm").load()
+        ReasonRanker(str(decisive_model), adapter=str(tmp_path / "adapter"), backend="vllm").load()
 
 
-def test_the_ranker_contract_in_an_experiment_and_a_cascade(wide_model):
+def test_the_ranker_contract_in_an_experiment_and_a_cascade(decisive_model):
     from pyterrier_reasonrank.indexing import bm25
 
     dataset = pt.get_dataset("irds:cranfield")
     topics = dataset.get_topics().head(3)
     first = bm25(dataset, name="irds:cranfield", num_results=6) >> pt.text.get_text(dataset, "text")
-    explain = ReasonRanker(str(wide_model), backend="vllm", dtype="float32", max_new_tokens=4)
-    local = ReasonRanker(str(wide_model), max_new_tokens=4)
+    explain = ReasonRanker(str(decisive_model), backend="vllm", dtype="float32", engine_options=ENGINE,
+                           max_new_tokens=4)
+    local = ReasonRanker(str(decisive_model), max_new_tokens=4)
     results = pt.Experiment([first >> explain, first >> local], topics, dataset.get_qrels(), [pt.measures.nDCG @ 10],
                             names=["vllm", "transformers"])
     assert results["nDCG@10"].iloc[0] == pytest.approx(results["nDCG@10"].iloc[1], abs=1e-6)
     # a cascade: vLLM's engine judges all in direct mode, then transformers explains the top 3
-    direct = ReasonRanker(str(wide_model), mode="direct", backend="vllm", dtype="float32")
+    direct = ReasonRanker(str(decisive_model), mode="direct", backend="vllm", dtype="float32", engine_options=ENGINE)
     out = (first >> cascade(direct, local, 3))(topics)
     assert len(out) == 18 and set(OUTPUT) <= set(out.columns)
     for _, group in out.groupby("qid"):
         assert sorted(group["rank"]) == list(range(6))
     empty = explain(pd.DataFrame(columns=["qid", "query", "docno", "text"]))
     assert len(empty) == 0 and set(OUTPUT) <= set(empty.columns)
-    assert repr(explain) == f"ReasonRanker({str(wide_model)!r}, mode='explain', backend='vllm')"
+    assert repr(explain) == f"ReasonRanker({str(decisive_model)!r}, mode='explain', backend='vllm')"
 
 
-def test_the_engine_generates_queries_and_samples(wide_model):
+def test_the_engine_generates_queries_and_samples(decisive_model):
     questions = pd.DataFrame({"qid": ["a", "b"], "query": ["why do tides happen", "what pulls the ocean"]})
-    by_engine = QueryGenerator(str(wide_model), backend="vllm", dtype="float32", max_new_tokens=8)(questions)
-    local = QueryGenerator(str(wide_model), max_new_tokens=8)(questions)
+    by_engine = QueryGenerator(str(decisive_model), backend="vllm", dtype="float32", engine_options=ENGINE,
+                               max_new_tokens=8)(questions)
+    local = QueryGenerator(str(decisive_model), max_new_tokens=8)(questions)
     assert list(by_engine["generated_queries"]) == list(local["generated_queries"])
-    backend = engine_backend.load(str(wide_model), dtype="float32")
+    backend = engine_backend.load(str(decisive_model), dtype="float32", engine_options=ENGINE)
     samples = backend.sample([[5, 6, 7], [8, 9]], num_samples=3, temperature=1.0, max_new_tokens=5)
     assert [len(s) for s in samples] == [3, 3] and all(1 <= len(c.ids) <= 5 for s in samples for c in s)
     greedy = backend.sample([[5, 6, 7]], num_samples=2, temperature=0.0, max_new_tokens=5)[0]
     assert greedy[0] == greedy[1]
 
 
-def test_refinement_draws_its_candidates_with_the_engine(wide_model, adapter, vocabulary, tmp_path):
+def test_refinement_draws_its_candidates_with_the_engine(adapter, vocabulary, tmp_path):
     """rwsft samples with vLLM's engine (in a process of its own) from the adapter it starts from."""
     from pyterrier_reasonrank.training.refinement import RefineConfig, refine
     from pyterrier_reasonrank.training.student import StudentConfig
@@ -204,7 +205,7 @@ def test_refinement_draws_its_candidates_with_the_engine(wide_model, adapter, vo
 
     data = write_annotations(vocabulary, tmp_path / "train.jsonl", 6)
     config = RefineConfig(output_dir=str(tmp_path / "refined"), train_file=str(data), algorithm="rwsft",
-                          sampling_backend="vllm", sampling_engine_options={"max_model_len": 1024},
+                          sampling_backend="vllm", sampling_engine_options={"max_model_len": 1024, **ENGINE},
                           num_generations=2, temperature=1.0, max_completion_length=6, max_steps=1,
                           per_device_train_batch_size=4, save_strategy="no", disable_tqdm=True)
     metrics = refine(config, StudentConfig(adapter=str(adapter), dtype="float32"))
