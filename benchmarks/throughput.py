@@ -8,7 +8,11 @@ On ``irds:cranfield`` BM25 top-k, for each model and each mode, in one run:
   pre-tokenised prompts in the same batches, generating as many tokens as the pipeline's
   worst case (the explanation budget, the forced marker, the label);
 * ``one-pair``: a one-pair-at-a-time loop — generate, decode, parse, label 0 when unparsable —
-  as the paper's code ran transformers inference (on a subset).
+  as the paper's code ran transformers inference (on a subset);
+* ``engines`` (CPU preset): the same pairs through the transformers backend, vLLM's engine in
+  process (``backend="vllm"``) and the OpenAI backend against a local vLLM server, prefix caching
+  (prefix reuse, for transformers) on and off, interleaved, in float32 where the CPU has no
+  bfloat16 arithmetic.
 
 It reports docs/s and the ratios: the pipeline's overhead over the floor (no reuse against the
 floor, like for like; target <= 10%), the speed-up over the one-pair loop (target >= 5x), the
@@ -50,6 +54,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass
+class Engines:
+    """What the engines are compared on."""
+
+    model: str
+    queries: int
+    k: int
+    max_new_tokens: int
+    max_doc_tokens: int
+    repeats: int
+    caching: tuple = (True, False)
+    eager: bool = False
+
+
+@dataclasses.dataclass
 class Workload:
     """What one model is measured on."""
 
@@ -67,7 +85,8 @@ class Workload:
 
 
 PRESETS = {
-    "cpu": {"device": "cpu", "models": {
+    "cpu": {"device": "cpu", "engines": Engines(model="qwen2.5-0.5b", queries=4, k=8, max_new_tokens=32,
+                                                max_doc_tokens=128, repeats=2), "models": {
         "tiny": Workload(dtype="float32", queries=20, k=20, batch_size=32, max_new_tokens=64, max_doc_tokens=256,
                          max_batch_tokens=65536, reference_docs=40, repeats=3, prefix_queries=24, prefix_docs=16),
         "qwen2.5-0.5b": Workload(dtype="bfloat16", queries=4, k=8, batch_size=16, max_new_tokens=32, max_doc_tokens=128,
@@ -85,6 +104,7 @@ MEMORY_QUERIES = (10, 100)
 MEMORY_DOCS = 10
 QUICK = dict(queries=2, k=4, batch_size=4, max_new_tokens=4, reference_docs=2, repeats=1, prefix_queries=2,
              prefix_docs=4)
+QUICK_ENGINES = dict(model="tiny-wide", queries=2, k=4, max_new_tokens=4, repeats=1, caching=(True,), eager=True)
 PREFIX_DOC_TOKENS = 64
 
 
@@ -146,12 +166,35 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                            else tiny_workload)}
     memory = [{"queries": n, **_child({**tiny, "kind": "memory", "queries": n})} for n in memory_queries]
 
+    engines = []
+    if preset.get("engines") is not None:
+        setup = dataclasses.replace(preset["engines"], **QUICK_ENGINES) if args.quick else preset["engines"]
+        engine_job = {**common, "kind": "engines", "model": str(_model(setup.model, "cpu")),
+                      "engines": dataclasses.asdict(setup), "dtype": _cpu_dtype()}
+        for mode in ("direct",) if args.quick else ("explain", "direct"):
+            engines.append({"model": setup.model, "mode": mode, **_child({**engine_job, "mode": mode})})
+            _progress(engines[-1])
+
     report += _speed_table(speed) + _prefix_table(prefix) + _memory_table(memory) + _roofline_table(rooflines)
+    report += _engines_table(engines)
     text = "\n".join(report)
     print(text)
     if args.output:
         Path(args.output).write_text(text + "\n")
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _cpu() -> tuple[str, list[str]]:
+    """The CPU's model name and its flags that matter here (vector and bfloat16 arithmetic)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    return name, sorted(f for f in flags if f.startswith(("avx", "amx")))
+
+
+def _cpu_dtype() -> str:
+    """bfloat16 where the CPU has bfloat16 arithmetic, else float32 (several times faster on AVX2 alone)."""
+    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(_cpu()[1]) else "float32"
 
 
 def _offline_data(shared: Path) -> None:
@@ -193,6 +236,8 @@ def _model(name: str, device: str) -> Path:
         print(f"building the random {name} model in {path}", file=sys.stderr)
         if name == "tiny":
             build_tiny_model(path)
+        elif name == "tiny-wide":  # heads of width 64, which vLLM's CPU kernels take
+            build_tiny_model(path, hidden_size=256, num_heads=4)
         else:
             build_random_model(path, name, device=device)
     return path
@@ -214,7 +259,8 @@ def _machine(device: str) -> str:
 
     if device == "cuda":
         return torch.cuda.get_device_name()
-    return f"{os.cpu_count()} CPU cores, torch {torch.__version__}"
+    name, flags = _cpu()
+    return f"{name}, {os.cpu_count()} cores, flags {' '.join(flags) or 'none of avx/amx'}, torch {torch.__version__}"
 
 
 def _speed_table(rows: list[dict]) -> list[str]:
@@ -277,6 +323,26 @@ def _roofline_table(rows: list[dict]) -> list[str]:
                         "of its FLOPs and its bytes (weights and key/value cache) at the measured bandwidth.", ""]
 
 
+def _engines_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["## Engines: transformers, vLLM's engine, a vLLM server", "",
+             "| model | dtype | mode | docs | caching | transformers | vLLM engine | vLLM server | engine / "
+             "transformers | server / transformers | engine / server |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        for caching, speeds in r["docs_per_second"].items():
+            hf, engine, server = speeds["transformers"], speeds["vllm"], speeds["server"]
+            lines.append(f"| {r['model']} | {r['dtype']} | {r['mode']} | {r['docs']} | {caching} | {hf:.2f} | "
+                         f"{engine:.2f} | {server:.2f} | {engine / hf:.2f}x | {server / hf:.2f}x | "
+                         f"{engine / server:.2f}x |")
+    return lines + ["", "Docs/s, the best of the interleaved repeats. Caching: vLLM's prefix caching, and the "
+                        "transformers backend's prefix reuse. The server is `vllm.entrypoints.openai.api_server` on "
+                        "loopback, reached by `backend='openai'` (32 pairs in flight). Max score difference between "
+                        "the backends: " + ", ".join(f"{r['mode']} {r['max_difference']:.1e}" for r in rows) + ".",
+                    ""]
+
+
 def _check(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
@@ -284,7 +350,8 @@ def _check(ok: bool) -> str:
 # ---------------------------------------------------------------- the children: one measurement each
 
 def _run_child(job: dict) -> dict:
-    return {"speed": _speed, "prefix": _prefix, "memory": _memory, "roofline": _roofline}[job["kind"]](job)
+    kinds = {"speed": _speed, "prefix": _prefix, "memory": _memory, "roofline": _roofline, "engines": _engines}
+    return kinds[job["kind"]](job)
 
 
 def _setup(job: dict, mode: str, pairs: pd.DataFrame):
@@ -466,6 +533,55 @@ def _roofline(job: dict) -> dict:
     elapsed = min(_timed(lambda: ranker(pairs), job["device"]) for _ in range(w.repeats))
     return {"bandwidth_gbs": bandwidth / 1e9, "matmul_tflops": matmul / 1e12, "prefill_s": prefill,
             "decode_s": decode, "roofline": len(pairs) / (prefill + decode), "pipeline": len(pairs) / elapsed}
+
+
+def _engines(job: dict) -> dict:
+    """The transformers backend, vLLM's engine and a vLLM server on the same pairs, interleaved."""
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from vllm_process import ENVIRONMENT, VLLMServer
+
+    os.environ.update(ENVIRONMENT)
+    from pyterrier_reasonrank import ReasonRanker
+
+    setup = Engines(**job["engines"])
+    pairs = _pairs(job, setup.queries, setup.k)
+    options = dict(mode=job["mode"], max_new_tokens=setup.max_new_tokens, max_doc_tokens=setup.max_doc_tokens,
+                   dtype=job["dtype"])
+    servers, rankers = [], {}
+    try:
+        for caching in setup.caching:
+            server = VLLMServer(Path(job["model"]), Path(tempfile.mkdtemp()) / "vllm.log", caching=caching,
+                                dtype=job["dtype"], eager=setup.eager)
+            servers.append(server)
+            rankers[caching] = {
+                "transformers": ReasonRanker(job["model"], prefix_reuse=caching, device="cpu", **options),
+                "vllm": ReasonRanker(job["model"], backend="vllm", **options, engine_options={
+                    "enable_prefix_caching": caching, "enforce_eager": setup.eager, "max_model_len": 2048}),
+                "server": ReasonRanker("base", backend="openai", base_url=server.base_url, tokenizer=job["model"],
+                                       **options)}
+        for variants in rankers.values():
+            for ranker in variants.values():
+                ranker(pairs.head(4))  # warm up
+        times = {caching: {name: [] for name in variants} for caching, variants in rankers.items()}
+        scores = {}
+        for _ in range(setup.repeats):  # interleaved, so that drift on a shared machine hits each alike
+            for caching, variants in rankers.items():
+                for name, ranker in variants.items():
+                    start = time.perf_counter()
+                    result = ranker(pairs)
+                    times[caching][name].append(time.perf_counter() - start)
+                    scores[name] = result.sort_values(["qid", "docno"])["score"].to_numpy()
+    finally:
+        for server in servers:
+            server.close()
+    reference = scores["transformers"]
+    return {"docs": len(pairs), "dtype": job["dtype"],
+            "max_difference": float(max(np.abs(s - reference).max() for s in scores.values())),
+            "docs_per_second": {("on" if caching else "off"): {name: len(pairs) / min(values)
+                                                               for name, values in by_name.items()}
+                                for caching, by_name in times.items()}}
 
 
 def _measure_hardware(device: str, dtype: torch.dtype) -> tuple[float, float]:

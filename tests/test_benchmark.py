@@ -1,5 +1,6 @@
 """benchmarks/throughput.py runs (on tiny workloads) and reports every table."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,10 @@ def test_the_throughput_benchmark_runs(tmp_path):
                           "--output", str(report)], capture_output=True, text=True, timeout=600, env=os.environ)
     assert run.returncode == 0, run.stderr[-3000:]
     text = report.read_text()
-    for heading in ("## Docs/s", "## Prefix reuse", "## Memory"):
+    for heading in ("## Docs/s", "## Prefix reuse", "## Memory", "## Engines"):
         assert heading in text
+    # the same pairs through the transformers backend, vLLM's engine and a vLLM server
+    assert re.search(r"\| tiny-wide \| (float32|bfloat16) \| direct \| 8 \| on \|", text)
     rows = [line for line in text.splitlines() if line.startswith("| tiny |")]
     assert len(rows) == 3  # explain, direct, prefix reuse
     assert "| tiny | float32, sdpa | explain | 8 |" in text  # 2 queries x 4 documents

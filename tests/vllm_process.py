@@ -1,8 +1,7 @@
 """A real vLLM OpenAI-compatible server (``vllm.entrypoints.openai.api_server``), on loopback, for tests.
 
 It runs the same vLLM code as ``vllm serve`` (the ``vllm`` console script of the CPU build cannot
-find its distribution, so the module is run), on CPU, with a small KV cache, eager (uncompiled: it
-starts faster).
+find its distribution, so the module is run), on CPU, with a small KV cache.
 """
 from __future__ import annotations
 
@@ -32,17 +31,23 @@ class VLLMServer:
         model: The model's directory.
         log: Where the server's output goes.
         adapter: A LoRA adapter served as ``student`` (``--lora-modules student=...``).
+        caching: Prefix caching on.
+        dtype: The weights' dtype.
+        eager: No compilation (it starts faster; the results are the same).
         timeout: Seconds to wait for it to answer ``/health``.
     """
 
-    def __init__(self, model: Path, log: Path, *, adapter: Optional[Path] = None, timeout: float = 400.0):
+    def __init__(self, model: Path, log: Path, *, adapter: Optional[Path] = None, caching: bool = True,
+                 dtype: str = "float32", eager: bool = True, timeout: float = 400.0):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.log = log
         args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                "--served-model-name", "base", "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32",
-                "--enable-prefix-caching", "--logprobs-mode", "processed_logprobs", "--max-model-len", "2048",
-                "--disable-log-stats", "--enforce-eager"]
+                "--served-model-name", "base", "--host", "127.0.0.1", "--port", str(self.port), "--dtype", dtype,
+                "--enable-prefix-caching" if caching else "--no-enable-prefix-caching", "--logprobs-mode",
+                "processed_logprobs", "--max-model-len", "2048", "--disable-log-stats"]
+        if eager:
+            args.append("--enforce-eager")
         if adapter is not None:
             args += ["--enable-lora", "--lora-modules", f"student={adapter}", "--max-lora-rank", "8"]
         self.process = subprocess.Popen(args, env={**os.environ, **ENVIRONMENT}, stdout=open(log, "w"),
