@@ -69,9 +69,9 @@ class Engines:
 
 @dataclasses.dataclass
 class Workload:
-    """What one model is measured on."""
+    """What one model is measured on (``dtype`` None: bfloat16 where the CPU has bfloat16 arithmetic, else float32)."""
 
-    dtype: str
+    dtype: Optional[str]
     queries: int
     k: int
     batch_size: int
@@ -89,7 +89,7 @@ PRESETS = {
                                                 max_doc_tokens=128, repeats=2), "models": {
         "tiny": Workload(dtype="float32", queries=20, k=20, batch_size=32, max_new_tokens=64, max_doc_tokens=256,
                          max_batch_tokens=65536, reference_docs=40, repeats=3, prefix_queries=24, prefix_docs=16),
-        "qwen2.5-0.5b": Workload(dtype="bfloat16", queries=4, k=8, batch_size=16, max_new_tokens=32, max_doc_tokens=128,
+        "qwen2.5-0.5b": Workload(dtype=None, queries=4, k=8, batch_size=16, max_new_tokens=32, max_doc_tokens=128,
                                  max_batch_tokens=65536, reference_docs=3, repeats=2, prefix_queries=2,
                                  prefix_docs=8),
     }},
@@ -133,6 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     models = preset["models"]
     if args.models:
         models = {name: models[name] for name in args.models.split(",")}
+    models = {name: dataclasses.replace(w, dtype=w.dtype or _cpu_dtype()) for name, w in models.items()}
     memory_queries = MEMORY_QUERIES
     if args.quick:
         models = {name: dataclasses.replace(w, **QUICK) for name, w in models.items()}

@@ -1,13 +1,15 @@
 """pyterrier-reasonrank: a small generative model as a reasoning re-ranker for PyTerrier."""
 from . import prompts
+from .adaptive import Escalation
 from .display import ReasonRankResults, explanations_html, write_report
 from .errors import EndpointError, InputError, ModelNotFoundError, PickleCheckpointError, UserError
 from .loading import DEFAULT_MODEL
 from .query_generator import QueryGenerator
 from .ranker import ReasonRanker
+from .store import JudgementStore
 
 __version__ = "0.1.0"
 
-__all__ = ["ReasonRanker", "QueryGenerator", "ReasonRankResults", "explanations_html", "write_report",
-           "DEFAULT_MODEL", "UserError", "InputError", "EndpointError", "ModelNotFoundError", "PickleCheckpointError",
-           "prompts", "__version__"]
+__all__ = ["ReasonRanker", "QueryGenerator", "JudgementStore", "Escalation", "ReasonRankResults", "explanations_html",
+           "write_report", "DEFAULT_MODEL", "UserError", "InputError", "EndpointError", "ModelNotFoundError",
+           "PickleCheckpointError", "prompts", "__version__"]

@@ -10,12 +10,13 @@ from typing import Optional, Sequence
 from .errors import debugging, run_command
 from .loading import DEFAULT_MODEL
 from .prompts import DEFAULT_MAX_DOC_TOKENS, DEFAULT_MAX_QUERY_TOKENS
-from .ranker import ReasonRanker
+from .ranker import BACKENDS, RANKER_MODES, ReasonRanker
 from .redaction import known_secrets, scrub
 
 RANKER_OPTIONS = {"batch-size": "pairs judged at once", "max-new-tokens": "explanation budget in tokens",
                   "max-query-tokens": "queries cut to this many tokens",
-                  "max-doc-tokens": "documents cut to this many tokens"}
+                  "max-doc-tokens": "documents cut to this many tokens",
+                  "samples": "explanations per pair, their label distributions averaged"}
 """ReasonRanker's options that the commands take; unless given, the ranker's own defaults apply."""
 _LIBRARY_DEFAULTS = {"max-query-tokens": DEFAULT_MAX_QUERY_TOKENS, "max-doc-tokens": DEFAULT_MAX_DOC_TOKENS}
 
@@ -37,13 +38,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shown = default if default is not None else f"the student's, else {_LIBRARY_DEFAULTS[option]}"
         model.add_argument(f"--{option}", type=int, default=None, help=f"{help_text} (default: {shown})")
     model.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+    model.add_argument("--backend", choices=BACKENDS, default="transformers", help="where the model runs")
+    model.add_argument("--store", default=None,
+                       help="a judgement store (SQLite file): pairs judged before are read, not judged again")
 
     demo = commands.add_parser("demo", parents=[model], help="compare BM25 with BM25 >> ReasonRanker in pt.Experiment",
                                description="Compare BM25 with BM25 >> ReasonRanker in pt.Experiment and show "
                                            "a few explanations.")
     demo.add_argument("--dataset", default=None,
                       help="a PyTerrier dataset such as irds:vaswani (default: the bundled demo collection)")
-    demo.add_argument("--mode", choices=["explain", "direct"], default="explain")
+    demo.add_argument("--mode", choices=RANKER_MODES, default="explain")
     demo.add_argument("--k", type=int, default=10, help="documents re-ranked per query (default: 10)")
     demo.add_argument("--num-queries", type=int, default=None,
                       help="use only the first N queries (default: all of the bundled collection, 10 of a dataset)")
@@ -59,7 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           help="dataset id (repeatable), e.g. irds:vaswani, irds:bright/biology, or bright")
     evaluate.add_argument("--first-stage", choices=["bm25"], default="bm25")
     evaluate.add_argument("--k", type=int, default=100, help="first-stage depth re-ranked (default: 100)")
-    evaluate.add_argument("--modes", nargs="+", choices=["explain", "direct"], default=["explain"],
+    evaluate.add_argument("--modes", nargs="+", choices=RANKER_MODES, default=["explain"],
                           help="re-ranking modes to evaluate (default: explain)")
     evaluate.add_argument("--cascade", type=int, default=None, metavar="DEPTH",
                           help="also evaluate direct mode over all k, then explain mode over its top DEPTH")
@@ -68,19 +72,46 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     evaluate.add_argument("--output", default="reasonrank-evaluation", help="folder for the results")
     evaluate.add_argument("--report", action="store_true",
                           help="also write report.html: the explanations of the first re-ranked system")
+    evaluate.add_argument("--calibration", action="store_true",
+                          help="also write calibration.csv (expected calibration error against the graded qrels) "
+                               "and a reliability diagram per dataset")
+
+    calibrate = commands.add_parser(
+        "calibrate", parents=[model], help="fit the student's label temperature on judged pairs",
+        description="Re-rank BM25's top k of held-out datasets with graded judgements, fit the temperature on "
+                    "the label logits that makes the student's label distributions best match the judgements, "
+                    "and save it in the student's settings (ReasonRanker uses it unless told otherwise).")
+    calibrate.add_argument("--dataset", action="append", required=True, help="dataset id (repeatable)")
+    calibrate.add_argument("--mode", choices=RANKER_MODES, default="explain")
+    calibrate.add_argument("--k", type=int, default=20, help="first-stage depth re-ranked (default: 20)")
+    calibrate.add_argument("--num-queries", type=int, default=None, help="use the first N queries of each dataset")
+    calibrate.add_argument("--query-field", default=None, help="topics field used as the query (BRIGHT: text)")
     args = parser.parse_args(argv)
     # The Hub client logs each retry of an unreachable server; the error below says it once.
     from huggingface_hub.utils import logging as hub_logging
 
     hub_logging.set_verbosity_error()
-    return run_command(f"reasonrank {args.command}", lambda: _demo(args) if args.command == "demo" else _evaluate(args),
-                       debug=debug, scrub=lambda line: scrub(line, known_secrets()))
+    command = {"demo": _demo, "evaluate": _evaluate, "calibrate": _calibrate}[args.command]
+    return run_command(f"reasonrank {args.command}", lambda: command(args), debug=debug,
+                       scrub=lambda line: scrub(line, known_secrets()))
 
 
 def _ranker(args: argparse.Namespace, mode: str) -> ReasonRanker:
     given = {name: getattr(args, name) for name in (option.replace("-", "_") for option in RANKER_OPTIONS)}
-    return ReasonRanker(args.model, adapter=args.adapter, mode=mode, device=args.device, verbose=True,
+    return ReasonRanker(args.model, adapter=args.adapter, mode=mode, device=args.device, backend=args.backend,
+                        store=args.store, verbose=True,
                         **{name: value for name, value in given.items() if value is not None})
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    from .calibration import calibrate
+
+    result = calibrate(_ranker(args, args.mode), args.dataset, k=args.k, num_queries=args.num_queries,
+                       query_field=args.query_field)
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -110,7 +141,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from .dataset import get_dataset
     from .display import write_report
-    from .evaluation import cascade, dataset_ids, evaluate, write_outputs
+    from .evaluation import cascade, dataset_ids, evaluate, write_calibration, write_outputs
     from .outputs import writable_folder
 
     # The cheap checks first: the datasets exist and the results can be written.
@@ -127,6 +158,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             ranker.load()  # fail fast on a missing model, before any indexing
     evaluation = evaluate(args.dataset, rankers, k=args.k, num_queries=args.num_queries, query_field=args.query_field)
     files = write_outputs(evaluation, args.output)
+    if args.calibration:
+        files.update(write_calibration(evaluation, args.output))
     if args.report:
         (dataset, name), run = next((key, run) for key, run in evaluation.runs.items() if key[1] != "BM25")
         files["report"] = write_report(run, f"{args.output}/report.html", title=f"{name} on {dataset}")

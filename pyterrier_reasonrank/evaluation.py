@@ -9,12 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
+import numpy as np
 import pandas as pd
 import pyterrier as pt
 
+from .calibration import calibration_table, expected_calibration_error, reliability_diagram
 from .dataset import get_dataset
 from .errors import InputError
 from .indexing import bm25
+from .qrels import judged_labels
 
 if TYPE_CHECKING:
     from ir_measures import Measure
@@ -88,11 +91,33 @@ class Evaluation:
             rejection). With several datasets, an ``average`` dataset holds the mean per system.
         per_query: Long format: ``dataset, name, qid, measure, value``.
         runs: Each system's ranking, by (dataset, name).
+        judged: Each dataset's judged pairs as labels (``qid, docno, label``; see :mod:`~pyterrier_reasonrank.qrels`).
     """
 
     table: pd.DataFrame
     per_query: pd.DataFrame
     runs: dict = field(default_factory=dict)
+    judged: dict = field(default_factory=dict)
+
+    def calibration(self) -> tuple[pd.DataFrame, dict[str, dict[str, pd.DataFrame]]]:
+        """How well each re-ranker's label distributions mean what they say, on the judged pairs it ranked.
+
+        Returns:
+            A table of ``dataset, name, measure, ece, pairs`` (see
+            :mod:`~pyterrier_reasonrank.calibration`), and the bins behind it, by dataset and name.
+        """
+        rows, bins = [], {}
+        for (dataset_id, name), run in self.runs.items():
+            if "probabilities" not in run.columns:  # the first stage has no label distributions
+                continue
+            judged = run.assign(qid=run["qid"].astype(str), docno=run["docno"].astype(str)).merge(
+                self.judged[dataset_id], on=["qid", "docno"], suffixes=("_predicted", ""))
+            table = calibration_table(np.stack(judged["probabilities"].to_numpy()), judged["label"].to_numpy())
+            bins.setdefault(dataset_id, {})[name] = table
+            for measure, error in expected_calibration_error(table).items():
+                rows.append({"dataset": dataset_id, "name": name, "measure": measure, "ece": error,
+                             "pairs": len(judged)})
+        return pd.DataFrame(rows, columns=["dataset", "name", "measure", "ece", "pairs"]), bins
 
 
 def evaluate(datasets: Sequence[str], rerankers: dict[str, pt.Transformer], *, k: int = 100,
@@ -113,7 +138,7 @@ def evaluate(datasets: Sequence[str], rerankers: dict[str, pt.Transformer], *, k
         metrics: ir_measures measures; the first is the headline.
         first_stage_name: The baseline's name in the tables.
     """
-    rows, per_query, runs = [], [], {}
+    rows, per_query, runs, labels = [], [], {}, {}
     loaded = {dataset_id: get_dataset(dataset_id) for dataset_id in dataset_ids(datasets)}  # every id checked first
     for dataset_id, dataset in loaded.items():
         topics = load_topics(dataset, dataset_id, query_field)
@@ -121,6 +146,7 @@ def evaluate(datasets: Sequence[str], rerankers: dict[str, pt.Transformer], *, k
             topics = topics.head(num_queries)
         qrels = dataset.get_qrels()
         judged = qrels[qrels["label"] != EXCLUDED]
+        labels[dataset_id] = judged_labels(judged)
         first_stage = bm25(dataset, name=dataset_id, num_results=k) >> DropExcluded(qrels)
         baseline = first_stage(topics)
         text = pt.text.get_text(dataset, text_field)
@@ -142,7 +168,7 @@ def evaluate(datasets: Sequence[str], rerankers: dict[str, pt.Transformer], *, k
                                      if c == m or c.startswith(f"{m} ")]
     table = table[columns]
     per_query = pd.concat(per_query, ignore_index=True)[["dataset", "name", "qid", "measure", "value"]]
-    return Evaluation(table, per_query, runs)
+    return Evaluation(table, per_query, runs, labels)
 
 
 def load_topics(dataset: pt.datasets.Dataset, dataset_id: str, query_field: Optional[str]) -> pd.DataFrame:
@@ -174,6 +200,23 @@ def write_outputs(evaluation: Evaluation, output: Union[str, Path], *,
         slug = "_".join(re.sub(r"[^A-Za-z0-9]+", "-", part).strip("-") for part in (dataset_id, name))
         pt.io.write_results(run, str(output / "runs" / f"{slug}.run"), format="trec", run_name=slug)
     plot_differences(evaluation, files["plot"], headline=headline)
+    return files
+
+
+def write_calibration(evaluation: Evaluation, output: Union[str, Path]) -> dict[str, Path]:
+    """Write how well each re-ranker is calibrated, per dataset, into the folder ``output``.
+
+    The files are ``calibration.csv`` (the expected calibration error of each re-ranker on each
+    dataset) and a reliability diagram per dataset (``reliability-<dataset>.png``).
+    """
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    table, bins = evaluation.calibration()
+    files = {"calibration": output / "calibration.csv"}
+    table.to_csv(files["calibration"], index=False)
+    for dataset_id, tables in bins.items():
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", dataset_id).strip("-")
+        files[f"reliability {dataset_id}"] = reliability_diagram(tables, output / f"reliability-{slug}.png")
     return files
 
 

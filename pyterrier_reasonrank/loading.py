@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional, Union
 
 import torch
@@ -54,6 +55,39 @@ def load_causal_lm(model: Optional[str], adapter: Optional[str] = None, *, dtype
         with clear_load_errors("adapter", adapter):
             lm = PeftModel.from_pretrained(lm, adapter).merge_and_unload()
     return lm, tokenizer
+
+
+def fingerprint(source: str) -> str:
+    """What identifies the weights at ``source`` (a directory, or a Hub id), without reading them all.
+
+    For a directory: a hash of its weight files' names and sizes, of the first and last MiB of each,
+    and of its config — whole files when they are small (an adapter's). For a Hub id: the revision
+    of its snapshot in the local cache (``hub:<id>`` when it is not cached).
+    """
+    import hashlib
+
+    if not os.path.isdir(source):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "config.json")
+        return f"hub:{source}@{Path(cached).parent.name}" if isinstance(cached, str) else f"hub:{source}"
+    digest = hashlib.sha256()
+    for path in sorted(Path(source).iterdir()):
+        if not path.is_file() or not path.name.endswith((".safetensors", "config.json")):
+            continue
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with open(path, "rb") as file:
+            if size <= 3 * _FINGERPRINT_CHUNK:
+                digest.update(file.read())
+            else:
+                digest.update(file.read(_FINGERPRINT_CHUNK))
+                file.seek(-_FINGERPRINT_CHUNK, os.SEEK_END)
+                digest.update(file.read())
+    return digest.hexdigest()
+
+
+_FINGERPRINT_CHUNK = 1 << 20
 
 
 def load_tokenizer(source: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

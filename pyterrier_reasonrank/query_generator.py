@@ -96,7 +96,7 @@ class QueryGenerator(pt.Transformer):
                                  dtype=self.dtype, engine_options=self.engine_options,
                                  trust_remote_code=self.trust_remote_code)
             settings = serving_settings(self.adapter or self.model or DEFAULT_MODEL, backend.tokenizer,
-                                        who="QueryGenerator", task="queries",
+                                        who="QueryGenerator", tasks=["queries"],
                                         max_question_tokens=self.max_question_tokens)
             self._encoder = settings.query_encoder(backend.tokenizer)
             self._backend = backend

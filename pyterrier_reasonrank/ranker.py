@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, Union
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -10,17 +11,20 @@ import pyterrier as pt
 import torch
 
 from . import scoring
+from .adaptive import Escalation, escalated
 from .backends import load_local, openai
 from .display import ReasonRankResults
 from .errors import InputError
-from .loading import DEFAULT_MODEL
-from .prompts import LABELS, MODES, Mode
+from .judging import Judge, Judged, Sampling
+from .loading import DEFAULT_MODEL, fingerprint, model_name, resolve_device, resolve_dtype
+from .prompts import PromptEncoder
 from .settings import serving_settings
+from .store import JudgementStore
 from .validation import as_text, is_blank, require_text
 
-OUTPUT_COLUMNS = ["explanation", "label", "score", "forced", "rank"]
-CHUNK_PAIRS = 512
-"""Pairs encoded and judged at a time (or four batches, if more), so that memory stays flat."""
+OUTPUT_COLUMNS = ["explanation", "label", "score", "probabilities", "forced", "tokens", "samples", "rank"]
+RANKER_MODES = ("explain", "direct", "adaptive")
+RankerMode = Literal["explain", "direct", "adaptive"]
 BACKENDS = ("transformers", "vllm", "openai")
 
 
@@ -39,23 +43,36 @@ class ReasonRanker(pt.Transformer):
     The model is loaded on first use, not on construction.
     """
 
-    def __init__(self, model: Optional[str] = None, *, adapter: Optional[str] = None, mode: Mode = "explain",
-                 batch_size: int = 16, max_new_tokens: int = 128, max_query_tokens: Optional[int] = None,
-                 max_doc_tokens: Optional[int] = None, text_field: str = "text",
-                 max_batch_tokens: Optional[int] = 65536,
-                 prefix_reuse: bool = True, device: Union[str, torch.device, None] = None,
-                 dtype: Union[str, torch.dtype, None] = None, backend: str = "transformers",
-                 engine_options: Optional[dict] = None, base_url: Optional[str] = None,
-                 tokenizer: Optional[str] = None, concurrency: int = 32, verbose: bool = False,
-                 trust_remote_code: bool = False):
+    def __init__(self, model: Optional[str] = None, *, adapter: Optional[str] = None, mode: RankerMode = "explain",
+                 samples: int = 1, temperature: float = 0.7, greedy_first: bool = True, seed: int = 0,
+                 escalation: Optional[Escalation] = None, store: Union[JudgementStore, str, Path, None] = None,
+                 label_temperature: Optional[float] = None, batch_size: int = 16, max_new_tokens: int = 128,
+                 max_query_tokens: Optional[int] = None, max_doc_tokens: Optional[int] = None,
+                 text_field: str = "text", max_batch_tokens: Optional[int] = 65536, prefix_reuse: bool = True,
+                 device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
+                 backend: str = "transformers", engine_options: Optional[dict] = None,
+                 base_url: Optional[str] = None, tokenizer: Optional[str] = None, concurrency: int = 32,
+                 verbose: bool = False, trust_remote_code: bool = False):
         """Check and store the settings; the model (or the endpoint's tokenizer) is loaded on first use.
 
         Args:
             model: Hugging Face Hub id or local directory of a causal LM with a chat template. Default:
                 the adapter's base model when ``adapter`` is given, else :data:`DEFAULT_MODEL`.
             adapter: A PEFT adapter (Hub id or directory), e.g. one made by ``reasonrank-train``.
-            mode: ``"explain"`` (explanation, then label) or ``"direct"`` (label only: one forward pass,
-                no generation; faster, for a first cut in a cascade).
+            mode: ``"explain"`` (explanation, then label), ``"direct"`` (label only: one forward pass,
+                no generation; faster, for a first cut in a cascade) or ``"adaptive"`` (direct mode
+                for every pair, explanations only where ``escalation`` says they matter).
+            samples: Explanations per pair (explain and adaptive modes); their label distributions
+                are averaged (self-consistency). 1: one greedy explanation.
+            temperature: The temperature of sampled explanations.
+            greedy_first: With ``samples`` > 1, the first explanation is the greedy one (the one shown),
+                the others sampled; off, all are sampled.
+            seed: The seed of the first sampled explanation (each next one adds 1).
+            escalation: Adaptive mode's policy (see :class:`~pyterrier_reasonrank.adaptive.Escalation`).
+            store: A :class:`~pyterrier_reasonrank.store.JudgementStore` (or its file): pairs judged
+                before with the same provenance are read from it, the others judged and added.
+            label_temperature: Divides the label logits before the score is read (calibration).
+                Default: the student's (``reasonrank calibrate``), else 1.
             batch_size: Number of pairs judged at once, across queries.
             max_new_tokens: Explanation budget in tokens. A model that has not written the label marker
                 by then gets it appended, and the row is marked ``forced``.
@@ -92,19 +109,29 @@ class ReasonRanker(pt.Transformer):
         Raises:
             InputError: An unknown mode or backend, or a size that is not a positive integer.
         """
-        if mode not in MODES:
-            raise InputError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode not in RANKER_MODES:
+            raise InputError(f"mode must be one of {RANKER_MODES}, got {mode!r}")
         if backend not in BACKENDS:
             raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        sizes = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "max_query_tokens": max_query_tokens,
-                 "max_doc_tokens": max_doc_tokens}
+        sizes = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "samples": samples,
+                 "max_query_tokens": max_query_tokens, "max_doc_tokens": max_doc_tokens}
         for name, value in sizes.items():
-            if (value is not None or name in ("batch_size", "max_new_tokens")) and \
+            if (value is not None or not name.startswith(("max_query", "max_doc"))) and \
                     (not isinstance(value, int) or value < 1):  # None: the student's truncation
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
+        for name, value in (("temperature", temperature), ("label_temperature", label_temperature)):
+            if value is not None and not value > 0:
+                raise InputError(f"{name} must be above 0, got {value!r}")
         self.model = model
         self.adapter = adapter
         self.mode = mode
+        self.samples = samples
+        self.temperature = temperature
+        self.greedy_first = greedy_first
+        self.seed = seed
+        self.escalation = escalation
+        self.store = store
+        self.label_temperature = label_temperature
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.max_query_tokens = max_query_tokens
@@ -122,13 +149,14 @@ class ReasonRanker(pt.Transformer):
         self.verbose = verbose
         self.trust_remote_code = trust_remote_code
         self._backend = None
-        self._encoder = None
+        self._judge = None
 
     def load(self) -> "ReasonRanker":
         """Load the model now (it is otherwise loaded on first use) and return this ranker.
 
-        The prompt settings (truncation, chat-template variables) are those the student was trained
-        with (its ``reasonrank_config.json``), the options given in place.
+        The prompt settings (truncation, chat-template variables) and the label temperature are
+        those the student was trained and calibrated with (its ``reasonrank_config.json``), the
+        options given in place.
 
         Raises:
             ModelNotFoundError: The model or adapter could not be found.
@@ -145,11 +173,38 @@ class ReasonRanker(pt.Transformer):
                                      dtype=self.dtype, engine_options=self.engine_options,
                                      trust_remote_code=self.trust_remote_code)
                 student = self.adapter or self.model or DEFAULT_MODEL
-            settings = serving_settings(student, backend.tokenizer, who="ReasonRanker", task=self.mode,
-                                        max_query_tokens=self.max_query_tokens, max_doc_tokens=self.max_doc_tokens)
-            self._encoder = settings.encoder(backend.tokenizer, self.mode)
+            modes = ("direct", "explain") if self.mode == "adaptive" else (self.mode,)
+            settings = serving_settings(student, backend.tokenizer, who="ReasonRanker", tasks=modes,
+                                        max_query_tokens=self.max_query_tokens, max_doc_tokens=self.max_doc_tokens,
+                                        label_temperature=self.label_temperature)
+            store = self.store if self.store is None or isinstance(self.store, JudgementStore) \
+                else JudgementStore(self.store)
+            options = {"batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens,
+                       "max_batch_tokens": self.max_batch_tokens, "prefix_reuse": self.prefix_reuse}
+            self._judge = Judge(backend, {mode: settings.encoder(backend.tokenizer, mode) for mode in modes},
+                                options=options, store=store,
+                                identity=self._identity(student) if store is not None else None)
+            self._label_temperature = settings.label_temperature
             self._backend = backend
         return self
+
+    @property
+    def encoder(self) -> PromptEncoder:
+        """The prompt encoder the ranker judges with (explain mode's in adaptive mode); loads the model.
+
+        It is what the model is fed, token for token: ``ranker.encoder.encode(query, document)``.
+        """
+        return self.load()._judge.encoders["direct" if self.mode == "direct" else "explain"]
+
+    def _identity(self, student: str) -> dict:
+        """What identifies this ranker's model in a judgement store (see :mod:`~pyterrier_reasonrank.store`)."""
+        if self.backend == "openai":
+            return {"model": self.model, "served": True, "tokenizer_fingerprint": fingerprint(student),
+                    "dtype": "server"}
+        name = model_name(self.model, self.adapter)
+        dtype = resolve_dtype(self.dtype, resolve_device(self.device if self.backend == "transformers" else None))
+        return {"model": name, "model_fingerprint": fingerprint(name), "adapter": self.adapter,
+                "adapter_fingerprint": fingerprint(self.adapter) if self.adapter else None, "dtype": str(dtype)}
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         """Score and rank the documents of each query.
@@ -159,9 +214,11 @@ class ReasonRanker(pt.Transformer):
 
         Returns:
             The input columns (a previous score and rank replaced) plus ``explanation``, ``label``, ``score``,
-            ``forced`` and ``rank``, sorted by qid, then rank. Ties keep the input order. The frame is a
-            :class:`~pyterrier_reasonrank.display.ReasonRankResults`: a DataFrame that Jupyter shows as
-            a readable list of explanations per query.
+            ``probabilities`` (of the labels 0, 1, 2), ``forced``, ``tokens`` (decoded for the pair:
+            explanations and markers), ``samples`` (explanations drawn) and ``rank``, sorted by qid,
+            then rank. Ties keep the input order. The
+            frame is a :class:`~pyterrier_reasonrank.display.ReasonRankResults`: a DataFrame that
+            Jupyter shows as a readable list of explanations per query.
 
         Raises:
             pyterrier.validate.InputValidationError: A column is missing (it is named).
@@ -172,7 +229,9 @@ class ReasonRanker(pt.Transformer):
         frame = inp.drop(columns=OUTPUT_COLUMNS, errors="ignore").reset_index(drop=True)
         if len(frame) == 0:
             empty = frame.assign(explanation=pd.Series(dtype=object), label=pd.Series(dtype="int64"),
-                                 score=pd.Series(dtype="float64"), forced=pd.Series(dtype=bool))
+                                 score=pd.Series(dtype="float64"), probabilities=pd.Series(dtype=object),
+                                 forced=pd.Series(dtype=bool), tokens=pd.Series(dtype="int64"),
+                                 samples=pd.Series(dtype="int64"))
             return ReasonRankResults(pt.model.add_ranks(empty))
         require_text(frame, "query", who="ReasonRanker", what="query")
         texts_per_qid = frame.groupby(frame["qid"].astype(str), sort=False)["query"].nunique()
@@ -188,51 +247,47 @@ class ReasonRanker(pt.Transformer):
         self.load()
         documents = np.array(as_text(frame[self.text_field]), dtype=object)
         documents[blank_text.to_numpy()] = ""
-        explanations, probabilities, forced = self._judge(np.array(as_text(frame["query"]), dtype=object), documents)
-        frame = frame.assign(
-            explanation=explanations,
-            label=scoring.most_probable_label(probabilities),
-            score=scoring.expected_label(probabilities),
-            forced=forced,
-        )
+        judged = self._judged(np.array(as_text(frame["query"]), dtype=object), documents, frame)
+        probabilities = scoring.tempered(judged.probabilities, self._label_temperature)
+        frame = frame.assign(explanation=judged.explanations.tolist(),
+                             label=scoring.most_probable_label(probabilities),
+                             score=scoring.expected_label(probabilities), probabilities=list(map(tuple, probabilities)),
+                             forced=judged.forced, tokens=judged.tokens, samples=judged.samples)
         # add_ranks breaks ties by frame order, which is still the input order here.
         frame = pt.model.add_ranks(frame)
         return ReasonRankResults(frame.sort_values(["qid", "rank"], kind="stable", ignore_index=True))
 
-    def _judge(self, queries: np.ndarray, documents: np.ndarray):
-        """Explanations, label probabilities and forced flags, in input order.
-
-        The pairs are encoded and judged a chunk at a time, a query's documents together, so that
-        memory does not grow with the number of queries (an experiment passes them all at once).
-        """
-        n = len(queries)
-        order = np.argsort(pd.factorize(queries)[0], kind="stable")
-        chunk = max(CHUNK_PAIRS, 4 * self.batch_size)  # several batches, so that batches sort by length
-        explanations = np.empty(n, dtype=object)
-        probabilities = np.zeros((n, len(LABELS)))
-        forced = np.zeros(n, dtype=bool)
-        with pt.tqdm(total=n, desc=repr(self), unit="doc", disable=not self.verbose) as progress:
-            for start in range(0, n, chunk):
-                rows = order[start:start + chunk]
-                judged = self._backend.judge(
-                    self._encoder.prompts(queries[rows], documents[rows]), self._encoder, mode=self.mode,
-                    batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
-                    max_batch_tokens=self.max_batch_tokens, prefix_reuse=self.prefix_reuse, progress=progress)
-                explanations[rows] = judged.explanations
-                probabilities[rows] = judged.probabilities
-                forced[rows] = judged.forced
-        return explanations.tolist(), probabilities, forced
+    def _judged(self, queries: np.ndarray, documents: np.ndarray, frame: pd.DataFrame) -> Judged:
+        """The judgements of the pairs in this ranker's mode; adaptive mode escalates some to explanations."""
+        sampling = Sampling(self.samples, self.temperature, self.greedy_first, self.seed)
+        pairs = {"qids": frame["qid"].tolist(), "docnos": frame["docno"].tolist()}
+        first = "direct" if self.mode == "adaptive" else self.mode
+        with pt.tqdm(total=len(queries), desc=repr(self), unit="doc", disable=not self.verbose) as progress:
+            judged = self._judge.judge(queries, documents, mode=first, sampling=sampling, progress=progress, **pairs)
+        if self.mode != "adaptive":
+            return judged
+        chosen = np.flatnonzero(escalated(frame["qid"].tolist(), scoring.tempered(judged.probabilities,
+                                                                                   self._label_temperature),
+                                          self.escalation or Escalation(), self.samples * self.max_new_tokens))
+        with pt.tqdm(total=len(chosen), desc=f"{self!r}: explaining", unit="doc", disable=not self.verbose) as bar:
+            explained = self._judge.judge(queries[chosen], documents[chosen], mode="explain", sampling=sampling,
+                                          progress=bar, qids=[pairs["qids"][i] for i in chosen],
+                                          docnos=[pairs["docnos"][i] for i in chosen])
+        judged.put(chosen, explained)
+        return judged
 
     def __getstate__(self) -> dict:
         # The loaded model (and an endpoint's client, which holds locks) stays behind: an unpickled
         # ranker loads it again on first use, so rankers travel to other processes (pt.parallel, joblib).
-        return {**self.__dict__, "_backend": None, "_encoder": None}
+        return {**self.__dict__, "_backend": None, "_judge": None}
 
     def __repr__(self) -> str:
         args = [repr(self.model)] if self.model is not None else []
         if self.adapter is not None:
             args.append(f"adapter={self.adapter!r}")
         args.append(f"mode={self.mode!r}")
+        if self.samples != 1:
+            args.append(f"samples={self.samples}")
         if self.backend != "transformers":
             args.append(f"backend={self.backend!r}")
         return f"ReasonRanker({', '.join(args)})"
@@ -241,4 +296,3 @@ class ReasonRanker(pt.Transformer):
         """How PyTerrier draws this ranker in a pipeline: labelled with its mode, with no help link."""
         # help_url given, so that drawing a pipeline does not look the class up online.
         return {"label": f"ReasonRank {self.mode}", "help_url": None}
-

@@ -34,3 +34,24 @@ def expected_label(probabilities: np.ndarray) -> np.ndarray:
 def most_probable_label(probabilities: np.ndarray) -> np.ndarray:
     """The most probable label of each row (the lower label on a tie)."""
     return _LABEL_VALUES[np.argmax(probabilities, axis=-1)].astype(np.int64)
+
+
+def tempered(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """The label distributions with their logits divided by ``temperature`` (1: unchanged).
+
+    Renormalised over the labels, a distribution's logits are its log-probabilities up to a
+    constant, so ``softmax(log p / T)``. A temperature above 1 softens over-confident
+    distributions; below 1 sharpens them.
+    """
+    if temperature == 1.0:
+        return np.asarray(probabilities, dtype=np.float64)
+    logits = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-300, None)) / temperature
+    logits -= logits.max(axis=-1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def entropy(probabilities: np.ndarray) -> np.ndarray:
+    """The entropy (nats) of each label distribution: 0 when certain, ``ln 3`` (1.10) when uniform."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-300, None)
+    return -(p * np.log(p)).sum(axis=-1)

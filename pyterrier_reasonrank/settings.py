@@ -14,7 +14,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 from pyterrier_reasonrank.errors import InputError
 from pyterrier_reasonrank.prompts import (
@@ -50,6 +50,8 @@ class StudentSettings:
         stage: The training stage that wrote it (``"distill"``, ``"refine-rwsft"``...).
         chat_template_sha256: The hash of the chat template it was trained with.
         labels: The label scale, label -> name.
+        label_temperature: Divides the label logits before scores are read: a calibration fitted on
+            held-out judgements (``reasonrank calibrate``); 1 leaves them as they are.
         format_version: The prompt format version (:data:`~pyterrier_reasonrank.prompts.FORMAT_VERSION`).
     """
 
@@ -62,6 +64,7 @@ class StudentSettings:
     stage: Optional[str] = None
     chat_template_sha256: Optional[str] = None
     labels: dict = field(default_factory=lambda: {str(k): v for k, v in LABEL_NAMES.items()})
+    label_temperature: float = 1.0
     format_version: int = FORMAT_VERSION
 
     def encoder(self, tokenizer: PreTrainedTokenizerBase, mode: Mode = "explain") -> PromptEncoder:
@@ -149,20 +152,20 @@ def _from_hub(repo_id: str) -> Optional[Path]:
         return None
 
 
-def serving_settings(source: Optional[str], tokenizer: PreTrainedTokenizerBase, *, who: str, task: str,
+def serving_settings(source: Optional[str], tokenizer: PreTrainedTokenizerBase, *, who: str, tasks: Sequence[str],
                      **options: object) -> StudentSettings:
     """The prompt settings to serve a model with: those it was trained with, the given options in place.
 
     Each option given (not ``None``) wins; one that differs from what the student was trained with
-    is used with a warning. A warning also says when the student was not trained for ``task``, or
-    when the tokenizer's chat template is not the one it was trained with. A model without settings
+    is used with a warning. A warning also says when the student was not trained for one of
+    ``tasks``, or when the tokenizer's chat template is not the one it was trained with. A model without settings
     (not trained by this library) gets the library's defaults, the given options in place.
 
     Args:
         source: Where the student is: its adapter, or its model (directory or Hub id).
         tokenizer: The tokenizer it is served with.
         who: The one asking, for the warnings (``"ReasonRanker"``).
-        task: What it is asked to do: ``"explain"``, ``"direct"`` or ``"queries"``.
+        tasks: What it is asked to do: ``"explain"``, ``"direct"``, ``"queries"``.
         options: Prompt settings given by the user (``max_doc_tokens=...``).
 
     Raises:
@@ -176,11 +179,12 @@ def serving_settings(source: Optional[str], tokenizer: PreTrainedTokenizerBase, 
     if differing:
         was = ", ".join(f"{name}={getattr(trained, name)!r}" for name in differing)
         now = ", ".join(f"{name}={value!r}" for name, value in differing.items())
-        warnings.warn(f"{who}: the student was trained with {was}; serving it with {now} as asked, so its prompts "
-                      "differ from its training prompts", stacklevel=3)
-    if task not in trained.tasks:
-        warnings.warn(f"{who}: the student was trained for {list(trained.tasks)}, not {task!r}; it answers a "
-                      "prompt it never saw in training", stacklevel=3)
+        warnings.warn(f"{who}: the student was trained (or calibrated) with {was}; serving it with {now} as asked",
+                      stacklevel=3)
+    for task in tasks:
+        if task not in trained.tasks:
+            warnings.warn(f"{who}: the student was trained for {list(trained.tasks)}, not {task!r}; it answers a "
+                          "prompt it never saw in training", stacklevel=3)
     if trained.chat_template_sha256 not in (None, chat_template_sha256(tokenizer)):
         warnings.warn(f"{who}: the tokenizer's chat template is not the one the student was trained with; its "
                       "prompts differ from its training prompts", stacklevel=3)

@@ -57,9 +57,9 @@ def test_a_megabyte_document_costs_what_its_opening_costs(tiny_model):
 
     ranker = ReasonRanker(str(tiny_model), max_doc_tokens=64).load()
     start = time.perf_counter()
-    suffix = ranker._encoder.suffix(MEGABYTE * 4)
+    suffix = ranker.encoder.suffix(MEGABYTE * 4)
     assert time.perf_counter() - start < 0.5
-    assert suffix == ranker._encoder.suffix(MEGABYTE[:2000])  # the same 64 tokens
+    assert suffix == ranker.encoder.suffix(MEGABYTE[:2000])  # the same 64 tokens
 
 
 def test_duplicate_docnos_within_a_query_are_each_judged(tiny_model):

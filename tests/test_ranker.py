@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pyterrier_reasonrank import ModelNotFoundError, ReasonRanker
 
-OUTPUT = ["explanation", "label", "score", "forced", "rank"]
+OUTPUT = ["explanation", "label", "score", "probabilities", "forced", "tokens", "samples", "rank"]
 LABEL_LOGITS = (0.5, 1.25, 2.0)  # p(2) > p(1) > p(0)
 # ":" ends both "Explanation:" (the end of the prompt) and the marker "Relevance:".
 EXPLAINS = {":": "Ġthe", "Ġthe": "Ċ", "Ċ": "Relevance", "Relevance": ":"}
@@ -114,12 +114,12 @@ def test_batch_size_does_not_change_the_result(tiny_model):
 
 
 def test_chunks_split_across_queries_do_not_change_the_result(tiny_model, monkeypatch):
-    import pyterrier_reasonrank.ranker as ranker_module
+    from pyterrier_reasonrank import judging
 
     # interleaved queries, so that a chunk holds parts of several queries
     inp = pairs(3, 5).sample(frac=1, random_state=0).reset_index(drop=True)
     whole = ReasonRanker(str(tiny_model), batch_size=2, max_new_tokens=6)(inp)
-    monkeypatch.setattr(ranker_module, "CHUNK_PAIRS", 4)
+    monkeypatch.setattr(judging, "CHUNK_PAIRS", 4)
     chunked = ReasonRanker(str(tiny_model), batch_size=1, max_new_tokens=6, verbose=True)(inp)
     assert list(chunked.docno) == list(whole.docno)
     assert chunked.score.to_numpy() == pytest.approx(whole.score.to_numpy(), abs=1e-5)
@@ -193,7 +193,7 @@ def test_missing_query_is_an_error_naming_the_qid(tiny_model):
 
 def test_long_document_is_truncated_by_tokens(tiny_model):
     ranker = ReasonRanker(str(tiny_model), max_doc_tokens=32, max_new_tokens=4).load()
-    encoder = ranker._encoder
+    encoder = ranker.encoder
     short = encoder.encode("tides", "x")
     long = encoder.encode("tides", "the moon pulls the ocean " * 5000)
     assert len(long) == len(short) - len(encoder.encode_text("x", 32)) + 32

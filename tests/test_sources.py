@@ -2,7 +2,8 @@
 import pyterrier as pt
 import pytest
 
-from pyterrier_reasonrank.training.sources import PAIR_COLUMNS, SourceConfig, candidate_pairs, grade_to_label
+from pyterrier_reasonrank.qrels import grade_to_label
+from pyterrier_reasonrank.training.sources import PAIR_COLUMNS, SourceConfig, candidate_pairs
 
 
 @pytest.fixture(scope="module")

@@ -57,10 +57,10 @@ def test_the_student_is_served_its_training_prompt_on_another_day(student, monke
     path, training_prompt = student
     monkeypatch.setattr(chat_template_utils, "datetime", on("2027-03-14"))
     ranker = ReasonRanker(adapter=str(path)).load()  # no option given
-    served = ranker._encoder.encode("about tides", LONG_DOCUMENT)
+    served = ranker.encoder.encode("about tides", LONG_DOCUMENT)
     assert served == training_prompt  # token for token
     tokenizer = ranker._backend.tokenizer
-    assert ranker._encoder.max_doc_tokens == 64 and "Today Date: 26 Jul 2024" in tokenizer.decode(served)
+    assert ranker.encoder.max_doc_tokens == 64 and "Today Date: 26 Jul 2024" in tokenizer.decode(served)
     # what an unpinned template would have written on each day
     plain = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
     assert "Today Date: 14 Mar 2027" in plain
@@ -94,9 +94,10 @@ def test_the_settings_file_says_what_shaped_the_input(student, llama3_model):
 
 def test_an_explicit_option_wins_with_a_warning(student):
     path, _ = student
-    with pytest.warns(UserWarning, match=r"trained with max_doc_tokens=64; serving it with max_doc_tokens=32 as asked"):
+    with pytest.warns(UserWarning, match=r"trained \(or calibrated\) with max_doc_tokens=64; serving it with "
+                                         r"max_doc_tokens=32 as asked"):
         ranker = ReasonRanker(adapter=str(path), max_doc_tokens=32).load()
-    assert ranker._encoder.max_doc_tokens == 32
+    assert ranker.encoder.max_doc_tokens == 32
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ReasonRanker(adapter=str(path), max_doc_tokens=64, mode="direct").load()  # as trained: nothing to say
@@ -123,5 +124,5 @@ def test_an_unknown_prompt_format_is_refused(student, tmp_path):
 def test_a_model_without_settings_gets_the_library_defaults(tiny_model):
     assert read_settings(str(tiny_model)) is None
     ranker = ReasonRanker(str(tiny_model)).load()
-    assert (ranker._encoder.max_query_tokens, ranker._encoder.max_doc_tokens) == (512, 1024)
+    assert (ranker.encoder.max_query_tokens, ranker.encoder.max_doc_tokens) == (512, 1024)
     assert StudentSettings().template_variables == {"date_string": "26 Jul 2024"}

@@ -66,7 +66,7 @@ def test_the_tiny_recipe_runs_the_whole_loop_on_cranfield(tiny_model, tmp_path, 
     pipeline = bm25(dataset, name="irds:cranfield", num_results=5) >> pt.text.get_text(dataset, "text") >> ranker
     reranked = pipeline(topics)
     assert len(reranked) == 15 and np.isfinite(reranked.score).all() and reranked.score.between(0, 2).all()
-    assert ranker._encoder.max_doc_tokens == 256  # from the student, no option given
+    assert ranker.encoder.max_doc_tokens == 256  # from the student, no option given
 
 
 def test_unknown_recipe_keys_are_one_clear_error(tmp_path, capsys):

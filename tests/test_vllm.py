@@ -21,7 +21,7 @@ from pyterrier_reasonrank.evaluation import cascade  # noqa: E402
 from test_hostile_inputs import HOSTILE  # noqa: E402
 from test_ranker import EXPLAINS, LABEL_LOGITS, expected_score, pairs  # noqa: E402
 
-OUTPUT = ["explanation", "label", "score", "forced", "rank"]
+OUTPUT = ["explanation", "label", "score", "probabilities", "forced", "tokens", "samples", "rank"]
 ENGINE = {"enforce_eager": True}
 """Every engine here: eager (no compilation: it starts faster; the results are the same)."""
 # Explanation "the", then a special token that is not the end of turn: every backend stops there.
@@ -62,7 +62,7 @@ def assert_agree(results: dict, *, explanations: bool) -> None:
 def smallest_greedy_margin(model_path, max_new_tokens: int) -> float:
     """The smallest gap between the two likeliest next tokens along the greedy paths of the frame."""
     tokenizer, model = AutoTokenizer.from_pretrained(model_path), AutoModelForCausalLM.from_pretrained(model_path)
-    encoder = ReasonRanker(str(model_path)).load()._encoder
+    encoder = ReasonRanker(str(model_path)).encoder
     gaps = []
     for query, text in zip(frame()["query"], frame()["text"]):
         out = model.generate(torch.tensor([encoder.encode(query, text)]), max_new_tokens=max_new_tokens, do_sample=False,

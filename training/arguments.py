@@ -59,4 +59,5 @@ class TrainerDefaults(SecretFieldsNotPickled):
         given = {name: getattr(self, name) for name in PROMPT_OPTIONS if getattr(self, name) is not None}
         return dataclasses.replace(
             start or StudentSettings(), **given, tasks=tuple(dict.fromkeys([*(start.tasks if start else ()), *tasks])),
-            stage=stage, base_model=student.base_model_name(), chat_template_sha256=chat_template_sha256(tokenizer))
+            stage=stage, base_model=student.base_model_name(), chat_template_sha256=chat_template_sha256(tokenizer),
+            label_temperature=1.0)  # a calibration is of the weights it was fitted on

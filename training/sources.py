@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pandas as pd
 import pyterrier as pt
@@ -33,6 +33,7 @@ import yaml
 from pyterrier_reasonrank.dataset import get_dataset
 from pyterrier_reasonrank.errors import InputError
 from pyterrier_reasonrank.indexing import bm25
+from pyterrier_reasonrank.qrels import grade_to_label
 
 from .records import read_jsonl
 
@@ -81,13 +82,6 @@ class SourceConfig:
             if not isinstance(self.label_map, dict) or not all(v in (0, 1, 2) for v in self.label_map.values()):
                 raise InputError(f"label_map must map grades to 0, 1 or 2, got {self.label_map!r}")
             self.label_map = {int(k): int(v) for k, v in self.label_map.items()}
-
-
-def grade_to_label(label_map: Optional[dict], top_grade: int) -> Callable[[int], int]:
-    """The function from a qrels grade to a gold label, as the module docstring describes."""
-    if label_map is not None:
-        return lambda grade: label_map.get(int(grade), 0)
-    return lambda grade: 0 if grade <= 0 else 2 if grade >= top_grade else 1
 
 
 def candidate_pairs(config: SourceConfig) -> pd.DataFrame:

@@ -43,11 +43,14 @@ class Judgements:
         probabilities: ``(n, 3)`` probabilities of labels 0, 1, 2, renormalised over the labels.
         forced: Whether the label marker had to be appended because the model ran out of
             explanation budget or left the format.
+        tokens: The tokens decoded after each prompt: the explanation and the marker (written or
+            appended); 0 in direct mode.
     """
 
     explanations: list[str]
     probabilities: np.ndarray
     forced: np.ndarray
+    tokens: np.ndarray
 
 
 class Backend(Protocol):
@@ -56,12 +59,13 @@ class Backend(Protocol):
     tokenizer: object
 
     def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, batch_size: int,
-              max_new_tokens: int, verbose: bool = False, progress: Optional[tqdm] = None,
-              **options: object) -> Judgements:
+              max_new_tokens: int, temperature: float = 0.0, seed: int = 0, verbose: bool = False,
+              progress: Optional[tqdm] = None, **options: object) -> Judgements:
         """Judge each prompt, given as (prefix, suffix) token ids.
 
         The prefix (instructions and query) is shared by the documents of a query, the suffix ends
-        with the response start for ``mode``. ``progress``: a bar to advance per judged prompt,
+        with the response start for ``mode``. The explanation is decoded greedily, or sampled at
+        ``temperature`` (seeded by ``seed``). ``progress``: a bar to advance per judged prompt,
         instead of one of its own when ``verbose``.
         """
         ...

@@ -54,8 +54,8 @@ class HFBackend:
         return self.model.device
 
     def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, batch_size: int,
-              max_new_tokens: int, max_batch_tokens: Optional[int] = None, prefix_reuse: bool = True,
-              verbose: bool = False, progress: Optional[tqdm] = None) -> Judgements:
+              max_new_tokens: int, temperature: float = 0.0, seed: int = 0, max_batch_tokens: Optional[int] = None,
+              prefix_reuse: bool = True, verbose: bool = False, progress: Optional[tqdm] = None) -> Judgements:
         """Judge each prompt, given as (prefix, suffix) token ids.
 
         The prefix is shared by the documents of a query (see :meth:`PromptEncoder.prefix`).
@@ -66,6 +66,8 @@ class HFBackend:
             mode: ``"explain"`` or ``"direct"``.
             batch_size: Most prompts in a batch.
             max_new_tokens: Explanation budget.
+            temperature: 0 decodes the explanation greedily; above, samples it at that temperature.
+            seed: Seeds the sampling (the same seed and batches give the same samples).
             max_batch_tokens: Most tokens in a batch, counted as rows x (longest prompt + budget).
             prefix_reuse: Compute a query's shared prefix once for all of its documents in a batch.
             verbose: Show a progress bar.
@@ -75,6 +77,8 @@ class HFBackend:
         explanations = [""] * n
         probabilities = np.zeros((n, len(encoder.label_ids)))
         forced = np.zeros(n, dtype=bool)
+        tokens = np.zeros(n, dtype=np.int64)
+        sampler = _Sampler(temperature, seed)
         budget = 0 if mode == "direct" else max_new_tokens + len(encoder.forced_marker_ids)
         queue = collections.deque(_batches(prompts, batch_size, max_batch_tokens, budget))
         most_rows = min(batch_size, self.most_rows or batch_size)
@@ -86,8 +90,8 @@ class HFBackend:
                     queue.extendleft(reversed([batch[k:k + most_rows] for k in range(0, len(batch), most_rows)]))
                     continue
                 try:
-                    batch_explanations, label_logits, batch_forced = self._judge_batch(
-                        [prompts[i] for i in batch], encoder, mode, max_new_tokens, prefix_reuse)
+                    batch_explanations, label_logits, batch_forced, batch_tokens = self._judge_batch(
+                        [prompts[i] for i in batch], encoder, mode, max_new_tokens, prefix_reuse, sampler)
                 except torch.OutOfMemoryError:
                     if len(batch) == 1:
                         raise
@@ -97,23 +101,23 @@ class HFBackend:
                     _release_memory()
                     queue.appendleft(batch)
                     continue
-                for i, text, was_forced in zip(batch, batch_explanations, batch_forced):
-                    explanations[i], forced[i] = text, was_forced
+                for i, text, was_forced, spent in zip(batch, batch_explanations, batch_forced, batch_tokens):
+                    explanations[i], forced[i], tokens[i] = text, was_forced, spent
                 probabilities[batch] = label_probabilities(label_logits)
                 progress.update(len(batch))
         if out_of_memory:
             warnings.warn(f"ReasonRanker: out of memory with {out_of_memory} pairs in a batch; halved the batch until "
                           f"it fit, at most {most_rows} pairs (a smaller batch_size or max_batch_tokens avoids the "
                           "retries)", ResourceWarning, stacklevel=3)
-        return Judgements(explanations, probabilities, forced)
+        return Judgements(explanations, probabilities, forced, tokens)
 
     def _judge_batch(self, prompts: list[Prompt], encoder: PromptEncoder, mode: Mode, max_new_tokens: int,
-                     prefix_reuse: bool):
-        """Explanations, label logits and forced flags for one batch."""
+                     prefix_reuse: bool, sampler: _Sampler):
+        """Explanations, label logits, forced flags and tokens decoded for one batch."""
         logits, cache, mask, last_position = self._prefill(prompts, prefix_reuse)
         if mode == "direct":
-            return [""] * len(prompts), logits[:, encoder.label_ids], [False] * len(prompts)
-        return self._explain(logits, cache, mask, last_position, encoder, max_new_tokens)
+            return [""] * len(prompts), logits[:, encoder.label_ids], [False] * len(prompts), [0] * len(prompts)
+        return self._explain(logits, cache, mask, last_position, encoder, max_new_tokens, sampler)
 
     @torch.inference_mode()
     def _prefill(self, prompts: list[Prompt], prefix_reuse: bool):
@@ -153,8 +157,8 @@ class HFBackend:
 
     @torch.inference_mode()
     def _explain(self, logits: torch.Tensor, cache: Cache, mask: torch.Tensor, last_position: torch.Tensor,
-                 encoder: PromptEncoder, max_new_tokens: int):
-        """Greedy decoding from a prefilled batch until each row has written (or been given) the marker."""
+                 encoder: PromptEncoder, max_new_tokens: int, sampler: _Sampler):
+        """Decoding from a prefilled batch until each row has written (or been given) the marker."""
         n = len(logits)
         marker = encoder.marker_ids
         generated: list[list[int]] = [[] for _ in range(n)]
@@ -165,7 +169,7 @@ class HFBackend:
         rows = list(range(n))  # prompt index of each row still in the batch
         while rows:
             step = []
-            for i, token in zip(rows, logits.argmax(-1).tolist()):
+            for i, token in zip(rows, sampler.next_tokens(logits)):
                 if not to_append[i]:
                     if token not in self.stop_ids and len(generated[i]) < max_new_tokens:
                         generated[i].append(token)
@@ -197,7 +201,7 @@ class HFBackend:
             rows = [rows[b] for b in keep]
         explanations = [self.tokenizer.decode(g[:end], skip_special_tokens=True).strip()
                         for g, end in zip(generated, explanation_end)]
-        return explanations, label_logits, forced
+        return explanations, label_logits, forced, [len(g) for g in generated]
 
 
     @torch.inference_mode()
@@ -233,6 +237,23 @@ class HFBackend:
                 results.append(samples)
         self.model.train(was_training)
         return results
+
+
+class _Sampler:
+    """Chooses the next token of each row: the likeliest, or one sampled at a temperature.
+
+    Sampling draws from a generator seeded once per call of ``judge``.
+    """
+
+    def __init__(self, temperature: float, seed: int):
+        self.temperature = temperature
+        self.generator = torch.Generator().manual_seed(seed) if temperature > 0 else None
+
+    def next_tokens(self, logits: torch.Tensor) -> list[int]:
+        if self.generator is None:
+            return logits.argmax(-1).tolist()
+        probabilities = torch.softmax(logits.float().cpu() / self.temperature, -1)
+        return torch.multinomial(probabilities, 1, generator=self.generator)[:, 0].tolist()
 
 
 def _release_memory() -> None:

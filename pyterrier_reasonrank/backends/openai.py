@@ -146,8 +146,8 @@ class OpenAIBackend:
         self.stop_ids = stop_ids(tokenizer, end_ids(None, tokenizer))
 
     def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, batch_size: int,
-              max_new_tokens: int, verbose: bool = False, progress: Optional[tqdm] = None,
-              **options: object) -> Judgements:
+              max_new_tokens: int, temperature: float = 0.0, seed: int = 0, verbose: bool = False,
+              progress: Optional[tqdm] = None, **options: object) -> Judgements:
         """Judge each prompt through the endpoint, ``concurrency`` pairs in flight.
 
         Explain mode first asks for the explanation (greedy, until it settles); both modes then read
@@ -159,6 +159,8 @@ class OpenAIBackend:
             mode: ``"explain"`` or ``"direct"``.
             batch_size: Ignored: the server batches requests itself.
             max_new_tokens: Explanation budget.
+            temperature: 0 decodes the explanation greedily; above, samples it at that temperature.
+            seed: Seeds the sampling (each prompt's request gets ``seed`` plus its index).
             verbose: Show a progress bar.
             progress: A bar to advance instead (the ranker's, over all of its chunks).
             **options: The local backend's batching options (``max_batch_tokens``, ``prefix_reuse``): ignored.
@@ -167,24 +169,29 @@ class OpenAIBackend:
         explanations = [""] * n
         label_logprobs = torch.empty((n, len(encoder.label_ids)), dtype=torch.float64)
         forced = np.zeros(n, dtype=bool)
+        tokens = np.zeros(n, dtype=np.int64)
 
-        def one(prompt: Prompt) -> tuple[str, list[float], bool]:
-            ids = list(prompt[0]) + list(prompt[1])
+        def one(item: tuple[int, Prompt]) -> tuple[str, list[float], bool, int]:
+            index, (prefix, suffix) = item
+            ids = list(prefix) + list(suffix)
             if mode == "direct":
-                return "", self._label_logprobs(ids, encoder), False
-            settled = self._explain(ids, encoder, max_new_tokens)
+                return "", self._label_logprobs(ids, encoder), False, 0
+            settled = self._explain(ids, encoder, max_new_tokens, temperature, seed + index)
             explanation = self.tokenizer.decode(settled.context[:settled.length], skip_special_tokens=True)
-            return explanation.strip(), self._label_logprobs(ids + settled.context, encoder), settled.forced
+            return (explanation.strip(), self._label_logprobs(ids + settled.context, encoder), settled.forced,
+                    len(settled.context))
 
         with progress_bar(progress, n, verbose) as progress, redacted(known_secrets(self._client.api_key)):
-            for i, (explanation, logprobs, was_forced) in bounded_map(one, prompts, self.concurrency):
-                explanations[i], forced[i] = explanation, was_forced
+            for i, (explanation, logprobs, was_forced, spent) in bounded_map(one, list(enumerate(prompts)),
+                                                                            self.concurrency):
+                explanations[i], forced[i], tokens[i] = explanation, was_forced, spent
                 label_logprobs[i] = torch.tensor(logprobs, dtype=torch.float64)
                 progress.update(1)
-        return Judgements(explanations, label_probabilities(label_logprobs), forced)
+        return Judgements(explanations, label_probabilities(label_logprobs), forced, tokens)
 
-    def _explain(self, ids: list[int], encoder: PromptEncoder, max_new_tokens: int) -> Settled:
-        """The greedy explanation after ``ids``, generated until it settles (see :func:`~.base.settle`).
+    def _explain(self, ids: list[int], encoder: PromptEncoder, max_new_tokens: int, temperature: float,
+                 seed: int) -> Settled:
+        """The explanation after ``ids`` (greedy, or sampled), generated until it settles (see :func:`~.base.settle`).
 
         The server stops at the marker's text or a special token (``stop_token_ids``); a sequence
         whose text matched the marker without its tokens goes on in another request.
@@ -192,8 +199,8 @@ class OpenAIBackend:
         generated: list[int] = []
         while True:
             choice, = self._complete(
-                1, prompt=ids + generated, max_tokens=max_new_tokens - len(generated), temperature=0.0,
-                stop=[LABEL_MARKER], logprobs=1,
+                1, prompt=ids + generated, max_tokens=max_new_tokens - len(generated), temperature=temperature,
+                seed=seed if temperature else None, stop=[LABEL_MARKER], logprobs=1,
                 extra_body={"include_stop_str_in_output": True, "return_tokens_as_token_ids": True,
                             "skip_special_tokens": False, "stop_token_ids": sorted(self.stop_ids)})
             new = [int(token.split(":", 1)[1]) for token in choice.logprobs.tokens]

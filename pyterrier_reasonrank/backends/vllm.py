@@ -71,8 +71,8 @@ class VLLMBackend:
         self.stop_ids = stop_ids(tokenizer, ends)
 
     def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, batch_size: int = 0,
-              max_new_tokens: int, verbose: bool = False, progress: Optional[tqdm] = None,
-              **options: object) -> Judgements:
+              max_new_tokens: int, temperature: float = 0.0, seed: int = 0, verbose: bool = False,
+              progress: Optional[tqdm] = None, **options: object) -> Judgements:
         """Judge each prompt, given as (prefix, suffix) token ids; the engine schedules the batches.
 
         Args:
@@ -81,6 +81,8 @@ class VLLMBackend:
             mode: ``"explain"`` or ``"direct"``.
             batch_size: Unused: the engine batches continuously.
             max_new_tokens: Explanation budget.
+            temperature: 0 decodes the explanation greedily; above, samples it at that temperature.
+            seed: Seeds the sampling (each prompt's request gets ``seed`` plus its index).
             verbose: Show a progress bar.
             progress: A bar to advance instead (the ranker's, over all of its chunks).
             **options: Other backends' options (prefix reuse, token budgets): the engine has its own.
@@ -88,19 +90,22 @@ class VLLMBackend:
         ids = [list(prefix) + list(suffix) for prefix, suffix in prompts]
         with progress_bar(progress, len(ids), verbose) as bar:
             if mode == "explain":
-                settled = self._explain(ids, encoder, max_new_tokens)
+                settled = self._explain(ids, encoder, max_new_tokens, temperature, seed)
                 contexts = [prompt + result.context for prompt, result in zip(ids, settled)]
                 explanations = [self.tokenizer.decode(result.context[:result.length], skip_special_tokens=True).strip()
                                 for result in settled]
                 forced = np.array([result.forced for result in settled], dtype=bool)
+                tokens = np.array([len(result.context) for result in settled], dtype=np.int64)
             else:
                 contexts, explanations, forced = ids, [""] * len(ids), np.zeros(len(ids), dtype=bool)
+                tokens = np.zeros(len(ids), dtype=np.int64)
             logprobs = self._label_logprobs(contexts, encoder)
             bar.update(len(ids))
-        return Judgements(explanations, label_probabilities(logprobs), forced)
+        return Judgements(explanations, label_probabilities(logprobs), forced, tokens)
 
-    def _explain(self, ids: list[list[int]], encoder: PromptEncoder, max_new_tokens: int) -> list:
-        """Greedy explanations, each generated until it settles (see :func:`~.base.settle`).
+    def _explain(self, ids: list[list[int]], encoder: PromptEncoder, max_new_tokens: int, temperature: float,
+                 seed: int) -> list:
+        """Explanations (greedy, or sampled), each generated until it settles (see :func:`~.base.settle`).
 
         The engine stops at the marker's text or a special token; a sequence whose text matched
         the marker without its tokens goes on in another round (its prefix is cached).
@@ -111,9 +116,11 @@ class VLLMBackend:
         settled: list = [None] * len(ids)
         pending = list(range(len(ids)))
         while pending:
-            params = [SamplingParams(temperature=0.0, max_tokens=max_new_tokens - len(generated[i]),
-                                     stop=[LABEL_MARKER], stop_token_ids=sorted(self.stop_ids),
-                                     include_stop_str_in_output=True, skip_special_tokens=False) for i in pending]
+            params = [SamplingParams(temperature=temperature, top_p=1.0, top_k=0,
+                                     seed=seed + i if temperature else None,
+                                     max_tokens=max_new_tokens - len(generated[i]), stop=[LABEL_MARKER],
+                                     stop_token_ids=sorted(self.stop_ids), include_stop_str_in_output=True,
+                                     skip_special_tokens=False) for i in pending]
             outputs = self._generate([ids[i] + generated[i] for i in pending], params)
             still = []
             for i, output in zip(pending, outputs):

@@ -1,0 +1,66 @@
+"""Test-time compute where it matters: which pairs a direct-mode judgement is escalated to explanations for.
+
+In adaptive mode, ``ReasonRanker`` judges every pair in direct mode first (one forward pass), then
+explains (and samples) only the pairs where it matters: those whose direct-mode label distribution
+is uncertain, and those that sit near a rank cut-off where their order changes the ranking's
+quality — within a per-query budget of explanation tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .scoring import entropy, expected_label
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """Which pairs adaptive mode explains.
+
+    Attributes:
+        entropy: A pair whose direct-mode label distribution has at least this entropy (nats; a
+            uniform distribution over the three labels has ln 3 = 1.10) is explained.
+        cutoff: A rank cut-off whose order matters (e.g. 10 for nDCG@10): the pairs ranked within
+            ``margin`` of it in direct mode are explained too. ``None``: none.
+        margin: How many ranks either side of ``cutoff``.
+        token_budget: The explanation tokens a query may spend, reserved at the worst case
+            (``samples x max_new_tokens`` per pair); the most uncertain pairs go first. ``None``: no
+            limit.
+    """
+
+    entropy: float = 0.5
+    cutoff: Optional[int] = None
+    margin: int = 2
+    token_budget: Optional[int] = None
+
+
+def escalated(qids: Sequence, probabilities: np.ndarray, escalation: Escalation, cost: int) -> np.ndarray:
+    """Which pairs to explain, from their direct-mode label distributions.
+
+    Args:
+        qids: The query of each pair.
+        probabilities: The direct-mode label distribution of each pair.
+        escalation: The policy.
+        cost: The tokens reserved for explaining one pair (its worst case).
+
+    Returns:
+        A boolean mask over the pairs.
+    """
+    uncertainty = entropy(probabilities)
+    scores = expected_label(probabilities)
+    chosen = np.zeros(len(qids), dtype=bool)
+    for rows in pd.Series(range(len(qids))).groupby(pd.Series(qids).astype(str).to_numpy(), sort=False):
+        rows = rows[1].to_numpy()
+        ranks = np.empty(len(rows), dtype=np.int64)
+        ranks[np.argsort(-scores[rows], kind="stable")] = np.arange(len(rows))
+        wanted = uncertainty[rows] >= escalation.entropy
+        if escalation.cutoff is not None:
+            wanted |= np.abs(ranks - escalation.cutoff + 0.5) < escalation.margin  # ranks cutoff-margin .. +margin-1
+        candidates = rows[wanted][np.lexsort((ranks[wanted], -uncertainty[rows][wanted]))]
+        if escalation.token_budget is not None:
+            candidates = candidates[:escalation.token_budget // max(cost, 1)]
+        chosen[candidates] = True
+    return chosen

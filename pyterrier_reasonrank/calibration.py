@@ -1,0 +1,167 @@
+"""Calibrated, thresholdable scores: whether label distributions mean what they say, and a temperature to mend them.
+
+RAG users keep the documents whose score passes a threshold, which needs probabilities that mean
+what they say; after reasoning, label distributions tend to collapse towards 0 or 1. Measured
+against graded judgements (qrels mapped to the labels 0, 1, 2):
+
+- the **expected calibration error** of the expected label, scaled to [0, 1]: pairs are put in
+  bins by their score / 2, and each bin's mean score is compared with its mean judged label / 2;
+- the same of the label distribution: each pair's most probable label, its probability (the
+  confidence) against whether it is the judged label;
+- a **reliability diagram** of both (PNG).
+
+A single temperature on the label logits (:func:`fit_temperature`, fitted on held-out judged pairs
+by the negative log-likelihood of their labels) is saved in the student's settings and used by
+``ReasonRanker`` unless overridden.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .prompts import LABELS
+from .scoring import expected_label, tempered
+
+if TYPE_CHECKING:
+    from .ranker import ReasonRanker
+
+BINS = 10
+
+
+def calibration_table(probabilities: np.ndarray, labels: np.ndarray, *, bins: int = BINS) -> pd.DataFrame:
+    """Per bin: how many pairs, their mean predicted value and their mean observed value, for both measures.
+
+    Returns:
+        Rows with ``measure`` (``"expected label"`` or ``"confidence"``), ``bin`` (its upper edge),
+        ``pairs``, ``predicted`` and ``observed``.
+    """
+    probabilities, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
+    top = np.max(LABELS)
+    measures = {"expected label": (expected_label(probabilities) / top, labels / top),
+                "confidence": (probabilities.max(axis=1),
+                               (np.argmax(probabilities, axis=1) == labels).astype(np.float64))}
+    rows = []
+    for measure, (predicted, observed) in measures.items():
+        which = np.minimum((predicted * bins).astype(int), bins - 1)
+        for b in range(bins):
+            inside = which == b
+            if inside.any():
+                rows.append({"measure": measure, "bin": (b + 1) / bins, "pairs": int(inside.sum()),
+                             "predicted": float(predicted[inside].mean()), "observed": float(observed[inside].mean())})
+    return pd.DataFrame(rows, columns=["measure", "bin", "pairs", "predicted", "observed"])
+
+
+def expected_calibration_error(table: pd.DataFrame) -> dict[str, float]:
+    """The pair-weighted mean gap between predicted and observed, per measure, from :func:`calibration_table`."""
+    errors = {}
+    for measure, rows in table.groupby("measure", sort=False):
+        errors[measure] = float((rows["pairs"] * (rows["predicted"] - rows["observed"]).abs()).sum()
+                                / rows["pairs"].sum())
+    return errors
+
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray, *, low: float = 0.05, high: float = 20.0) -> float:
+    """The temperature on the label logits that minimises the negative log-likelihood of the labels.
+
+    A golden-section search over log-temperature (the likelihood is unimodal in it).
+    """
+    probabilities, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+
+    def nll(log_temperature: float) -> float:
+        chosen = tempered(probabilities, float(np.exp(log_temperature)))[np.arange(len(labels)), labels]
+        return float(-np.log(np.clip(chosen, 1e-300, None)).mean())
+
+    a, b = np.log(low), np.log(high)
+    ratio = (np.sqrt(5) - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    for _ in range(80):
+        if nll(c) < nll(d):
+            b, d = d, c
+            c = b - ratio * (b - a)
+        else:
+            a, c = c, d
+            d = a + ratio * (b - a)
+    return float(np.exp((a + b) / 2))
+
+
+def reliability_diagram(tables: dict[str, pd.DataFrame], path: Union[str, Path]) -> Path:
+    """A PNG with, for each measure, each dataset's observed value against its predicted value per bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measures = ("expected label", "confidence")
+    figure, axes = plt.subplots(1, len(measures), figsize=(9, 4.2), squeeze=False)
+    for axis, measure in zip(axes[0], measures):
+        axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+        for name, table in tables.items():
+            rows = table[table["measure"] == measure]
+            error = expected_calibration_error(table)[measure]
+            axis.plot(rows["predicted"], rows["observed"], marker="o", label=f"{name} (ECE {error:.3f})")
+        axis.set_title(measure + (" / 2" if measure == "expected label" else ""))
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("observed")
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.legend(fontsize=7)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)
+
+
+def calibrate(ranker: ReasonRanker, datasets: Sequence[str], *, k: int = 20, num_queries: Optional[int] = None,
+              query_field: Optional[str] = None) -> dict:
+    """Fit the label temperature of the ranker's student on judged pairs, and save it in the student's settings.
+
+    The ranker re-ranks BM25's top ``k`` of each dataset; the judged pairs among them (qrels
+    mapped to labels) are what the temperature is fitted on. ``ReasonRanker`` then uses it unless
+    given another ``label_temperature``.
+
+    Args:
+        ranker: The student, as it will be served (its mode, samples...); its own temperature is
+            not applied while fitting.
+        datasets: Dataset ids with graded judgements (fit on held-out data: not the training pairs).
+        k: BM25's depth.
+        num_queries: Use the first N queries of each dataset.
+        query_field: The topics' field used as the query (BRIGHT: ``text``).
+
+    Returns:
+        ``temperature``, ``pairs``, the expected calibration errors ``before`` and ``after``, and
+        the ``settings`` file written.
+
+    Raises:
+        InputError: The student is not a local directory (its settings are written there), or no
+            judged pair was ranked.
+    """
+    from .evaluation import evaluate
+    from .settings import StudentSettings, read_settings
+
+    student = ranker.adapter or (ranker.tokenizer if ranker.backend == "openai" else ranker.model)
+    if student is None or not Path(student).is_dir():
+        raise InputError(f"the student's settings are written beside it, and {student!r} is not a local directory")
+    raw = copy.copy(ranker)
+    raw.label_temperature, raw._backend, raw._judge = 1.0, None, None
+    evaluation = evaluate(list(datasets), {"student": raw}, k=k, num_queries=num_queries, query_field=query_field)
+    judged = [run.assign(qid=run["qid"].astype(str), docno=run["docno"].astype(str)).merge(
+        evaluation.judged[dataset_id], on=["qid", "docno"], suffixes=("_predicted", ""))
+        for (dataset_id, name), run in evaluation.runs.items() if name != "BM25"]
+    judged = pd.concat(judged, ignore_index=True)
+    if len(judged) == 0:
+        raise InputError(f"no judged pair among BM25's top {k} of {list(datasets)}: nothing to fit on")
+    probabilities, labels = np.stack(judged["probabilities"].to_numpy()), judged["label"].to_numpy()
+    temperature = fit_temperature(probabilities, labels)
+    settings = read_settings(student) or StudentSettings()
+    path = dataclasses.replace(settings, label_temperature=temperature).save(student)
+    return {"temperature": temperature, "pairs": len(judged),
+            "before": expected_calibration_error(calibration_table(probabilities, labels)),
+            "after": expected_calibration_error(calibration_table(tempered(probabilities, temperature), labels)),
+            "settings": str(path)}

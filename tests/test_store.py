@@ -1,0 +1,193 @@
+"""The judgement store: a second run reads what the first judged; any change of provenance is a miss;
+partial hits judge only the rest; a killed run keeps what it committed; two writers lose nothing;
+and the store is data: a DataFrame, Parquet, merges."""
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from pyterrier_reasonrank import JudgementStore, ReasonRanker
+from test_ranker import pairs
+
+JUDGED = ["explanation", "label", "score", "forced", "tokens", "samples"]
+
+
+def judged_with_count(ranker: ReasonRanker, inp: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The ranker's output, and how many prompts its model judged (explanations drawn count each)."""
+    backend = ranker.load()._backend
+    original, counted = backend.judge, []
+
+    def counting(prompts, *args, **kwargs):
+        counted.append(len(prompts))
+        return original(prompts, *args, **kwargs)
+
+    backend.judge = counting
+    try:
+        return ranker(inp), sum(counted)
+    finally:
+        del backend.judge
+
+
+@pytest.fixture()
+def store(tmp_path):
+    return JudgementStore(tmp_path / "judgements.sqlite")
+
+
+def test_a_second_run_reads_what_the_first_judged(tiny_model, store):
+    inp = pairs(2, 3)
+    first, judged = judged_with_count(ReasonRanker(str(tiny_model), store=store, max_new_tokens=6), inp)
+    assert judged == 6 and len(store) == 6
+    again, judged = judged_with_count(ReasonRanker(str(tiny_model), store=store, max_new_tokens=6), inp)
+    assert judged == 0
+    pd.testing.assert_frame_equal(again[JUDGED + ["docno"]], first[JUDGED + ["docno"]])
+
+
+def perturbed_copy(model: Path, folder: Path) -> Path:
+    """The model with one weight changed a little: other weights, the same name and config."""
+    shutil.copytree(model, folder)
+    weights = load_file(folder / "model.safetensors")
+    name = next(n for n in weights if n.endswith("lm_head.weight"))
+    weights[name] = weights[name] + 1e-3 * torch.randn_like(weights[name])
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def lora_adapter(model: Path, folder: Path) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model), LoraConfig(r=4, target_modules=["q_proj"]))
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+def test_every_change_of_provenance_is_a_miss(tiny_model, store, tmp_path):
+    inp = pairs(2, 3)
+    base = dict(store=store, max_new_tokens=6)
+    judged_with_count(ReasonRanker(str(tiny_model), **base), inp)
+    changed = {
+        "mode": (ReasonRanker(str(tiny_model), mode="direct", **base), 6),
+        "truncation": (ReasonRanker(str(tiny_model), max_doc_tokens=8, **base), 6),
+        "budget": (ReasonRanker(str(tiny_model), store=store, max_new_tokens=5), 6),
+        "samples": (ReasonRanker(str(tiny_model), samples=2, **base), 12),  # two explanations per pair
+        "temperature": (ReasonRanker(str(tiny_model), samples=2, temperature=1.5, **base), 12),
+        "seed": (ReasonRanker(str(tiny_model), samples=2, seed=7, **base), 12),
+        "dtype": (ReasonRanker(str(tiny_model), dtype="bfloat16", **base), 6),
+        "weights": (ReasonRanker(str(perturbed_copy(tiny_model, tmp_path / "other")), **base), 6),
+        "adapter": (ReasonRanker(str(tiny_model), adapter=str(lora_adapter(tiny_model, tmp_path / "lora")), **base),
+                    6),
+    }
+    for name, (ranker, expected) in changed.items():
+        assert judged_with_count(ranker, inp)[1] == expected, name
+        assert judged_with_count(ranker, inp)[1] == 0, name  # and each is then stored under its own provenance
+    # the text itself: one query's words, one document's words
+    other_query = inp.assign(query=np.where(inp.qid == "q0", "another query about tides", inp["query"]))
+    assert judged_with_count(ReasonRanker(str(tiny_model), **base), other_query)[1] == 3
+    other_document = inp.assign(text=np.where(inp.docno == "d1-2", "another document", inp.text))
+    assert judged_with_count(ReasonRanker(str(tiny_model), **base), other_document)[1] == 1
+    # what is applied after judging is not part of the key: a calibration reads the stored judgements
+    tempered, judged = judged_with_count(ReasonRanker(str(tiny_model), label_temperature=2.0, **base), inp)
+    assert judged == 0
+    assert len(store.provenances()) == 1 + len(changed)
+
+
+def test_partial_hits_judge_only_the_rest_and_change_nothing(tiny_model, store):
+    inp = pairs(3, 4)
+    without = ReasonRanker(str(tiny_model), max_new_tokens=6)(inp)
+    judged_with_count(ReasonRanker(str(tiny_model), store=store, max_new_tokens=6), inp[inp.qid != "q1"])
+    out, judged = judged_with_count(ReasonRanker(str(tiny_model), store=store, max_new_tokens=6), inp)
+    assert judged == 4  # q1's documents only
+    assert list(out.docno) == list(without.docno) and list(out.explanation) == list(without.explanation)
+    assert out.score.to_numpy() == pytest.approx(without.score.to_numpy(), abs=1e-5)
+    assert list(out.label) == list(without.label) and list(out.tokens) == list(without.tokens)
+
+
+RUN = """
+import sys
+import pandas as pd
+from pyterrier_reasonrank import ReasonRanker, judging
+judging.CHUNK_PAIRS = 4
+inp = pd.read_json(sys.argv[3], lines=True, dtype={{"qid": str, "docno": str}})
+ranker = ReasonRanker(sys.argv[1], store=sys.argv[2], batch_size=1, max_new_tokens={tokens})
+ranker(inp)
+"""
+
+
+def run_script(tmp_path: Path, model: Path, store: Path, inp: pd.DataFrame, name: str, tokens: int) -> subprocess.Popen:
+    (tmp_path / f"{name}.jsonl").write_text(inp.to_json(orient="records", lines=True))
+    (tmp_path / "run.py").write_text(textwrap.dedent(RUN.format(tokens=tokens)))
+    return subprocess.Popen([sys.executable, str(tmp_path / "run.py"), str(model), str(store),
+                             str(tmp_path / f"{name}.jsonl")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def stored(path: Path) -> int:
+    try:
+        with sqlite3.connect(path, timeout=30) as connection:
+            return connection.execute("SELECT COUNT(*) FROM judgements").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def test_a_run_killed_mid_way_keeps_what_it_committed(tiny_model, tmp_path):
+    inp = pairs(10, 4)
+    path = tmp_path / "judgements.sqlite"
+    process = run_script(tmp_path, tiny_model, path, inp, "all", tokens=48)
+    deadline = time.monotonic() + 240
+    while stored(path) < 8:  # two chunks of four committed
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    kept = stored(path)
+    assert 8 <= kept < 40
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    store = JudgementStore(path)
+    _, judged = judged_with_count(ReasonRanker(str(tiny_model), store=store, batch_size=1, max_new_tokens=48), inp)
+    assert judged == 40 - kept and len(store) == 40
+
+
+def test_two_writers_at_once_lose_nothing(tiny_model, tmp_path):
+    inp = pairs(8, 3)
+    path = tmp_path / "judgements.sqlite"
+    JudgementStore(path)  # created before the writers start
+    halves = [inp[inp.qid.isin([f"q{q}" for q in range(0, 5)])], inp[inp.qid.isin([f"q{q}" for q in range(3, 8)])]]
+    writers = [run_script(tmp_path, tiny_model, path, half, f"half{k}", tokens=16) for k, half in enumerate(halves)]
+    for writer in writers:
+        assert writer.wait(300) == 0, writer.stderr.read().decode()[-2000:]
+    assert stored(path) == 24  # the union: the queries both judged are stored once
+    _, judged = judged_with_count(ReasonRanker(str(tiny_model), store=JudgementStore(path), max_new_tokens=16), inp)
+    assert judged == 0
+
+
+def test_the_store_is_data_to_read_export_and_merge(tiny_model, tmp_path):
+    inp = pairs(2, 3)
+    first, second = JudgementStore(tmp_path / "a.sqlite"), JudgementStore(tmp_path / "b.sqlite")
+    out = ReasonRanker(str(tiny_model), store=first, max_new_tokens=6)(inp[inp.qid == "q0"])
+    ReasonRanker(str(tiny_model), store=second, max_new_tokens=6)(inp[inp.qid == "q1"])
+    frame = first.frame()
+    assert len(frame) == 3 and {"explanation", "p0", "p1", "p2", "forced", "tokens", "samples", "qid", "docno",
+                                "query", "mode", "model", "provenance"} <= set(frame.columns)
+    by_docno = frame.set_index("docno").loc[out.docno]
+    assert list(by_docno.explanation) == list(out.explanation) and (by_docno["mode"] == "explain").all()
+    assert by_docno[["p0", "p1", "p2"]].to_numpy() == pytest.approx(np.stack(out.probabilities.to_numpy()))
+    # export, import, merge
+    first.to_parquet(tmp_path / "a.parquet")
+    copy = JudgementStore(tmp_path / "copy.sqlite")
+    assert copy.import_parquet(tmp_path / "a.parquet") == 3 and copy.import_parquet(tmp_path / "a.parquet") == 0
+    pd.testing.assert_frame_equal(copy.frame(), frame)
+    assert copy.merge(second) == 3 and len(copy) == 6
+    _, judged = judged_with_count(ReasonRanker(str(tiny_model), store=copy, max_new_tokens=6), inp)
+    assert judged == 0  # judged on two "machines", read as one
