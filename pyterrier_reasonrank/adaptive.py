@@ -27,8 +27,8 @@ class Escalation:
             ``margin`` of it in direct mode are explained too. ``None``: none.
         margin: How many ranks either side of ``cutoff``.
         token_budget: The explanation tokens a query may spend, reserved at the worst case
-            (``samples x max_new_tokens`` per pair); the most uncertain pairs go first. ``None``: no
-            limit.
+            (``samples x (max_new_tokens + the marker)`` per pair), so a query never spends more; the
+            most uncertain pairs go first. ``None``: no limit.
     """
 
     entropy: float = 0.5

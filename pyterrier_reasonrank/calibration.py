@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .prompts import LABELS
+from .prompts import LABELS, MODES
 from .scoring import expected_label, tempered
 
 if TYPE_CHECKING:
@@ -145,21 +146,24 @@ def calibrate(ranker: ReasonRanker, datasets: Sequence[str], *, k: int = 20, num
     from .evaluation import evaluate
     from .settings import StudentSettings, read_settings
 
-    student = ranker.adapter or (ranker.tokenizer if ranker.backend == "openai" else ranker.model)
-    if student is None or not Path(student).is_dir():
+    student = ranker.student
+    if not Path(student).is_dir():
         raise InputError(f"the student's settings are written beside it, and {student!r} is not a local directory")
     raw = copy.copy(ranker)
     raw.label_temperature, raw._backend, raw._judge = 1.0, None, None
-    evaluation = evaluate(list(datasets), {"student": raw}, k=k, num_queries=num_queries, query_field=query_field)
-    judged = [run.assign(qid=run["qid"].astype(str), docno=run["docno"].astype(str)).merge(
-        evaluation.judged[dataset_id], on=["qid", "docno"], suffixes=("_predicted", ""))
-        for (dataset_id, name), run in evaluation.runs.items() if name != "BM25"]
-    judged = pd.concat(judged, ignore_index=True)
+    with warnings.catch_warnings():
+        # Fitting reads the untempered distributions of a student that may have been calibrated before.
+        warnings.filterwarnings("ignore", message=".*label_temperature=")
+        evaluation = evaluate(list(datasets), {"student": raw}, k=k, num_queries=num_queries,
+                              query_field=query_field)
+    judged = pd.concat(evaluation.judged_runs().values(), ignore_index=True)
     if len(judged) == 0:
         raise InputError(f"no judged pair among BM25's top {k} of {list(datasets)}: nothing to fit on")
     probabilities, labels = np.stack(judged["probabilities"].to_numpy()), judged["label"].to_numpy()
     temperature = fit_temperature(probabilities, labels)
-    settings = read_settings(student) or StudentSettings()
+    # A model not trained by this library gets a settings file for the calibration; it claims no
+    # training, so no mode is warned about.
+    settings = read_settings(student) or StudentSettings(tasks=MODES)
     path = dataclasses.replace(settings, label_temperature=temperature).save(student)
     return {"temperature": temperature, "pairs": len(judged),
             "before": expected_calibration_error(calibration_table(probabilities, labels)),

@@ -99,6 +99,16 @@ class Evaluation:
     runs: dict = field(default_factory=dict)
     judged: dict = field(default_factory=dict)
 
+    def judged_runs(self) -> dict[tuple[str, str], pd.DataFrame]:
+        """Each re-ranker's judged pairs: its run joined with the dataset's labels, by (dataset, name).
+
+        Only runs with label distributions (``probabilities``) are kept: the first stage has none. A
+        run's own ``label`` becomes ``label_predicted``; ``label`` is the judged one.
+        """
+        return {(dataset_id, name): run.assign(qid=run["qid"].astype(str), docno=run["docno"].astype(str)).merge(
+                    self.judged[dataset_id], on=["qid", "docno"], suffixes=("_predicted", ""))
+                for (dataset_id, name), run in self.runs.items() if "probabilities" in run.columns}
+
     def calibration(self) -> tuple[pd.DataFrame, dict[str, dict[str, pd.DataFrame]]]:
         """How well each re-ranker's label distributions mean what they say, on the judged pairs it ranked.
 
@@ -107,11 +117,7 @@ class Evaluation:
             :mod:`~pyterrier_reasonrank.calibration`), and the bins behind it, by dataset and name.
         """
         rows, bins = [], {}
-        for (dataset_id, name), run in self.runs.items():
-            if "probabilities" not in run.columns:  # the first stage has no label distributions
-                continue
-            judged = run.assign(qid=run["qid"].astype(str), docno=run["docno"].astype(str)).merge(
-                self.judged[dataset_id], on=["qid", "docno"], suffixes=("_predicted", ""))
+        for (dataset_id, name), judged in self.judged_runs().items():
             table = calibration_table(np.stack(judged["probabilities"].to_numpy()), judged["label"].to_numpy())
             bins.setdefault(dataset_id, {})[name] = table
             for measure, error in expected_calibration_error(table).items():

@@ -87,7 +87,7 @@ class Judge:
             options: The backend's batching options (``batch_size``, ``max_new_tokens``, ...).
             store: Where judgements are read from and written to.
             identity: What identifies the model's judgements in the store (model, weights
-                fingerprints, dtype); the mode's settings are added per mode.
+                fingerprints, dtype, backend); the mode's settings are added per mode.
         """
         self.backend, self.encoders, self.options, self.store = backend, encoders, options, store
         self.identity = identity or {}
@@ -95,7 +95,11 @@ class Judge:
     def provenance(self, mode: Mode, sampling: Sampling) -> dict:
         """What makes a judgement in ``mode``: the model's identity, the prompt settings, the generation settings."""
         encoder = self.encoders[mode]
-        provenance = {**self.identity, "format_version": FORMAT_VERSION, "mode": mode,
+        # Backends agree on greedy judgements, so those are shared; sampled explanations depend on
+        # the engine's sampler, so for them the backend is part of the provenance.
+        sampled = mode == "explain" and any(temperature > 0 for temperature, _ in sampling.draws())
+        identity = {name: value for name, value in self.identity.items() if name != "backend" or sampled}
+        provenance = {**identity, "format_version": FORMAT_VERSION, "mode": mode,
                       "max_query_tokens": encoder.max_query_tokens, "max_doc_tokens": encoder.max_doc_tokens,
                       "template_variables": encoder.template_variables,
                       "chat_template_sha256": chat_template_sha256(encoder.tokenizer)}

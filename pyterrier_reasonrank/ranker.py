@@ -167,12 +167,11 @@ class ReasonRanker(pt.Transformer):
             if self.backend == "openai":
                 backend = openai.load(self.model or DEFAULT_MODEL, tokenizer=self.tokenizer, base_url=self.base_url,
                                       concurrency=self.concurrency, trust_remote_code=self.trust_remote_code)
-                student = self.tokenizer or self.model
             else:
                 backend = load_local(self.backend, self.model, adapter=self.adapter, device=self.device,
                                      dtype=self.dtype, engine_options=self.engine_options,
                                      trust_remote_code=self.trust_remote_code)
-                student = self.adapter or self.model or DEFAULT_MODEL
+            student = self.student
             modes = ("direct", "explain") if self.mode == "adaptive" else (self.mode,)
             settings = serving_settings(student, backend.tokenizer, who="ReasonRanker", tasks=modes,
                                         max_query_tokens=self.max_query_tokens, max_doc_tokens=self.max_doc_tokens,
@@ -189,6 +188,16 @@ class ReasonRanker(pt.Transformer):
         return self
 
     @property
+    def student(self) -> str:
+        """Where the student's settings are read from (and ``reasonrank calibrate`` writes them).
+
+        The adapter, else the model; with ``backend="openai"``, the tokenizer, else the served name.
+        """
+        if self.backend == "openai":
+            return self.tokenizer or self.model or DEFAULT_MODEL
+        return self.adapter or self.model or DEFAULT_MODEL
+
+    @property
     def encoder(self) -> PromptEncoder:
         """The prompt encoder the ranker judges with (explain mode's in adaptive mode); loads the model.
 
@@ -200,11 +209,12 @@ class ReasonRanker(pt.Transformer):
         """What identifies this ranker's model in a judgement store (see :mod:`~pyterrier_reasonrank.store`)."""
         if self.backend == "openai":
             return {"model": self.model, "served": True, "tokenizer_fingerprint": fingerprint(student),
-                    "dtype": "server"}
+                    "dtype": "server", "backend": self.backend}
         name = model_name(self.model, self.adapter)
         dtype = resolve_dtype(self.dtype, resolve_device(self.device if self.backend == "transformers" else None))
         return {"model": name, "model_fingerprint": fingerprint(name), "adapter": self.adapter,
-                "adapter_fingerprint": fingerprint(self.adapter) if self.adapter else None, "dtype": str(dtype)}
+                "adapter_fingerprint": fingerprint(self.adapter) if self.adapter else None, "dtype": str(dtype),
+                "backend": self.backend}
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         """Score and rank the documents of each query.
@@ -266,9 +276,10 @@ class ReasonRanker(pt.Transformer):
             judged = self._judge.judge(queries, documents, mode=first, sampling=sampling, progress=progress, **pairs)
         if self.mode != "adaptive":
             return judged
-        chosen = np.flatnonzero(escalated(frame["qid"].tolist(), scoring.tempered(judged.probabilities,
-                                                                                   self._label_temperature),
-                                          self.escalation or Escalation(), self.samples * self.max_new_tokens))
+        # The worst case of an explanation: its budget, then the marker appended.
+        cost = self.samples * (self.max_new_tokens + len(self._judge.encoders["explain"].forced_marker_ids))
+        uncertain = scoring.tempered(judged.probabilities, self._label_temperature)
+        chosen = np.flatnonzero(escalated(frame["qid"].tolist(), uncertain, self.escalation or Escalation(), cost))
         with pt.tqdm(total=len(chosen), desc=f"{self!r}: explaining", unit="doc", disable=not self.verbose) as bar:
             explained = self._judge.judge(queries[chosen], documents[chosen], mode="explain", sampling=sampling,
                                           progress=bar, qids=[pairs["qids"][i] for i in chosen],

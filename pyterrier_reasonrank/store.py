@@ -8,11 +8,13 @@ its weights, the adapter and its fingerprint, the prompt format version, the mod
 the chat-template variables, the generation settings — and by the exact query and document text
 (hashed), so a change of any of them is a miss, never a stale hit.
 
-The backend is not part of the key: every backend encodes the same token ids and ends an
-explanation by the same rule, and the parity tests (tests/test_vllm.py) show that they agree (to
-1e-3, with identical explanations). The dtype is part of it: bfloat16 and float32 can choose
-different greedy tokens. A served model (``backend="openai"``) is identified by the name it is
-served under and its tokenizer: the server's weights are not seen from here.
+The backend is not part of the key of greedy judgements: every backend encodes the same token ids
+and ends an explanation by the same rule, and the parity tests (tests/test_vllm.py) show that they
+agree (to 1e-3, with identical explanations), so a store filled by the transformers backend serves
+vLLM's engine. Sampled explanations depend on the engine's sampler, so for them it is. The dtype
+is part of the key: bfloat16 and float32 can choose different greedy tokens. A served model
+(``backend="openai"``) is identified by the name it is served under and its tokenizer: the server's
+weights are not seen from here.
 
 It is one SQLite file (write-ahead log, so several processes can read and write at once; each
 batch of judgements is one transaction, so a killed run keeps every batch it committed). It reads

@@ -102,12 +102,15 @@ def test_every_change_of_provenance_is_a_miss(tiny_model, store, tmp_path):
     assert len(store.provenances()) == 1 + len(changed)
 
 
-def test_partial_hits_judge_only_the_rest_and_change_nothing(tiny_model, store):
+@pytest.mark.parametrize("samples", [1, 3])
+def test_partial_hits_judge_only_the_rest_and_change_nothing(tiny_model, store, samples):
+    # With sampled explanations too: a pair draws the same ones whatever it is batched with.
     inp = pairs(3, 4)
-    without = ReasonRanker(str(tiny_model), max_new_tokens=6)(inp)
-    judged_with_count(ReasonRanker(str(tiny_model), store=store, max_new_tokens=6), inp[inp.qid != "q1"])
-    out, judged = judged_with_count(ReasonRanker(str(tiny_model), store=store, max_new_tokens=6), inp)
-    assert judged == 4  # q1's documents only
+    settings = dict(max_new_tokens=6, samples=samples, temperature=1.0)
+    without = ReasonRanker(str(tiny_model), **settings)(inp)
+    judged_with_count(ReasonRanker(str(tiny_model), store=store, **settings), inp[inp.qid != "q1"])
+    out, judged = judged_with_count(ReasonRanker(str(tiny_model), store=store, **settings), inp)
+    assert judged == 4 * samples  # q1's documents only
     assert list(out.docno) == list(without.docno) and list(out.explanation) == list(without.explanation)
     assert out.score.to_numpy() == pytest.approx(without.score.to_numpy(), abs=1e-5)
     assert list(out.label) == list(without.label) and list(out.tokens) == list(without.tokens)

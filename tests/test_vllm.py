@@ -15,11 +15,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from pyterrier_reasonrank import InputError, QueryGenerator, ReasonRanker  # noqa: E402
+from pyterrier_reasonrank import InputError, JudgementStore, QueryGenerator, ReasonRanker  # noqa: E402
 from pyterrier_reasonrank.backends import vllm as engine_backend  # noqa: E402
 from pyterrier_reasonrank.evaluation import cascade  # noqa: E402
 from test_hostile_inputs import HOSTILE  # noqa: E402
 from test_ranker import EXPLAINS, LABEL_LOGITS, expected_score, pairs  # noqa: E402
+from test_store import judged_with_count  # noqa: E402
 
 OUTPUT = ["explanation", "label", "score", "probabilities", "forced", "tokens", "samples", "rank"]
 ENGINE = {"enforce_eager": True}
@@ -138,6 +139,21 @@ def test_where_an_explanation_ends_is_one_rule_for_every_backend(script_model, d
     for result in results.values():
         assert (result.explanation == explanation).all() and (result.forced == forced).all()
         assert result.score.to_numpy() == pytest.approx([expected_score(LABEL_LOGITS)] * len(result), abs=1e-5)
+
+
+def test_a_store_filled_by_one_backend_serves_another_greedy_not_sampled(decisive_model, tmp_path):
+    store, inp = JudgementStore(tmp_path / "judgements.sqlite"), frame()
+    engine = dict(backend="vllm", dtype="float32", engine_options=ENGINE, store=store, max_new_tokens=8)
+    first = ReasonRanker(str(decisive_model), store=store, max_new_tokens=8)(inp)
+    again, judged = judged_with_count(ReasonRanker(str(decisive_model), **engine), inp)
+    assert judged == 0
+    pd.testing.assert_frame_equal(again, first)
+    # Sampled explanations depend on the engine's sampler: the store keeps them apart.
+    ReasonRanker(str(decisive_model), store=store, max_new_tokens=8, samples=2)(inp)
+    _, judged = judged_with_count(ReasonRanker(str(decisive_model), samples=2, **engine), inp)
+    assert judged == 2 * len(inp)
+    _, judged = judged_with_count(ReasonRanker(str(decisive_model), samples=2, **engine), inp)
+    assert judged == 0
 
 
 def test_an_adapter_is_applied_by_every_backend(decisive_model, adapter, server):

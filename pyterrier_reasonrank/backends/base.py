@@ -10,6 +10,7 @@ marker the model had started, else a line break and the marker, and the label is
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Optional, Protocol, Sequence
 
@@ -21,6 +22,16 @@ from pyterrier_reasonrank.prompts import Mode, Prompt, PromptEncoder
 if TYPE_CHECKING:
     from tqdm import tqdm
     from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+
+def prompt_seed(seed: int, ids: Sequence[int]) -> int:
+    """The seed of one prompt's sampled explanation: a function of ``seed`` and the prompt's tokens only.
+
+    So a pair draws the same explanation whatever else is in its batch, chunk or request, and
+    whether or not a judgement store held its neighbours: runs with and without a store agree.
+    """
+    digest = hashlib.sha256(f"{seed}:{','.join(map(str, ids))}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1  # below 2**31: every engine takes it
 
 
 @dataclass
@@ -65,7 +76,7 @@ class Backend(Protocol):
 
         The prefix (instructions and query) is shared by the documents of a query, the suffix ends
         with the response start for ``mode``. The explanation is decoded greedily, or sampled at
-        ``temperature`` (seeded by ``seed``). ``progress``: a bar to advance per judged prompt,
+        ``temperature``, each prompt seeded by :func:`prompt_seed`. ``progress``: a bar to advance per judged prompt,
         instead of one of its own when ``verbose``.
         """
         ...

@@ -15,7 +15,7 @@ from pyterrier_reasonrank.loading import DEFAULT_MODEL, load_causal_lm, resolve_
 from pyterrier_reasonrank.prompts import Mode, Prompt, PromptEncoder
 from pyterrier_reasonrank.scoring import label_probabilities
 
-from .base import Completion, Judgements, end_ids, forced_ending, progress_bar, stop_ids
+from .base import Completion, Judgements, end_ids, forced_ending, progress_bar, prompt_seed, stop_ids
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -67,7 +67,7 @@ class HFBackend:
             batch_size: Most prompts in a batch.
             max_new_tokens: Explanation budget.
             temperature: 0 decodes the explanation greedily; above, samples it at that temperature.
-            seed: Seeds the sampling (the same seed and batches give the same samples).
+            seed: Seeds the sampling (each prompt by :func:`~.base.prompt_seed`, whatever its batch).
             max_batch_tokens: Most tokens in a batch, counted as rows x (longest prompt + budget).
             prefix_reuse: Compute a query's shared prefix once for all of its documents in a batch.
             verbose: Show a progress bar.
@@ -78,7 +78,6 @@ class HFBackend:
         probabilities = np.zeros((n, len(encoder.label_ids)))
         forced = np.zeros(n, dtype=bool)
         tokens = np.zeros(n, dtype=np.int64)
-        sampler = _Sampler(temperature, seed)
         budget = 0 if mode == "direct" else max_new_tokens + len(encoder.forced_marker_ids)
         queue = collections.deque(_batches(prompts, batch_size, max_batch_tokens, budget))
         most_rows = min(batch_size, self.most_rows or batch_size)
@@ -91,7 +90,7 @@ class HFBackend:
                     continue
                 try:
                     batch_explanations, label_logits, batch_forced, batch_tokens = self._judge_batch(
-                        [prompts[i] for i in batch], encoder, mode, max_new_tokens, prefix_reuse, sampler)
+                        [prompts[i] for i in batch], encoder, mode, max_new_tokens, prefix_reuse, temperature, seed)
                 except torch.OutOfMemoryError:
                     if len(batch) == 1:
                         raise
@@ -112,11 +111,12 @@ class HFBackend:
         return Judgements(explanations, probabilities, forced, tokens)
 
     def _judge_batch(self, prompts: list[Prompt], encoder: PromptEncoder, mode: Mode, max_new_tokens: int,
-                     prefix_reuse: bool, sampler: _Sampler):
+                     prefix_reuse: bool, temperature: float, seed: int):
         """Explanations, label logits, forced flags and tokens decoded for one batch."""
         logits, cache, mask, last_position = self._prefill(prompts, prefix_reuse)
         if mode == "direct":
             return [""] * len(prompts), logits[:, encoder.label_ids], [False] * len(prompts), [0] * len(prompts)
+        sampler = _Sampler(temperature, [prompt_seed(seed, prefix + suffix) for prefix, suffix in prompts])
         return self._explain(logits, cache, mask, last_position, encoder, max_new_tokens, sampler)
 
     @torch.inference_mode()
@@ -169,7 +169,7 @@ class HFBackend:
         rows = list(range(n))  # prompt index of each row still in the batch
         while rows:
             step = []
-            for i, token in zip(rows, sampler.next_tokens(logits)):
+            for i, token in zip(rows, sampler.next_tokens(logits, rows)):
                 if not to_append[i]:
                     if token not in self.stop_ids and len(generated[i]) < max_new_tokens:
                         generated[i].append(token)
@@ -242,18 +242,20 @@ class HFBackend:
 class _Sampler:
     """Chooses the next token of each row: the likeliest, or one sampled at a temperature.
 
-    Sampling draws from a generator seeded once per call of ``judge``.
+    Each prompt samples from a generator of its own (seeded by :func:`~.base.prompt_seed`), so its
+    explanation does not depend on the rows it is batched with.
     """
 
-    def __init__(self, temperature: float, seed: int):
+    def __init__(self, temperature: float, seeds: list[int]):
         self.temperature = temperature
-        self.generator = torch.Generator().manual_seed(seed) if temperature > 0 else None
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds] if temperature > 0 else None
 
-    def next_tokens(self, logits: torch.Tensor) -> list[int]:
-        if self.generator is None:
+    def next_tokens(self, logits: torch.Tensor, rows: list[int]) -> list[int]:
+        """The next token of each row of ``logits``; ``rows``: the prompt of each row."""
+        if self.generators is None:
             return logits.argmax(-1).tolist()
         probabilities = torch.softmax(logits.float().cpu() / self.temperature, -1)
-        return torch.multinomial(probabilities, 1, generator=self.generator)[:, 0].tolist()
+        return [int(torch.multinomial(p, 1, generator=self.generators[i])) for p, i in zip(probabilities, rows)]
 
 
 def _release_memory() -> None:

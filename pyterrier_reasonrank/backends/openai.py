@@ -35,7 +35,7 @@ from pyterrier_reasonrank.prompts import LABEL_MARKER, Mode, Prompt, PromptEncod
 from pyterrier_reasonrank.redaction import known_secrets, redacted
 from pyterrier_reasonrank.scoring import label_probabilities
 
-from .base import Judgements, Settled, end_ids, progress_bar, settle, stop_ids
+from .base import Judgements, Settled, end_ids, progress_bar, prompt_seed, settle, stop_ids
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -160,7 +160,7 @@ class OpenAIBackend:
             batch_size: Ignored: the server batches requests itself.
             max_new_tokens: Explanation budget.
             temperature: 0 decodes the explanation greedily; above, samples it at that temperature.
-            seed: Seeds the sampling (each prompt's request gets ``seed`` plus its index).
+            seed: Seeds the sampling (each prompt by :func:`~.base.prompt_seed`).
             verbose: Show a progress bar.
             progress: A bar to advance instead (the ranker's, over all of its chunks).
             **options: The local backend's batching options (``max_batch_tokens``, ``prefix_reuse``): ignored.
@@ -171,18 +171,18 @@ class OpenAIBackend:
         forced = np.zeros(n, dtype=bool)
         tokens = np.zeros(n, dtype=np.int64)
 
-        def one(item: tuple[int, Prompt]) -> tuple[str, list[float], bool, int]:
-            index, (prefix, suffix) = item
+        def one(prompt: Prompt) -> tuple[str, list[float], bool, int]:
+            prefix, suffix = prompt
             ids = list(prefix) + list(suffix)
             if mode == "direct":
                 return "", self._label_logprobs(ids, encoder), False, 0
-            settled = self._explain(ids, encoder, max_new_tokens, temperature, seed + index)
+            settled = self._explain(ids, encoder, max_new_tokens, temperature, prompt_seed(seed, ids))
             explanation = self.tokenizer.decode(settled.context[:settled.length], skip_special_tokens=True)
             return (explanation.strip(), self._label_logprobs(ids + settled.context, encoder), settled.forced,
                     len(settled.context))
 
         with progress_bar(progress, n, verbose) as progress, redacted(known_secrets(self._client.api_key)):
-            for i, (explanation, logprobs, was_forced, spent) in bounded_map(one, list(enumerate(prompts)),
+            for i, (explanation, logprobs, was_forced, spent) in bounded_map(one, list(prompts),
                                                                             self.concurrency):
                 explanations[i], forced[i], tokens[i] = explanation, was_forced, spent
                 label_logprobs[i] = torch.tensor(logprobs, dtype=torch.float64)

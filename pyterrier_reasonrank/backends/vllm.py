@@ -36,7 +36,7 @@ from pyterrier_reasonrank.loading import (
 from pyterrier_reasonrank.prompts import LABEL_MARKER, Mode, Prompt, PromptEncoder
 from pyterrier_reasonrank.scoring import label_probabilities
 
-from .base import Completion, Judgements, end_ids, progress_bar, settle, stop_ids
+from .base import Completion, Judgements, end_ids, progress_bar, prompt_seed, settle, stop_ids
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -82,7 +82,7 @@ class VLLMBackend:
             batch_size: Unused: the engine batches continuously.
             max_new_tokens: Explanation budget.
             temperature: 0 decodes the explanation greedily; above, samples it at that temperature.
-            seed: Seeds the sampling (each prompt's request gets ``seed`` plus its index).
+            seed: Seeds the sampling (each prompt by :func:`~.base.prompt_seed`).
             verbose: Show a progress bar.
             progress: A bar to advance instead (the ranker's, over all of its chunks).
             **options: Other backends' options (prefix reuse, token budgets): the engine has its own.
@@ -117,7 +117,7 @@ class VLLMBackend:
         pending = list(range(len(ids)))
         while pending:
             params = [SamplingParams(temperature=temperature, top_p=1.0, top_k=0,
-                                     seed=seed + i if temperature else None,
+                                     seed=prompt_seed(seed, ids[i]) if temperature else None,
                                      max_tokens=max_new_tokens - len(generated[i]), stop=[LABEL_MARKER],
                                      stop_token_ids=sorted(self.stop_ids), include_stop_str_in_output=True,
                                      skip_special_tokens=False) for i in pending]

@@ -1,0 +1,126 @@
+"""Test-time compute: k sampled explanations averaged, and adaptive mode spending explanations where
+they matter, on models whose outputs the tests know (exact scores and exact token counts)."""
+import numpy as np
+import pytest
+
+from pyterrier_reasonrank import Escalation, ReasonRanker
+from pyterrier_reasonrank.adaptive import escalated
+from pyterrier_reasonrank.judging import Sampling
+from pyterrier_reasonrank.scoring import entropy, expected_label
+from test_ranker import EXPLAINS, LABEL_LOGITS, expected_score, pairs
+
+EXPLANATION_TOKENS = 4  # "Ġthe", "Ċ", "Relevance", ":" after the prompt's "Explanation:"
+
+
+def softmax(logits):
+    p = np.exp(np.asarray(logits, dtype=np.float64))
+    return p / p.sum()
+
+
+@pytest.fixture(scope="module")
+def explaining(script_model):
+    return script_model(EXPLAINS, LABEL_LOGITS)
+
+
+@pytest.mark.parametrize("samples", [1, 3])
+def test_what_was_spent_is_in_the_output(explaining, samples):
+    out = ReasonRanker(str(explaining), samples=samples, temperature=0.7, max_new_tokens=16)(pairs())
+    # The script leaves the model no choice, so every sampled explanation is the greedy one.
+    assert out.tokens.tolist() == [samples * EXPLANATION_TOKENS] * 12
+    assert out.samples.tolist() == [samples] * 12
+    assert out.score.tolist() == pytest.approx([expected_score(LABEL_LOGITS)] * 12, abs=1e-6)
+    assert out.explanation.eq("the").all()
+    direct = ReasonRanker(str(explaining), mode="direct")(pairs())
+    assert direct.tokens.tolist() == [0] * 12 and direct.samples.tolist() == [0] * 12
+
+
+@pytest.mark.parametrize("greedy_first", [True, False])
+def test_samples_average_the_label_distributions_of_the_explanations_drawn(tiny_model, greedy_first):
+    inp = pairs(2, 3)
+    ranker = ReasonRanker(str(tiny_model), samples=3, temperature=1.0, greedy_first=greedy_first, seed=5,
+                          max_new_tokens=6)
+    out = ranker(inp)
+    # The same pairs drawn one explanation at a time, straight from the backend.
+    encoder = ranker.encoder
+    order = out.set_index("docno").loc[inp.docno]
+    prompts = encoder.prompts(inp["query"].tolist(), inp["text"].tolist())
+    draws = [ranker._backend.judge(prompts, encoder, mode="explain", batch_size=16, max_new_tokens=6,
+                                   temperature=temperature, seed=seed)
+             for temperature, seed in Sampling(3, 1.0, greedy_first, 5).draws()]
+    assert [temperature for temperature, _ in Sampling(3, 1.0, greedy_first, 5).draws()] == \
+        ([0.0, 1.0, 1.0] if greedy_first else [1.0, 1.0, 1.0])
+    average = sum(draw.probabilities for draw in draws) / 3
+    assert np.stack(order.probabilities.to_numpy()) == pytest.approx(average, abs=1e-5)
+    assert order.score.to_numpy() == pytest.approx(expected_label(average), abs=1e-5)
+    assert order.tokens.tolist() == sum(draw.tokens for draw in draws).tolist()
+    assert order.explanation.tolist() == draws[0].explanations  # the first drawn is the one shown
+    # The random model's explanations differ between draws, so the average is not any one of them.
+    assert not np.allclose(draws[1].probabilities, draws[2].probabilities)
+
+
+def test_a_pair_draws_the_same_explanations_in_any_batch(tiny_model):
+    settings = dict(samples=2, temperature=1.0, max_new_tokens=6)
+    alone = ReasonRanker(str(tiny_model), batch_size=1, **settings)(pairs(2, 3))
+    together = ReasonRanker(str(tiny_model), batch_size=6, **settings)(pairs(2, 3))
+    assert list(alone.explanation) == list(together.explanation)
+    assert alone.score.to_numpy() == pytest.approx(together.score.to_numpy(), abs=1e-5)
+
+
+def test_escalation_picks_the_uncertain_and_those_near_the_cutoff_within_the_budget():
+    certain, unsure, unsurer = [0.98, 0.01, 0.01], [0.25, 0.4, 0.35], [1 / 3, 1 / 3, 1 / 3]
+    qids = ["a"] * 5 + ["b"] * 3
+    probabilities = np.array([certain, unsure, [0.01, 0.01, 0.98], unsurer, [0.02, 0.9, 0.08],
+                              unsure, certain, [0.01, 0.01, 0.98]])
+    uncertain = entropy(probabilities) >= 1.0
+    assert uncertain.tolist() == [False, True, False, True, False, True, False, False]
+    assert escalated(qids, probabilities, Escalation(entropy=1.0), cost=10).tolist() == uncertain.tolist()
+    # By expected label, query a ranks its pairs 2, 1, 4, 3, 0 and query b 7, 5, 6: ranks 1 and 2
+    # (cut-off 2, margin 1) are pairs 1 and 4, and 5 and 6.
+    near = escalated(qids, probabilities, Escalation(entropy=2.0, cutoff=2, margin=1), cost=10)
+    assert near.tolist() == [False, True, False, False, True, True, True, False]
+    # A budget of one explanation per query: the most uncertain pair of each.
+    budget = escalated(qids, probabilities, Escalation(entropy=1.0, token_budget=19), cost=10)
+    assert budget.tolist() == [False, False, False, True, False, True, False, False]
+    assert not escalated(qids, probabilities, Escalation(entropy=0.0, token_budget=9), cost=10).any()
+
+
+def test_adaptive_explains_only_the_pairs_escalated(tiny_model):
+    inp = pairs(3, 4)
+    settings = dict(max_new_tokens=8)
+    direct = ReasonRanker(str(tiny_model), mode="direct", **settings)(inp).set_index("docno").loc[inp.docno]
+    explain = ReasonRanker(str(tiny_model), **settings)(inp).set_index("docno").loc[inp.docno]
+    uncertainty = entropy(np.stack(direct.probabilities.to_numpy()))
+    threshold = float(np.median(uncertainty))
+    adaptive = ReasonRanker(str(tiny_model), mode="adaptive", escalation=Escalation(entropy=threshold),
+                            **settings)(inp).set_index("docno").loc[inp.docno]
+    chosen = uncertainty >= threshold
+    assert 0 < chosen.sum() < len(inp)
+    assert (adaptive.samples.to_numpy() == chosen).all()
+    assert adaptive.score[chosen].to_numpy() == pytest.approx(explain.score[chosen].to_numpy(), abs=1e-5)
+    assert adaptive.score[~chosen].to_numpy() == pytest.approx(direct.score[~chosen].to_numpy(), abs=1e-9)
+    assert list(adaptive.explanation[chosen]) == list(explain.explanation[chosen])
+    assert (adaptive.explanation[~chosen] == "").all()
+    assert adaptive.tokens.sum() == explain.tokens[chosen].sum() < explain.tokens.sum()
+
+
+@pytest.mark.parametrize("samples", [1, 2])
+def test_adaptive_token_budget_and_cutoff_on_a_scripted_model(explaining, samples):
+    ranker = ReasonRanker(str(explaining), mode="adaptive", samples=samples, max_new_tokens=16)
+    worst = samples * (16 + len(ranker.encoder.forced_marker_ids))
+    # The scripted model is equally unsure of every pair, in direct mode as after an explanation.
+    uncertainty = entropy(softmax(LABEL_LOGITS)[None])[0]
+    ranker.escalation = Escalation(entropy=uncertainty - 1e-6)
+    everything = ranker(pairs(3, 4))
+    assert everything.samples.tolist() == [samples] * 12
+    assert everything.tokens.tolist() == [samples * EXPLANATION_TOKENS] * 12
+    ranker.escalation = Escalation(entropy=uncertainty + 1e-6)
+    assert ranker(pairs(3, 4)).tokens.tolist() == [0] * 12
+    ranker.escalation = Escalation(entropy=uncertainty - 1e-6, token_budget=2 * worst + 1)
+    out = ranker(pairs(3, 4))
+    assert out.groupby("qid").samples.apply(lambda s: (s > 0).sum()).tolist() == [2, 2, 2]
+    assert out.tokens.sum() == 3 * 2 * samples * EXPLANATION_TOKENS
+    ranker.escalation = Escalation(entropy=uncertainty + 1e-6, cutoff=2, margin=1)  # ties: ranks in input order
+    out = ranker(pairs(3, 4))
+    assert out[out.samples > 0].docno.tolist() == [f"d{q}-{d}" for q in range(3) for d in (1, 2)]
+    assert out.tokens.tolist() == [samples * EXPLANATION_TOKENS if s else 0 for s in out.samples]
+    assert out.score.tolist() == pytest.approx([expected_score(LABEL_LOGITS)] * 12, abs=1e-6)
