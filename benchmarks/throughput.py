@@ -99,6 +99,8 @@ PRESETS = {
                                  prefix_queries=20, prefix_docs=50),
     }},
 }
+PARTS = ("speed", "prefix", "memory", "roofline", "engines")
+"""The measurements, in the order they are run."""
 SCORE_TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
 MEMORY_QUERIES = (10, 100)
 MEMORY_DOCS = 10
@@ -120,11 +122,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="the shared data folder (default: $REASONRANK_SHARED, else ../shared)")
     parser.add_argument("--output", default=None, help="also write the report (Markdown) to this file")
     parser.add_argument("--quick", action="store_true", help="tiny workloads: checks that the script runs")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated measurements to run (default: all of {','.join(PARTS)})")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(_run_child(json.loads(args.child))))
         return
+    parts = set(args.parts.split(","))
+    if parts - set(PARTS):
+        parser.error(f"unknown parts {sorted(parts - set(PARTS))}; choose from {','.join(PARTS)}")
 
     import torch
 
@@ -133,13 +140,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     models = preset["models"]
     if args.models:
         models = {name: models[name] for name in args.models.split(",")}
-    models = {name: dataclasses.replace(w, dtype=w.dtype or _cpu_dtype()) for name, w in models.items()}
+    models = {name: dataclasses.replace(w, dtype=w.dtype or cpu_dtype()) for name, w in models.items()}
     memory_queries = MEMORY_QUERIES
     if args.quick:
         models = {name: dataclasses.replace(w, **QUICK) for name, w in models.items()}
         memory_queries = (2, 4)
     shared = Path(args.shared)
-    _offline_data(shared)
+    offline_data(shared)
     work = Path(tempfile.mkdtemp(prefix="reasonrank-bench-"))
     pairs = work / "cranfield.parquet"
     most = max(max(w.queries for w in models.values()), max(memory_queries))
@@ -148,30 +155,32 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     bright.write_text(json.dumps(_bright_queries(shared, max(w.prefix_queries for w in models.values()))))
 
     common = {"device": preset["device"], "pairs": str(pairs), "bright": str(bright)}
-    report = [f"# ReasonRanker throughput ({preset_name} preset, {_machine(preset['device'])})", ""]
+    report = [f"# ReasonRanker throughput ({preset_name} preset, {machine(preset['device'])})", ""]
     speed, prefix, rooflines = [], [], []
     for name, workload in models.items():
-        path = _model(name, preset["device"])
+        path = random_model(name, preset["device"])
         job = {**common, "model": str(path), "workload": dataclasses.asdict(workload)}
-        for mode in ("explain", "direct"):
+        for mode in ("explain", "direct") if "speed" in parts else ():
             speed.append({"model": name, "mode": mode, **_child({**job, "kind": "speed", "mode": mode})})
             _progress(speed[-1])
-        prefix.append({"model": name, **_child({**job, "kind": "prefix"})})
-        _progress(prefix[-1])
-        if name != "tiny":
+        if "prefix" in parts:
+            prefix.append({"model": name, **_child({**job, "kind": "prefix"})})
+            _progress(prefix[-1])
+        if name != "tiny" and "roofline" in parts:
             rooflines.append({"model": name, **_child({**job, "kind": "roofline"})})
             _progress(rooflines[-1])
     tiny_workload = PRESETS["cpu"]["models"]["tiny"]
-    tiny = {**common, "model": str(_model("tiny", preset["device"])),
+    tiny = {**common, "model": str(random_model("tiny", preset["device"])),
             "workload": dataclasses.asdict(dataclasses.replace(tiny_workload, **QUICK) if args.quick
                                            else tiny_workload)}
-    memory = [{"queries": n, **_child({**tiny, "kind": "memory", "queries": n})} for n in memory_queries]
+    memory = [{"queries": n, **_child({**tiny, "kind": "memory", "queries": n})}
+              for n in (memory_queries if "memory" in parts else ())]
 
     engines = []
-    if preset.get("engines") is not None:
+    if preset.get("engines") is not None and "engines" in parts:
         setup = dataclasses.replace(preset["engines"], **QUICK_ENGINES) if args.quick else preset["engines"]
-        engine_job = {**common, "kind": "engines", "model": str(_model(setup.model, "cpu")),
-                      "engines": dataclasses.asdict(setup), "dtype": _cpu_dtype()}
+        engine_job = {**common, "kind": "engines", "model": str(random_model(setup.model, "cpu")),
+                      "engines": dataclasses.asdict(setup), "dtype": cpu_dtype()}
         for mode in ("direct",) if args.quick else ("explain", "direct"):
             engines.append({"model": setup.model, "mode": mode, **_child({**engine_job, "mode": mode})})
             _progress(engines[-1])
@@ -193,12 +202,12 @@ def _cpu() -> tuple[str, list[str]]:
     return name, sorted(f for f in flags if f.startswith(("avx", "amx")))
 
 
-def _cpu_dtype() -> str:
+def cpu_dtype() -> str:
     """bfloat16 where the CPU has bfloat16 arithmetic, else float32 (several times faster on AVX2 alone)."""
     return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(_cpu()[1]) else "float32"
 
 
-def _offline_data(shared: Path) -> None:
+def offline_data(shared: Path) -> None:
     """ir_datasets gets a private copy of the shared home (it writes docstores beside the data)."""
     if "IR_DATASETS_HOME" not in os.environ:
         home = Path(tempfile.mkdtemp(prefix="reasonrank-irds-"))
@@ -227,7 +236,7 @@ def _bright_queries(shared: Path, n: int) -> list[str]:
     return [domains[i % len(domains)][i // len(domains)] for i in range(n)]
 
 
-def _model(name: str, device: str) -> Path:
+def random_model(name: str, device: str) -> Path:
     """The random model for ``name``, built once into the cache."""
     from pyterrier_reasonrank.testing import build_random_model, build_tiny_model
 
@@ -255,7 +264,8 @@ def _progress(result: dict) -> None:
     print("measured:", json.dumps(result), file=sys.stderr, flush=True)
 
 
-def _machine(device: str) -> str:
+def machine(device: str) -> str:
+    """The GPU's name, or the CPU's model, cores, vector flags and the torch version."""
     import torch
 
     if device == "cuda":
@@ -265,6 +275,8 @@ def _machine(device: str) -> str:
 
 
 def _speed_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
     lines = ["## Docs/s: pipeline, floor and one-pair loop", "",
              "| model | dtype, attention | mode | docs | pipeline | no reuse | floor | one-pair | overhead vs floor "
              "| of which tokenizing | speed-up vs one-pair | peak RSS | peak GPU |",
@@ -286,6 +298,8 @@ def _speed_table(rows: list[dict]) -> list[str]:
 
 
 def _prefix_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
     lines = ["## Prefix reuse: BRIGHT queries, short documents, direct mode", "",
              "| model | dtype | pairs | query tokens (median) | prefill tokens, reuse / no reuse | docs/s reuse | "
              "docs/s no reuse | speed-up | max score difference |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -301,6 +315,8 @@ def _prefix_table(rows: list[dict]) -> list[str]:
 
 
 def _memory_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
     lines = ["## Memory: 10 vs 100 queries (tiny model, explain mode)", "",
              "| queries | docs | RSS after loading | peak RSS |", "|---:|---:|---:|---:|"]
     for r in rows:

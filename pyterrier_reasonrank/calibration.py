@@ -10,9 +10,9 @@ against graded judgements (qrels mapped to the labels 0, 1, 2):
   confidence) against whether it is the judged label;
 - a **reliability diagram** of both (PNG).
 
-A single temperature on the label logits (:func:`fit_temperature`, fitted on held-out judged pairs
-by the negative log-likelihood of their labels) is saved in the student's settings and used by
-``ReasonRanker`` unless overridden.
+A temperature on the label logits per mode (:func:`fit_temperature`, fitted on held-out judged
+pairs by the negative log-likelihood of their labels) is saved in the student's settings and used
+by ``ReasonRanker`` for the pairs that mode judged, unless overridden.
 """
 from __future__ import annotations
 
@@ -121,11 +121,13 @@ def reliability_diagram(tables: dict[str, pd.DataFrame], path: Union[str, Path])
 
 def calibrate(ranker: ReasonRanker, datasets: Sequence[str], *, k: int = 20, num_queries: Optional[int] = None,
               query_field: Optional[str] = None) -> dict:
-    """Fit the label temperature of the ranker's student on judged pairs, and save it in the student's settings.
+    """Fit the label temperatures of the ranker's student on judged pairs, and save them in the student's settings.
 
     The ranker re-ranks BM25's top ``k`` of each dataset; the judged pairs among them (qrels
-    mapped to labels) are what the temperature is fitted on. ``ReasonRanker`` then uses it unless
-    given another ``label_temperature``.
+    mapped to labels) are what the temperatures are fitted on, one per mode that judged pairs (an
+    adaptive ranker's explained and unexplained pairs each fit their mode's). ``ReasonRanker`` then
+    uses them unless given another ``label_temperature``. Fit with the ``samples`` you serve with:
+    with several, the temperature applies to their averaged distribution.
 
     Args:
         ranker: The student, as it will be served (its mode, samples...); its own temperature is
@@ -136,8 +138,8 @@ def calibrate(ranker: ReasonRanker, datasets: Sequence[str], *, k: int = 20, num
         query_field: The topics' field used as the query (BRIGHT: ``text``).
 
     Returns:
-        ``temperature``, ``pairs``, the expected calibration errors ``before`` and ``after``, and
-        the ``settings`` file written.
+        Per mode fitted, its ``temperature``, ``pairs`` and the expected calibration errors
+        ``before`` and ``after``; and the ``settings`` file written.
 
     Raises:
         InputError: The student is not a local directory (its settings are written there), or no
@@ -156,16 +158,21 @@ def calibrate(ranker: ReasonRanker, datasets: Sequence[str], *, k: int = 20, num
         warnings.filterwarnings("ignore", message=".*label_temperature=")
         evaluation = evaluate(list(datasets), {"student": raw}, k=k, num_queries=num_queries,
                               query_field=query_field)
-    judged = pd.concat(evaluation.judged_runs().values(), ignore_index=True)
-    if len(judged) == 0:
+    runs = list(evaluation.judged_runs().values())
+    if not runs:
         raise InputError(f"no judged pair among BM25's top {k} of {list(datasets)}: nothing to fit on")
-    probabilities, labels = np.stack(judged["probabilities"].to_numpy()), judged["label"].to_numpy()
-    temperature = fit_temperature(probabilities, labels)
+    judged = pd.concat(runs, ignore_index=True)
+    fitted = {}
+    for mode, pairs in judged.groupby(np.where(judged["samples"] > 0, "explain", "direct")):
+        probabilities, labels = np.stack(pairs["probabilities"].to_numpy()), pairs["label"].to_numpy()
+        temperature = fit_temperature(probabilities, labels)
+        fitted[mode] = {"temperature": temperature, "pairs": len(pairs),
+                        "before": expected_calibration_error(calibration_table(probabilities, labels)),
+                        "after": expected_calibration_error(calibration_table(tempered(probabilities, temperature),
+                                                                              labels))}
     # A model not trained by this library gets a settings file for the calibration; it claims no
     # training, so no mode is warned about.
     settings = read_settings(student) or StudentSettings(tasks=MODES)
-    path = dataclasses.replace(settings, label_temperature=temperature).save(student)
-    return {"temperature": temperature, "pairs": len(judged),
-            "before": expected_calibration_error(calibration_table(probabilities, labels)),
-            "after": expected_calibration_error(calibration_table(tempered(probabilities, temperature), labels)),
-            "settings": str(path)}
+    temperatures = {**settings.label_temperature, **{mode: fit["temperature"] for mode, fit in fitted.items()}}
+    path = dataclasses.replace(settings, label_temperature=temperatures).save(student)
+    return {**fitted, "settings": str(path)}

@@ -102,12 +102,14 @@ class Evaluation:
     def judged_runs(self) -> dict[tuple[str, str], pd.DataFrame]:
         """Each re-ranker's judged pairs: its run joined with the dataset's labels, by (dataset, name).
 
-        Only runs with label distributions (``probabilities``) are kept: the first stage has none. A
-        run's own ``label`` becomes ``label_predicted``; ``label`` is the judged one.
+        Only runs with label distributions (``probabilities``) that ranked a judged pair are kept:
+        the first stage has none. A run's own ``label`` becomes ``label_predicted``; ``label`` is the
+        judged one.
         """
-        return {(dataset_id, name): run.assign(qid=run["qid"].astype(str), docno=run["docno"].astype(str)).merge(
-                    self.judged[dataset_id], on=["qid", "docno"], suffixes=("_predicted", ""))
-                for (dataset_id, name), run in self.runs.items() if "probabilities" in run.columns}
+        joined = {(dataset_id, name): run.assign(qid=run["qid"].astype(str), docno=run["docno"].astype(str)).merge(
+                      self.judged[dataset_id], on=["qid", "docno"], suffixes=("_predicted", ""))
+                  for (dataset_id, name), run in self.runs.items() if "probabilities" in run.columns}
+        return {key: judged for key, judged in joined.items() if len(judged)}
 
     def calibration(self) -> tuple[pd.DataFrame, dict[str, dict[str, pd.DataFrame]]]:
         """How well each re-ranker's label distributions mean what they say, on the judged pairs it ranked.

@@ -9,7 +9,6 @@ not judged before are judged.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -18,7 +17,7 @@ import pandas as pd
 import pyterrier as pt
 
 from .prompts import FORMAT_VERSION, LABELS, Mode, PromptEncoder, chat_template_sha256
-from .store import JudgementStore, judgement_key, provenance_id
+from .store import JudgementStore, document_sha256, judgement_key, provenance_id
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -95,17 +94,19 @@ class Judge:
     def provenance(self, mode: Mode, sampling: Sampling) -> dict:
         """What makes a judgement in ``mode``: the model's identity, the prompt settings, the generation settings."""
         encoder = self.encoders[mode]
-        # Backends agree on greedy judgements, so those are shared; sampled explanations depend on
-        # the engine's sampler, so for them the backend is part of the provenance.
-        sampled = mode == "explain" and any(temperature > 0 for temperature, _ in sampling.draws())
-        identity = {name: value for name, value in self.identity.items() if name != "backend" or sampled}
+        # Backends agree on greedy judgements in float32 (the parity tests), so those are shared.
+        # Sampled explanations depend on the engine's sampler, and in half precision engines'
+        # kernels round differently and split near-ties apart: for those the backend is part of it.
+        draws = [(temperature, seed if temperature > 0 else None) for temperature, seed in sampling.draws()]
+        sampled = mode == "explain" and any(temperature > 0 for temperature, _ in draws)
+        shared = not sampled and self.identity.get("dtype") == "torch.float32"
+        identity = {name: value for name, value in self.identity.items() if name != "backend" or not shared}
         provenance = {**identity, "format_version": FORMAT_VERSION, "mode": mode,
                       "max_query_tokens": encoder.max_query_tokens, "max_doc_tokens": encoder.max_doc_tokens,
                       "template_variables": encoder.template_variables,
                       "chat_template_sha256": chat_template_sha256(encoder.tokenizer)}
         if mode == "explain":
-            provenance.update(max_new_tokens=self.options["max_new_tokens"], samples=sampling.samples,
-                              draws=sampling.draws())
+            provenance.update(max_new_tokens=self.options["max_new_tokens"], samples=sampling.samples, draws=draws)
         return provenance
 
     def judge(self, queries: np.ndarray, documents: np.ndarray, *, mode: Mode, sampling: Sampling,
@@ -137,7 +138,7 @@ class Judge:
                 self.store.add(provenance, [  # committed per chunk: a killed run keeps what it judged
                     {"key": judgement_key(identity, queries[row], documents[row]), "qid": str(qids[row]),
                      "docno": str(docnos[row]), "query": queries[row],
-                     "document_sha256": hashlib.sha256(documents[row].encode("utf-8", "surrogatepass")).hexdigest(),
+                     "document_sha256": document_sha256(documents[row]),
                      "explanation": judged.explanations[row], "probabilities": judged.probabilities[row],
                      "forced": judged.forced[row], "tokens": judged.tokens[row], "samples": judged.samples[row]}
                     for row in missing])

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Iterator, Optional, Union
 import torch
 
 from pyterrier_reasonrank.errors import InputError, ModelNotFoundError, PickleCheckpointError
+from pyterrier_reasonrank.settings import FILENAME
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -61,19 +62,24 @@ def fingerprint(source: str) -> str:
     """What identifies the weights at ``source`` (a directory, or a Hub id), without reading them all.
 
     For a directory: a hash of its weight files' names and sizes, of the first and last MiB of each,
-    and of its config — whole files when they are small (an adapter's). For a Hub id: the revision
-    of its snapshot in the local cache (``hub:<id>`` when it is not cached).
+    and of its configs — whole files when they are small (an adapter's). The student's settings
+    (``reasonrank_config.json``) are not its weights: calibrating a student changes them, not what
+    it judges. For a Hub id: the revision of its snapshot in the local cache (``hub:<id>`` when it is
+    not cached).
     """
     import hashlib
 
     if not os.path.isdir(source):
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(source, "config.json")
-        return f"hub:{source}@{Path(cached).parent.name}" if isinstance(cached, str) else f"hub:{source}"
+        for config in ("config.json", "adapter_config.json"):  # a model's, an adapter's
+            cached = try_to_load_from_cache(source, config)
+            if isinstance(cached, str):
+                return f"hub:{source}@{Path(cached).parent.name}"
+        return f"hub:{source}"
     digest = hashlib.sha256()
     for path in sorted(Path(source).iterdir()):
-        if not path.is_file() or not path.name.endswith((".safetensors", "config.json")):
+        if not path.is_file() or not path.name.endswith((".safetensors", "config.json")) or path.name == FILENAME:
             continue
         size = path.stat().st_size
         digest.update(f"{path.name}:{size}".encode())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -13,6 +13,7 @@ import torch
 from . import scoring
 from .adaptive import Escalation, escalated
 from .backends import load_local, openai
+from .backends.vllm import numeric_engine_options
 from .display import ReasonRankResults
 from .errors import InputError
 from .judging import Judge, Judged, Sampling
@@ -63,7 +64,8 @@ class ReasonRanker(pt.Transformer):
                 no generation; faster, for a first cut in a cascade) or ``"adaptive"`` (direct mode
                 for every pair, explanations only where ``escalation`` says they matter).
             samples: Explanations per pair (explain and adaptive modes); their label distributions
-                are averaged (self-consistency). 1: one greedy explanation.
+                are averaged (self-consistency). 1: one explanation (greedy, unless ``greedy_first``
+                is off).
             temperature: The temperature of sampled explanations.
             greedy_first: With ``samples`` > 1, the first explanation is the greedy one (the one shown),
                 the others sampled; off, all are sampled.
@@ -71,8 +73,9 @@ class ReasonRanker(pt.Transformer):
             escalation: Adaptive mode's policy (see :class:`~pyterrier_reasonrank.adaptive.Escalation`).
             store: A :class:`~pyterrier_reasonrank.store.JudgementStore` (or its file): pairs judged
                 before with the same provenance are read from it, the others judged and added.
-            label_temperature: Divides the label logits before the score is read (calibration).
-                Default: the student's (``reasonrank calibrate``), else 1.
+            label_temperature: Divides the label logits before the score is read (calibration), in
+                every mode; with ``samples`` > 1, those of the averaged distribution. Default: the
+                student's for the mode that judged the pair (``reasonrank calibrate``), else 1.
             batch_size: Number of pairs judged at once, across queries.
             max_new_tokens: Explanation budget in tokens. A model that has not written the label marker
                 by then gets it appended, and the row is marked ``forced``.
@@ -174,8 +177,7 @@ class ReasonRanker(pt.Transformer):
             student = self.student
             modes = ("direct", "explain") if self.mode == "adaptive" else (self.mode,)
             settings = serving_settings(student, backend.tokenizer, who="ReasonRanker", tasks=modes,
-                                        max_query_tokens=self.max_query_tokens, max_doc_tokens=self.max_doc_tokens,
-                                        label_temperature=self.label_temperature)
+                                        max_query_tokens=self.max_query_tokens, max_doc_tokens=self.max_doc_tokens)
             store = self.store if self.store is None or isinstance(self.store, JudgementStore) \
                 else JudgementStore(self.store)
             options = {"batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens,
@@ -183,9 +185,25 @@ class ReasonRanker(pt.Transformer):
             self._judge = Judge(backend, {mode: settings.encoder(backend.tokenizer, mode) for mode in modes},
                                 options=options, store=store,
                                 identity=self._identity(student) if store is not None else None)
-            self._label_temperature = settings.label_temperature
+            self._label_temperatures = self._temperatures(settings.label_temperature, modes)
             self._backend = backend
         return self
+
+    def _temperatures(self, calibrated: dict, modes: Sequence[str]) -> dict[str, float]:
+        """The label temperature of each mode: the one given, else the student's calibration."""
+        if self.label_temperature is None:
+            return {mode: calibrated.get(mode, 1.0) for mode in modes}
+        differing = {mode: calibrated[mode] for mode in modes
+                     if calibrated.get(mode, self.label_temperature) != self.label_temperature}
+        if differing:
+            warnings.warn(f"ReasonRanker: the student was calibrated with label_temperature {differing}; serving it "
+                          f"with label_temperature={self.label_temperature} as asked", stacklevel=3)
+        return dict.fromkeys(modes, self.label_temperature)
+
+    def _tempered(self, judged: Judged) -> np.ndarray:
+        """The label distributions with the temperature of the mode that judged each pair."""
+        direct, explain = (self._label_temperatures.get(mode, 1.0) for mode in ("direct", "explain"))
+        return scoring.tempered(judged.probabilities, np.where(judged.samples > 0, explain, direct))
 
     @property
     def student(self) -> str:
@@ -212,9 +230,12 @@ class ReasonRanker(pt.Transformer):
                     "dtype": "server", "backend": self.backend}
         name = model_name(self.model, self.adapter)
         dtype = resolve_dtype(self.dtype, resolve_device(self.device if self.backend == "transformers" else None))
-        return {"model": name, "model_fingerprint": fingerprint(name), "adapter": self.adapter,
-                "adapter_fingerprint": fingerprint(self.adapter) if self.adapter else None, "dtype": str(dtype),
-                "backend": self.backend}
+        identity = {"model": name, "model_fingerprint": fingerprint(name), "adapter": self.adapter,
+                    "adapter_fingerprint": fingerprint(self.adapter) if self.adapter else None, "dtype": str(dtype),
+                    "backend": self.backend}
+        if self.backend == "vllm" and numeric_engine_options(self.engine_options):
+            identity["engine"] = numeric_engine_options(self.engine_options)  # quantization...: other numbers
+        return identity
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         """Score and rank the documents of each query.
@@ -258,7 +279,7 @@ class ReasonRanker(pt.Transformer):
         documents = np.array(as_text(frame[self.text_field]), dtype=object)
         documents[blank_text.to_numpy()] = ""
         judged = self._judged(np.array(as_text(frame["query"]), dtype=object), documents, frame)
-        probabilities = scoring.tempered(judged.probabilities, self._label_temperature)
+        probabilities = self._tempered(judged)
         frame = frame.assign(explanation=judged.explanations.tolist(),
                              label=scoring.most_probable_label(probabilities),
                              score=scoring.expected_label(probabilities), probabilities=list(map(tuple, probabilities)),
@@ -278,7 +299,7 @@ class ReasonRanker(pt.Transformer):
             return judged
         # The worst case of an explanation: its budget, then the marker appended.
         cost = self.samples * (self.max_new_tokens + len(self._judge.encoders["explain"].forced_marker_ids))
-        uncertain = scoring.tempered(judged.probabilities, self._label_temperature)
+        uncertain = self._tempered(judged)  # all judged in direct mode so far
         chosen = np.flatnonzero(escalated(frame["qid"].tolist(), uncertain, self.escalation or Escalation(), cost))
         with pt.tqdm(total=len(chosen), desc=f"{self!r}: explaining", unit="doc", disable=not self.verbose) as bar:
             explained = self._judge.judge(queries[chosen], documents[chosen], mode="explain", sampling=sampling,

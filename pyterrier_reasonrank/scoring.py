@@ -6,6 +6,8 @@ three-way ties.
 """
 from __future__ import annotations
 
+from typing import Union
+
 import numpy as np
 import torch
 
@@ -36,16 +38,22 @@ def most_probable_label(probabilities: np.ndarray) -> np.ndarray:
     return _LABEL_VALUES[np.argmax(probabilities, axis=-1)].astype(np.int64)
 
 
-def tempered(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+def tempered(probabilities: np.ndarray, temperature: Union[float, np.ndarray]) -> np.ndarray:
     """The label distributions with their logits divided by ``temperature`` (1: unchanged).
 
     Renormalised over the labels, a distribution's logits are its log-probabilities up to a
     constant, so ``softmax(log p / T)``. A temperature above 1 softens over-confident
     distributions; below 1 sharpens them.
+
+    Args:
+        probabilities: Label distributions, one per row.
+        temperature: One for all rows, or one per row.
     """
-    if temperature == 1.0:
+    temperature = np.asarray(temperature, dtype=np.float64)
+    if (temperature == 1.0).all():
         return np.asarray(probabilities, dtype=np.float64)
-    logits = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-300, None)) / temperature
+    logits = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-300, None))
+    logits /= temperature[..., None] if temperature.ndim else temperature
     logits -= logits.max(axis=-1, keepdims=True)
     exp = np.exp(logits)
     return exp / exp.sum(axis=-1, keepdims=True)

@@ -50,8 +50,9 @@ class StudentSettings:
         stage: The training stage that wrote it (``"distill"``, ``"refine-rwsft"``...).
         chat_template_sha256: The hash of the chat template it was trained with.
         labels: The label scale, label -> name.
-        label_temperature: Divides the label logits before scores are read: a calibration fitted on
-            held-out judgements (``reasonrank calibrate``); 1 leaves them as they are.
+        label_temperature: Per mode (``"explain"``, ``"direct"``), what divides the label logits
+            before scores are read: a calibration fitted on held-out judgements (``reasonrank
+            calibrate``); a mode not listed is served as it is (1).
         format_version: The prompt format version (:data:`~pyterrier_reasonrank.prompts.FORMAT_VERSION`).
     """
 
@@ -64,7 +65,7 @@ class StudentSettings:
     stage: Optional[str] = None
     chat_template_sha256: Optional[str] = None
     labels: dict = field(default_factory=lambda: {str(k): v for k, v in LABEL_NAMES.items()})
-    label_temperature: float = 1.0
+    label_temperature: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def encoder(self, tokenizer: PreTrainedTokenizerBase, mode: Mode = "explain") -> PromptEncoder:

@@ -11,8 +11,10 @@ the chat-template variables, the generation settings — and by the exact query 
 The backend is not part of the key of greedy judgements: every backend encodes the same token ids
 and ends an explanation by the same rule, and the parity tests (tests/test_vllm.py) show that they
 agree (to 1e-3, with identical explanations), so a store filled by the transformers backend serves
-vLLM's engine. Sampled explanations depend on the engine's sampler, so for them it is. The dtype
-is part of the key: bfloat16 and float32 can choose different greedy tokens. A served model
+vLLM's engine. Sampled explanations depend on the engine's sampler, and in half precision the
+engines' kernels round differently (and split near-ties apart), so for those it is. The dtype is
+part of the key (bfloat16 and float32 can choose different greedy tokens), and so are vLLM engine
+options that may change the numbers (quantization, say; not those that set capacity). A served model
 (``backend="openai"``) is identified by the name it is served under and its tokenizer: the server's
 weights are not seen from here.
 
@@ -66,12 +68,21 @@ def provenance_id(provenance: dict) -> str:
 
 
 def judgement_key(provenance: str, query: str, document: str) -> str:
-    """The key of a judgement: its provenance id and the exact query and document text, hashed."""
+    """The key of a judgement: its provenance id and the exact query and document text, hashed.
+
+    Each text is preceded by its length, so that no two (query, document) pairs run together alike.
+    """
     digest = hashlib.sha256(provenance.encode())
     for text in (query, document):
-        digest.update(b"\x00")
-        digest.update(text.encode("utf-8", "surrogatepass"))
+        encoded = text.encode("utf-8", "surrogatepass")
+        digest.update(f"{len(encoded)}:".encode())
+        digest.update(encoded)
     return digest.hexdigest()
+
+
+def document_sha256(document: str) -> str:
+    """The SHA-256 of a document's exact text (as the store records it)."""
+    return hashlib.sha256(document.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class JudgementStore:
@@ -98,8 +109,11 @@ class JudgementStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._connection() as connection:
-            connection.executescript(_SCHEMA)
+        connection = self._connection()
+        with _transaction(connection):  # two processes creating one store take turns
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
 
     def _connection(self) -> sqlite3.Connection:
         # One connection per thread and process (SQLite connections may not cross either).
@@ -134,7 +148,8 @@ class JudgementStore:
         """
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         identity = provenance_id(provenance)
-        rows = [(r["key"], identity, r["qid"], r["docno"], r["query"], r["document_sha256"], r["explanation"],
+        rows = [(r["key"], identity, _storable(r["qid"]), _storable(r["docno"]), _storable(r["query"]),
+                 r["document_sha256"], _storable(r["explanation"]),
                  *map(float, r["probabilities"]), int(r["forced"]), int(r["tokens"]), int(r["samples"]), created)
                 for r in records]
         connection = self._connection()
@@ -151,10 +166,9 @@ class JudgementStore:
         The columns are those of :data:`COLUMNS`, and ``mode``, ``model`` and ``adapter`` from the
         provenance.
         """
-        connection = self._connection()
-        frame = pd.read_sql_query(f"SELECT {', '.join(COLUMNS)} FROM judgements ORDER BY created, key", connection)
-        provenances = {identity: json.loads(text) for identity, text in
-                       connection.execute("SELECT id, provenance FROM provenances")}
+        frame = pd.read_sql_query(f"SELECT {', '.join(COLUMNS)} FROM judgements ORDER BY created, key",
+                                  self._connection())
+        provenances = {identity: json.loads(text) for identity, text in self._provenance_texts().items()}
         for field in ("mode", "model", "adapter"):
             frame[field] = [provenances[p].get(field) for p in frame["provenance"]]
         frame["forced"] = frame["forced"].astype(bool)
@@ -162,14 +176,16 @@ class JudgementStore:
 
     def provenances(self) -> pd.DataFrame:
         """Every provenance in the store: ``id`` and its fields."""
-        rows = self._connection().execute("SELECT id, provenance FROM provenances").fetchall()
-        return pd.DataFrame([{"id": identity, **json.loads(text)} for identity, text in rows])
+        texts = self._provenance_texts()
+        return pd.DataFrame([{"id": identity, **json.loads(text)} for identity, text in texts.items()])
+
+    def _provenance_texts(self) -> dict[str, str]:
+        return dict(self._connection().execute("SELECT id, provenance FROM provenances").fetchall())
 
     def to_parquet(self, path: Union[str, Path]) -> Path:
         """Export every judgement and its provenance to a Parquet file (see :meth:`import_parquet`)."""
         frame = self.frame()[COLUMNS]
-        provenances = dict(self._connection().execute("SELECT id, provenance FROM provenances").fetchall())
-        frame = frame.assign(provenance_json=frame["provenance"].map(provenances))
+        frame = frame.assign(provenance_json=frame["provenance"].map(self._provenance_texts()))
         frame.to_parquet(path, index=False)
         return Path(path)
 
@@ -187,8 +203,14 @@ class JudgementStore:
             return connection.total_changes - before
 
     def merge(self, other: Union[JudgementStore, str, Path]) -> int:
-        """Add the judgements of another store (judged on another machine, say); returns how many were new."""
+        """Add the judgements of another store (judged on another machine, say); returns how many were new.
+
+        Raises:
+            FileNotFoundError: ``other`` is a path to no file.
+        """
         path = other.path if isinstance(other, JudgementStore) else Path(other)
+        if not path.is_file():  # SQLite would create an empty file there
+            raise FileNotFoundError(f"no judgement store at {path}")
         connection = self._connection()
         connection.execute("ATTACH DATABASE ? AS other", (str(path),))
         try:
@@ -224,6 +246,20 @@ def _transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]
         connection.execute("ROLLBACK")
         raise
     connection.execute("COMMIT")
+
+
+def _storable(value: object) -> object:
+    """A value SQLite can store: in text, a lone surrogate (which UTF-8 cannot encode) becomes U+FFFD.
+
+    Only the readable copy changes; keys hash the exact text.
+    """
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
 
 
 def _plain(value: object) -> object:

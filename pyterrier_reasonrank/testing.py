@@ -6,6 +6,7 @@ loads like any Hugging Face checkpoint, so ``ReasonRanker(model=path)`` exercise
 prompting, generation and scoring code; its judgements are meaningless.
 :func:`build_random_model` writes a random model with the shape of a real checkpoint (e.g.
 Llama-3.2-1B) and the same tokenizer: it costs what the real model costs, for benchmarks.
+:func:`counting_judgements` counts the prompts a ranker's model judges (to show what a store saves).
 
 From the shell::
 
@@ -14,15 +15,18 @@ From the shell::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Union
 
 from . import prompts
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+    from .ranker import ReasonRanker
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -58,6 +62,28 @@ CHAT_TEMPLATES = {
 }
 """The chat templates a tiny model can have: ChatML (Qwen-style) and a Llama-3-style one that writes
 today's date into its system block."""
+
+
+@contextlib.contextmanager
+def counting_judgements(ranker: ReasonRanker) -> Iterator[list[int]]:
+    """Count the prompts the ranker's model judges while the block runs.
+
+    Yields:
+        A list that gets the size of every batch sent to the model (each explanation drawn counts
+        once); ``sum`` of it is the number of model calls the block made.
+    """
+    backend = ranker.load()._backend
+    original, counted = backend.judge, []
+
+    def counting(prompts: Sequence, *args, **kwargs):  # noqa: ANN202
+        counted.append(len(prompts))
+        return original(prompts, *args, **kwargs)
+
+    backend.judge = counting
+    try:
+        yield counted
+    finally:
+        del backend.judge
 
 
 def tokenizer_corpus() -> list[str]:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pyterrier_reasonrank import ReasonRanker
+from pyterrier_reasonrank import Escalation, JudgementStore, ReasonRanker
 from pyterrier_reasonrank.calibration import calibration_table, expected_calibration_error, fit_temperature
 from pyterrier_reasonrank.cli import main
 from pyterrier_reasonrank.evaluation import evaluate
@@ -16,6 +16,7 @@ from pyterrier_reasonrank.prompts import MODES
 from pyterrier_reasonrank.scoring import tempered
 from pyterrier_reasonrank.settings import StudentSettings, read_settings
 from test_ranker import EXPLAINS, LABEL_LOGITS, pairs
+from test_store import judged_with_count
 
 LOGITS = np.asarray(LABEL_LOGITS)
 
@@ -41,12 +42,27 @@ def test_the_label_temperature_divides_the_label_logits(explaining, mode):
 
 def test_the_students_temperature_is_used_unless_overridden(explaining, tmp_path):
     student = shutil.copytree(explaining, tmp_path / "student")
-    StudentSettings(tasks=MODES, label_temperature=0.5).save(student)
+    StudentSettings(tasks=MODES, label_temperature={"direct": 0.5}).save(student)
     out = ReasonRanker(str(student), mode="direct")(pairs(1, 2))
     assert np.stack(out.probabilities.to_numpy()) == pytest.approx(np.tile(softmax(LOGITS / 0.5), (2, 1)), abs=1e-6)
-    with pytest.warns(UserWarning, match=r"calibrated\) with label_temperature=0.5; serving it with label_temperature=1"):
+    with pytest.warns(UserWarning, match=r"calibrated with label_temperature \{'direct': 0.5\}; serving it with "
+                                         r"label_temperature=1.0"):
         out = ReasonRanker(str(student), mode="direct", label_temperature=1.0)(pairs(1, 2))
     assert np.stack(out.probabilities.to_numpy()) == pytest.approx(np.tile(softmax(LOGITS), (2, 1)), abs=1e-6)
+
+
+def test_each_mode_has_its_own_temperature(explaining, tmp_path):
+    student = shutil.copytree(explaining, tmp_path / "student")
+    StudentSettings(tasks=MODES, label_temperature={"direct": 0.5, "explain": 2.0}).save(student)
+    # Every pair is uncertain enough; the budget (26 tokens, a pair reserves 16 and the marker) explains one.
+    adaptive = ReasonRanker(str(student), mode="adaptive", max_new_tokens=16,
+                            escalation=Escalation(entropy=0.0, token_budget=26))
+    out = adaptive(pairs(2, 3))
+    explained = (out.samples > 0).to_numpy()
+    assert explained.sum() == 2  # one per query
+    probabilities = np.stack(out.probabilities.to_numpy())
+    assert probabilities[explained] == pytest.approx(np.tile(softmax(LOGITS / 2.0), (2, 1)), abs=1e-6)
+    assert probabilities[~explained] == pytest.approx(np.tile(softmax(LOGITS / 0.5), (4, 1)), abs=1e-6)
 
 
 def test_tempering_is_dividing_the_logits():
@@ -108,24 +124,28 @@ def test_evaluate_writes_the_calibration_per_dataset(explaining, tmp_path, capsy
 
 def test_calibrate_fits_the_temperature_and_the_ranker_uses_it(explaining, tmp_path, capsys):
     student = shutil.copytree(explaining, tmp_path / "student")
+    store = JudgementStore(tmp_path / "judgements.sqlite")
+    judged_with_count(ReasonRanker(str(student), mode="direct", store=store), pairs(1, 2))
     argv = ["calibrate", "--dataset", "irds:cranfield", "--model", str(student), "--mode", "direct", "--k", "10",
             "--num-queries", "8"]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
-    saved = read_settings(str(student)).label_temperature
-    assert result["temperature"] == saved and result["settings"] == str(student / "reasonrank_config.json")
+    saved = read_settings(str(student)).label_temperature["direct"]
+    assert set(result) == {"direct", "settings"} and result["settings"] == str(student / "reasonrank_config.json")
+    assert result["direct"]["temperature"] == saved
     # The labels of the judged pairs it ranked: the fitted temperature is where their likelihood peaks.
     with pytest.warns(UserWarning, match="label_temperature"):
         raw = ReasonRanker(str(student), mode="direct", label_temperature=1.0)
         evaluation = evaluate(["irds:cranfield"], {"direct": raw}, k=10, num_queries=8)
     labels = evaluation.judged_runs()[("irds:cranfield", "BM25 >> direct")]["label"].to_numpy()
-    assert result["pairs"] == len(labels) and len(set(labels)) > 1
+    assert result["direct"]["pairs"] == len(labels) and len(set(labels)) > 1
     frequencies = np.bincount(labels, minlength=3) / len(labels)
 
     def nll(temperature):
         return -(frequencies * np.log(softmax(LOGITS / temperature))).sum()
 
     assert nll(saved) < nll(1.0) and nll(saved) < min(nll(saved * 1.02), nll(saved / 1.02))
-    out = ReasonRanker(str(student), mode="direct")(pairs(1, 2))
+    out, judged = judged_with_count(ReasonRanker(str(student), mode="direct", store=store), pairs(1, 2))
     assert np.stack(out.probabilities.to_numpy()) == pytest.approx(np.tile(softmax(LOGITS / saved), (2, 1)),
                                                                    abs=1e-6)
+    assert judged == 0  # calibrating changed the student's settings, not its judgements: the store still serves

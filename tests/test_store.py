@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pyterrier_reasonrank import JudgementStore, ReasonRanker
+from pyterrier_reasonrank.testing import counting_judgements
 from test_ranker import pairs
 
 JUDGED = ["explanation", "label", "score", "forced", "tokens", "samples"]
@@ -24,18 +25,8 @@ JUDGED = ["explanation", "label", "score", "forced", "tokens", "samples"]
 
 def judged_with_count(ranker: ReasonRanker, inp: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """The ranker's output, and how many prompts its model judged (explanations drawn count each)."""
-    backend = ranker.load()._backend
-    original, counted = backend.judge, []
-
-    def counting(prompts, *args, **kwargs):
-        counted.append(len(prompts))
-        return original(prompts, *args, **kwargs)
-
-    backend.judge = counting
-    try:
+    with counting_judgements(ranker) as counted:
         return ranker(inp), sum(counted)
-    finally:
-        del backend.judge
 
 
 @pytest.fixture()
@@ -99,7 +90,26 @@ def test_every_change_of_provenance_is_a_miss(tiny_model, store, tmp_path):
     # what is applied after judging is not part of the key: a calibration reads the stored judgements
     tempered, judged = judged_with_count(ReasonRanker(str(tiny_model), label_temperature=2.0, **base), inp)
     assert judged == 0
-    assert len(store.provenances()) == 1 + len(changed)
+    # nor the seed of a greedy explanation, which draws nothing
+    assert judged_with_count(ReasonRanker(str(tiny_model), seed=7, **base), inp)[1] == 0
+    kept = store.provenances()
+    assert len(kept) == 1 + len(changed)
+    # the backend is in the key of sampled and half-precision judgements only
+    sampled = kept["samples"].fillna(1) > 1
+    assert (kept["backend"].notna() == (sampled | (kept["dtype"] != "torch.float32"))).tolist() == [True] * len(kept)
+    assert sampled.sum() == 3 and (kept["dtype"] == "torch.bfloat16").sum() == 1
+
+
+def test_any_text_is_stored_and_read_back(tiny_model, store):
+    # A lone surrogate (which SQLite cannot store as UTF-8) and NULs, in queries and documents.
+    inp = pd.DataFrame({"qid": ["q0", "q0", "q1", "q1"], "docno": ["d0", "d1", "d2", "d3"],
+                        "query": ["tides \udc80 moon", "tides \udc80 moon", "a\x00b", "a\x00b"],
+                        "text": ["doc \ud800", "plain", "b", "\x00b"]}, dtype=object)  # pandas' strings refuse them
+    first, judged = judged_with_count(ReasonRanker(str(tiny_model), store=store, max_new_tokens=4), inp)
+    assert judged == 4 and len(store) == 4  # ("a\0b", "b") and ("a", "\0b") run together no more
+    again, judged = judged_with_count(ReasonRanker(str(tiny_model), store=store, max_new_tokens=4), inp)
+    assert judged == 0 and list(again.score) == list(first.score)
+    assert set(store.frame()["query"]) == {"tides \ufffd moon", "a\x00b"}  # the readable copy; keys hash the text
 
 
 @pytest.mark.parametrize("samples", [1, 3])
@@ -165,7 +175,7 @@ def test_a_run_killed_mid_way_keeps_what_it_committed(tiny_model, tmp_path):
 def test_two_writers_at_once_lose_nothing(tiny_model, tmp_path):
     inp = pairs(8, 3)
     path = tmp_path / "judgements.sqlite"
-    JudgementStore(path)  # created before the writers start
+    # Neither finds the store: they create it at once.
     halves = [inp[inp.qid.isin([f"q{q}" for q in range(0, 5)])], inp[inp.qid.isin([f"q{q}" for q in range(3, 8)])]]
     writers = [run_script(tmp_path, tiny_model, path, half, f"half{k}", tokens=16) for k, half in enumerate(halves)]
     for writer in writers:
@@ -192,5 +202,17 @@ def test_the_store_is_data_to_read_export_and_merge(tiny_model, tmp_path):
     assert copy.import_parquet(tmp_path / "a.parquet") == 3 and copy.import_parquet(tmp_path / "a.parquet") == 0
     pd.testing.assert_frame_equal(copy.frame(), frame)
     assert copy.merge(second) == 3 and len(copy) == 6
+    with pytest.raises(FileNotFoundError, match="no judgement store at"):
+        copy.merge(tmp_path / "typo.sqlite")
+    assert not (tmp_path / "typo.sqlite").exists()
     _, judged = judged_with_count(ReasonRanker(str(tiny_model), store=copy, max_new_tokens=6), inp)
     assert judged == 0  # judged on two "machines", read as one
+
+
+def test_vllm_options_that_change_the_numbers_are_part_of_the_key():
+    from pyterrier_reasonrank.backends.vllm import numeric_engine_options
+
+    options = {"enable_prefix_caching": False, "gpu_memory_utilization": 0.5, "quantization": "fp8",
+               "kv_cache_dtype": "fp8", "enforce_eager": True}
+    assert numeric_engine_options(options) == {"kv_cache_dtype": "fp8", "quantization": "fp8"}
+    assert numeric_engine_options(None) == {}

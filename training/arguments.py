@@ -60,4 +60,4 @@ class TrainerDefaults(SecretFieldsNotPickled):
         return dataclasses.replace(
             start or StudentSettings(), **given, tasks=tuple(dict.fromkeys([*(start.tasks if start else ()), *tasks])),
             stage=stage, base_model=student.base_model_name(), chat_template_sha256=chat_template_sha256(tokenizer),
-            label_temperature=1.0)  # a calibration is of the weights it was fitted on
+            label_temperature={})  # a calibration is of the weights it was fitted on

@@ -47,8 +47,20 @@ if TYPE_CHECKING:
 ENGINE_DEFAULTS = {"enable_prefix_caching": True, "logprobs_mode": "processed_logprobs", "max_logprobs": 20,
                    "disable_log_stats": True}
 """What the engine is started with unless ``engine_options`` say otherwise (``logprobs_mode`` is needed)."""
+CAPACITY_OPTIONS = frozenset({"enable_prefix_caching", "gpu_memory_utilization", "max_model_len", "enforce_eager",
+                              "max_num_seqs", "max_num_batched_tokens", "swap_space", "cpu_offload_gb",
+                              "disable_log_stats", "max_logprobs", "enable_lora", "max_lora_rank", "max_loras"})
+"""Engine options that change how much runs at once, or how fast, and not the numbers computed."""
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 """The LoRA ranks vLLM's engine can be sized for; an adapter's rank is rounded up to one of them."""
+
+
+def numeric_engine_options(engine_options: Optional[dict]) -> dict:
+    """The engine options that may change the numbers computed (quantization, a key/value cache dtype...).
+
+    A judgement store keys judgements by them, and not by :data:`CAPACITY_OPTIONS`.
+    """
+    return {name: value for name, value in sorted((engine_options or {}).items()) if name not in CAPACITY_OPTIONS}
 
 
 class VLLMBackend:
