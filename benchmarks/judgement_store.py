@@ -93,7 +93,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ranker = ReasonRanker(model, store=store, max_new_tokens=setup["max_new_tokens"], **RANKER)
     with counting_judgements(ranker) as counted:
         after = _sorted(ranker(candidates))
-    writers.update(rows=len(store), union=len(candidates), rerun_calls=sum(counted),
+    # The key is the text, not the ids: two docnos with one text are one judgement.
+    distinct = len(candidates[["query", "text"]].drop_duplicates())
+    writers.update(rows=len(store), union=len(candidates), distinct=distinct, rerun_calls=sum(counted),
                    against_no_store=_difference(reference, after))
 
     report = _report(runs, same, writers, setup, topics, names)
@@ -123,6 +125,9 @@ def _two_writers(model: str, work: Path, candidates: pd.DataFrame, max_new_token
     cut = max(1, len(qids) // 3)
     shares = [qids[:len(qids) - cut], qids[cut:]]
     processes, judged = [], []
+    # Each writer gets its share of the cores: torch threads spinning on cores another process
+    # holds would measure oversubscription, not the store.
+    environment = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // 2))}
     start = time.perf_counter()
     for k, half in enumerate(shares):
         frame = work / f"writer{k}.parquet"
@@ -130,7 +135,7 @@ def _two_writers(model: str, work: Path, candidates: pd.DataFrame, max_new_token
         job = {"model": model, "store": str(work / "writers.sqlite"), "frame": str(frame),
                "max_new_tokens": max_new_tokens}
         processes.append(subprocess.Popen([sys.executable, __file__, "--writer", json.dumps(job)],
-                                          stdout=subprocess.PIPE, text=True, env=os.environ))
+                                          stdout=subprocess.PIPE, text=True, env=environment))
         judged.append(int(candidates["qid"].isin(half).sum()))
     for process in processes:
         output, _ = process.communicate()
@@ -175,10 +180,11 @@ def _report(runs: list[dict], same: dict, writers: dict, setup: dict, topics: pd
               f"Two processes judged {writers['queries'][0]} and {writers['queries'][1]} queries "
               f"({writers['shared_queries']} of them in both; {writers['judged'][0]} + {writers['judged'][1]} pairs) "
               f"into one new store at the same time, in {writers['seconds']:.1f} s.", "",
-              "| pairs in the union | rows stored | lost | model calls when rerun over the union | "
-              "explanations against no store | largest score difference |",
-              "|---:|---:|---:|---:|---|---:|",
-              f"| {writers['union']} | {writers['rows']} | {writers['union'] - writers['rows']} | "
+              "| pairs in the union | of them distinct (query, text) | rows stored | lost | model calls when rerun "
+              "over the union | explanations against no store | largest score difference |",
+              "|---:|---:|---:|---:|---:|---|---:|",
+              f"| {writers['union']} | {writers['distinct']} | {writers['rows']} | "
+              f"{writers['distinct'] - writers['rows']} | "
               f"{writers['rerun_calls']} | {'identical' if against['identical'] else 'DIFFERENT'} | "
               f"{against['max_score_difference']:.1e} |"]
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from pyterrier_reasonrank.prompts import (
     DEFAULT_MAX_QUESTION_TOKENS,
     FORMAT_VERSION,
     LABEL_NAMES,
+    MODES,
     TEMPLATE_VARIABLES,
     Mode,
     PromptEncoder,
@@ -106,6 +107,11 @@ class StudentSettings:
         settings = cls(**{k: v for k, v in values.items() if k in known})
         if settings.labels != cls().labels:
             raise InputError(f"{source} was trained with the label scale {settings.labels}, not {cls().labels}")
+        temperatures = settings.label_temperature
+        if not isinstance(temperatures, dict) or not all(
+                mode in MODES and isinstance(t, (int, float)) and t > 0 for mode, t in temperatures.items()):
+            raise InputError(f"{source}: label_temperature must map modes ({', '.join(MODES)}) to temperatures "
+                             f"above 0, got {temperatures!r}")
         return dataclasses.replace(settings, tasks=tuple(settings.tasks))
 
 

@@ -1,14 +1,22 @@
-"""benchmarks/throughput.py runs (on tiny workloads) and reports its tables.
+"""The benchmarks run (on tiny workloads) and report their tables.
 
-The engines table is left out: it starts vLLM's engine and a vLLM server (a minute and a half of
+throughput.py's engines table is left out: it starts vLLM's engine and a vLLM server (a minute and a half of
 the suite's time), and tests/test_vllm.py runs the same backends against both for parity.
 """
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARK = BENCHMARKS / "throughput.py"
+
+
+def run(script: str, *arguments: str) -> None:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *arguments], capture_output=True, text=True,
+                          timeout=600, env=os.environ)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_the_throughput_benchmark_runs(tmp_path):
@@ -24,3 +32,26 @@ def test_the_throughput_benchmark_runs(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| tiny |")]
     assert len(rows) == 3  # explain, direct, prefix reuse
     assert "| tiny | float32, sdpa | explain | 8 |" in text  # 2 queries x 4 documents
+
+
+def test_the_store_benchmark_runs(tmp_path):
+    run("judgement_store.py", "--quick", "--output", str(tmp_path / "report.md"))
+    text = (tmp_path / "report.md").read_text()
+    assert re.search(r"\| no store \| 18 \|", text)  # 3 queries: top 2 and top 4
+    assert re.search(r"\| store, first run \| 12 \|", text)  # the top 2 judged once for both
+    assert re.search(r"\| store, second run \| 0 \|", text)
+    assert "DIFFERENT" not in text
+    union, distinct, rows, lost, calls = re.search(r"\n\| (\d+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| identical \|",
+                                                   text).groups()
+    assert union == "12" and rows == distinct and lost == "0" and calls == "0"
+
+
+def test_the_test_time_compute_benchmark_runs(tmp_path):
+    run("test_time_compute.py", "--quick", "--output", str(tmp_path / "report.md"), "--plot", str(tmp_path / "plot.png"))
+    rows = [line.split(" | ") for line in (tmp_path / "report.md").read_text().splitlines()
+            if line.startswith(("| direct", "| explain", "| adaptive"))]
+    assert [row[0] for row in rows] == ["| direct", "| explain", "| explain, 2 samples", "| adaptive, entropy >= 0.5",
+                                        "| adaptive, entropy >= 0.5, 2 samples"]
+    tokens = {row[0]: float(row[2]) for row in rows}
+    assert tokens["| direct"] == 0 and 0 < tokens["| adaptive, entropy >= 0.5"] <= tokens["| explain"]
+    assert (tmp_path / "plot.png").stat().st_size > 10_000

@@ -149,3 +149,11 @@ def test_calibrate_fits_the_temperature_and_the_ranker_uses_it(explaining, tmp_p
     assert np.stack(out.probabilities.to_numpy()) == pytest.approx(np.tile(softmax(LOGITS / saved), (2, 1)),
                                                                    abs=1e-6)
     assert judged == 0  # calibrating changed the student's settings, not its judgements: the store still serves
+
+
+@pytest.mark.parametrize("temperature", [1.5, {"explain": 0}, {"rerank": 2.0}])
+def test_a_malformed_temperature_in_the_settings_is_named(temperature):
+    from pyterrier_reasonrank.errors import InputError
+
+    with pytest.raises(InputError, match="label_temperature must map modes"):
+        StudentSettings.from_dict({**StudentSettings().to_dict(), "label_temperature": temperature})
