@@ -124,6 +124,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny workloads: checks that the script runs")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated measurements to run (default: all of {','.join(PARTS)})")
+    parser.add_argument("--engine-model", default=None,
+                        help="the model of the engines table (default: the preset's; tiny-wide: minutes, not an hour)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -179,6 +181,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     engines = []
     if preset.get("engines") is not None and "engines" in parts:
         setup = dataclasses.replace(preset["engines"], **QUICK_ENGINES) if args.quick else preset["engines"]
+        if args.engine_model:
+            setup = dataclasses.replace(setup, model=args.engine_model)
         engine_job = {**common, "kind": "engines", "model": str(random_model(setup.model, "cpu")),
                       "engines": dataclasses.asdict(setup), "dtype": cpu_dtype()}
         for mode in ("direct",) if args.quick else ("explain", "direct"):
