@@ -125,23 +125,24 @@ class Judge:
                 continue
             keys = [judgement_key(identity, q, d) for q, d in zip(queries[rows], documents[rows])]
             stored = self.store.lookup(keys)
+            missing = []
             for row, key in zip(rows, keys):
-                if key in stored:
-                    hit = stored[key]
-                    judged.explanations[row], judged.probabilities[row] = hit.explanation, hit.probabilities
-                    judged.forced[row], judged.tokens[row], judged.samples[row] = hit.forced, hit.tokens, hit.samples
-            progress.update(len(stored))
-            missing = np.array([row for row, key in zip(rows, keys) if key not in stored], dtype=np.int64)
-            if len(missing):
-                fresh = self._judge(queries[missing], documents[missing], mode, sampling, progress)
-                judged.put(missing, fresh)
+                hit = stored.get(key)
+                if hit is None:
+                    missing.append((row, key))
+                    continue
+                judged.explanations[row], judged.probabilities[row] = hit.explanation, hit.probabilities
+                judged.forced[row], judged.tokens[row], judged.samples[row] = hit.forced, hit.tokens, hit.samples
+            progress.update(len(rows) - len(missing))
+            if missing:
+                fresh = np.array([row for row, _ in missing], dtype=np.int64)
+                judged.put(fresh, self._judge(queries[fresh], documents[fresh], mode, sampling, progress))
                 self.store.add(provenance, [  # committed per chunk: a killed run keeps what it judged
-                    {"key": judgement_key(identity, queries[row], documents[row]), "qid": str(qids[row]),
-                     "docno": str(docnos[row]), "query": queries[row],
+                    {"key": key, "qid": str(qids[row]), "docno": str(docnos[row]), "query": queries[row],
                      "document_sha256": document_sha256(documents[row]),
                      "explanation": judged.explanations[row], "probabilities": judged.probabilities[row],
                      "forced": judged.forced[row], "tokens": judged.tokens[row], "samples": judged.samples[row]}
-                    for row in missing])
+                    for row, key in missing])
         return judged
 
     def _judge(self, queries: np.ndarray, documents: np.ndarray, mode: Mode, sampling: Sampling,
