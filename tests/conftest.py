@@ -20,7 +20,18 @@ if (SHARED / "irds_home").is_dir():
 os.environ["IR_DATASETS_HOME"] = str(_IRDS_HOME)
 os.environ["REASONRANK_CACHE"] = tempfile.mkdtemp(prefix="reasonrank-cache-")  # indexes, not in ~/.cache
 
+# Under pytest-xdist each worker gets its share of the cores, and so do the processes it starts
+# (the variable is inherited): two workers with torch's default threads on two cores run many
+# times slower than one thread each (OpenMP oversubscription).
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+
 import torch  # noqa: E402
+
+if WORKERS > 1:
+    torch.set_num_threads(THREADS)
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from pyterrier_reasonrank.prompts import PromptEncoder  # noqa: E402

@@ -1,6 +1,7 @@
 """The judgement store: a second run reads what the first judged; any change of provenance is a miss;
 partial hits judge only the rest; a killed run keeps what it committed; two writers lose nothing;
 and the store is data: a DataFrame, Parquet, merges."""
+import os
 import shutil
 import signal
 import sqlite3
@@ -141,7 +142,8 @@ def run_script(tmp_path: Path, model: Path, store: Path, inp: pd.DataFrame, name
     (tmp_path / f"{name}.jsonl").write_text(inp.to_json(orient="records", lines=True))
     (tmp_path / "run.py").write_text(textwrap.dedent(RUN.format(tokens=tokens)))
     return subprocess.Popen([sys.executable, str(tmp_path / "run.py"), str(model), str(store),
-                             str(tmp_path / f"{name}.jsonl")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             str(tmp_path / f"{name}.jsonl")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # two writers: a core each, not two
 
 
 def stored(path: Path) -> int:
