@@ -2,7 +2,7 @@
 from . import prompts
 from .adaptive import Escalation
 from .display import ReasonRankResults, explanations_html, write_report
-from .errors import EndpointError, InputError, ModelNotFoundError, PickleCheckpointError, UserError
+from .errors import EndpointError, InputError, ModelNotFoundError, PickleCheckpointError, StoreError, UserError
 from .loading import DEFAULT_MODEL
 from .query_generator import QueryGenerator
 from .ranker import ReasonRanker
@@ -12,4 +12,4 @@ __version__ = "0.1.0"
 
 __all__ = ["ReasonRanker", "QueryGenerator", "JudgementStore", "Escalation", "ReasonRankResults", "explanations_html",
            "write_report", "DEFAULT_MODEL", "UserError", "InputError", "EndpointError", "ModelNotFoundError",
-           "PickleCheckpointError", "prompts", "__version__"]
+           "PickleCheckpointError", "StoreError", "prompts", "__version__"]

@@ -30,6 +30,13 @@ class ModelNotFoundError(UserError, OSError):
     """The model (or adapter) could not be loaded: no such local path, and not on the Hub or in its cache."""
 
 
+class StoreError(UserError):
+    """A judgement store cannot be used: not a store (or of a newer schema), corrupted, or a write failed.
+
+    The message names the store and the cause.
+    """
+
+
 class PickleCheckpointError(ModelNotFoundError):
     """The weights are only in pickle files (``.bin``, ``.pt``...), which can run code when loaded: refused."""
 

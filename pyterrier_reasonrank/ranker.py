@@ -72,7 +72,8 @@ class ReasonRanker(pt.Transformer):
             seed: The seed of the first sampled explanation (each next one adds 1).
             escalation: Adaptive mode's policy (see :class:`~pyterrier_reasonrank.adaptive.Escalation`).
             store: A :class:`~pyterrier_reasonrank.store.JudgementStore` (or its file): pairs judged
-                before with the same provenance are read from it, the others judged and added.
+                before with the same provenance are read from it, the others judged and added (not
+                added, with a warning, when the store is read-only).
             label_temperature: Divides the label logits before the score is read (calibration), in
                 every mode; with ``samples`` > 1, those of the averaged distribution. Default: the
                 student's for the mode that judged the pair (``reasonrank calibrate``), else 1.
@@ -165,8 +166,13 @@ class ReasonRanker(pt.Transformer):
             ModelNotFoundError: The model or adapter could not be found.
             InputError: The tokenizer does not write each label as a single token, or the student was
                 trained with a prompt format this library does not know.
+            StoreError: The store is not a judgement store this version can use (see
+                :class:`~pyterrier_reasonrank.store.JudgementStore`).
         """
         if self._backend is None:
+            # The store first: a file that is no store is refused before the model loads.
+            store = self.store if self.store is None or isinstance(self.store, JudgementStore) \
+                else JudgementStore(self.store)
             if self.backend == "openai":
                 backend = openai.load(self.model or DEFAULT_MODEL, tokenizer=self.tokenizer, base_url=self.base_url,
                                       concurrency=self.concurrency, trust_remote_code=self.trust_remote_code)
@@ -178,8 +184,6 @@ class ReasonRanker(pt.Transformer):
             modes = ("direct", "explain") if self.mode == "adaptive" else (self.mode,)
             settings = serving_settings(student, backend.tokenizer, who="ReasonRanker", tasks=modes,
                                         max_query_tokens=self.max_query_tokens, max_doc_tokens=self.max_doc_tokens)
-            store = self.store if self.store is None or isinstance(self.store, JudgementStore) \
-                else JudgementStore(self.store)
             options = {"batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens,
                        "max_batch_tokens": self.max_batch_tokens, "prefix_reuse": self.prefix_reuse}
             self._judge = Judge(backend, {mode: settings.encoder(backend.tokenizer, mode) for mode in modes},

@@ -21,26 +21,48 @@ weights are not seen from here.
 It is one SQLite file (write-ahead log, so several processes can read and write at once; each
 batch of judgements is one transaction, so a killed run keeps every batch it committed). It reads
 as a DataFrame, exports to and imports from Parquet, and merges with stores judged elsewhere.
+
+A store checks what it opens before anything is judged: an SQLite file (its header), with the
+store's tables, of a schema version it knows (``PRAGMA user_version``; a store written before the
+version was recorded, with the current tables, is version 1). Pages damaged beyond the tables'
+first pages are found when a read reaches them (a full check would read the whole file at each
+open). A store that cannot be written (a read-only file system, a file or folder without write
+permission, or ``read_only=True``) serves what it holds, and the pairs it lacks are judged and not
+saved (with one warning). Imported judgements (Parquet, another store) are checked like inputs.
+SQLite's errors about the file (corrupted, full, locked) are a
+:class:`~pyterrier_reasonrank.errors.StoreError` naming the store and the cause; a failed write
+rolls back its own batch only, so every batch committed before it is kept.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import math
 import os
+import re
 import sqlite3
 import threading
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, Union
+from typing import Iterable, Iterator, NoReturn, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
+from .errors import InputError, StoreError
+
 COLUMNS = ["key", "provenance", "qid", "docno", "query", "document_sha256", "explanation", "p0", "p1", "p2", "forced",
            "tokens", "samples", "created"]
 """The columns of a store's records (``provenance`` is the id of a row of :meth:`JudgementStore.provenances`)."""
+
+SCHEMA_VERSION = 1
+"""The version of the store's tables, recorded in the file (``PRAGMA user_version``); a newer one is refused."""
+
+_TABLES = {"provenances": ["id", "provenance"], "judgements": COLUMNS}
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS provenances (id TEXT PRIMARY KEY, provenance TEXT NOT NULL);
@@ -94,57 +116,184 @@ class JudgementStore:
         ranker = ReasonRanker(adapter=student, store=store)
         pt.Experiment([bm25 >> text >> ranker, ...], ...)   # a second run reads what the first judged
         store.frame()                                        # every judgement, for audits
+
+    Attributes:
+        path: The SQLite file.
+        read_only: Whether it is read but not written (asked for, or the file cannot be written).
+        read_only_reason: Why it is read-only (``None`` when it is not).
     """
 
-    def __init__(self, path: Union[str, Path, None] = None):
-        """Open (or create) the store at ``path``.
+    def __init__(self, path: Union[str, Path, None] = None, *, read_only: bool = False):
+        """Open (or create) the store at ``path``, and check that it is a store this version can use.
 
         Args:
             path: The SQLite file. Default: ``judgements.sqlite`` in ``$REASONRANK_CACHE``
                 (``~/.cache/pyterrier_reasonrank``).
+            read_only: Never write to it: the pairs it holds are served, the others judged and not
+                saved. A store that cannot be written (a read-only file system, a file or folder
+                without write permission) is opened so anyway.
+
+        Raises:
+            StoreError: ``path`` is a directory, not an SQLite file, a database with other tables, a
+                store of a newer schema version, or corrupted; or it cannot be created.
+            FileNotFoundError: ``read_only`` and there is no file at ``path``.
         """
         if path is None:
             root = Path(os.environ.get("REASONRANK_CACHE", Path.home() / ".cache" / "pyterrier_reasonrank"))
             path = root / "judgements.sqlite"
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._asked_read_only = read_only
+        self._warned_unsaved = False
         self._local = threading.local()
+        try:
+            self._open(read_only)
+        except BaseException:
+            self._close()  # (SQLite's -wal and -shm files go with the last connection)
+            raise
+
+    def _open(self, read_only: bool) -> None:
+        """Check the file, then open it for writing if it can be written, else read-only."""
+        _check_file(self.path)
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        reason = "opened with read_only=True" if read_only else _unwritable(self.path)
+        if reason is None:
+            self._use(self.path.resolve().as_uri(), None)
+            try:
+                self._set_up()
+                return
+            except sqlite3.Error as error:  # SQLite saw what the file system did not say
+                if _code(error) not in ("SQLITE_READONLY", "SQLITE_CANTOPEN") or not self.path.is_file():
+                    self._raise(error, "could not open it")
+                reason = f"SQLite cannot write it: {error}"
+        if not self.path.is_file():
+            if read_only:
+                raise FileNotFoundError(f"no judgement store at {self.path}")
+            raise StoreError(f"judgement store {self.path} cannot be created: {reason}")
+        # A store is in WAL mode, whose readers need a -shm index beside the file; in a read-only
+        # folder without one, SQLite can read only the file itself, as immutable (a -wal file's
+        # last transactions, if one was left there, are then not seen).
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        for attempt in (uri, uri + "&immutable=1"):
+            self._use(attempt, reason)
+            try:
+                self._check_schema(self._connection())
+                return
+            except sqlite3.Error as error:
+                if _code(error) != "SQLITE_CANTOPEN" or attempt.endswith("immutable=1"):
+                    self._raise(error, "could not open it")
+
+    def _use(self, uri: str, read_only_reason: Optional[str]) -> None:
+        """Connect to ``uri`` from now on (read-only when there is a reason)."""
+        self._close()
+        self._uri, self.read_only, self.read_only_reason = uri, read_only_reason is not None, read_only_reason
+
+    def _close(self) -> None:
+        """Close this thread's connection, if it has one."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            del self._local.connection
+
+    def _set_up(self) -> None:
+        """Check the tables and version of the store, creating them in a new file.
+
+        Under a write lock, so that two processes creating one store take turns.
+        """
         connection = self._connection()
-        with _transaction(connection):  # two processes creating one store take turns
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    connection.execute(statement)
+        with _transaction(connection):
+            recorded = self._check_schema(connection)
+            if recorded is None:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+            if recorded != SCHEMA_VERSION:  # new, or written before the version was recorded
+                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.execute("PRAGMA journal_mode=WAL")  # only now that the file is known to be a store
+
+    def _check_schema(self, connection: sqlite3.Connection) -> Optional[int]:
+        """The schema version the file records, once its tables are checked; ``None`` for an empty file.
+
+        Raises:
+            StoreError: A newer schema version, or not the store's tables.
+        """
+        recorded = connection.execute("PRAGMA user_version").fetchone()[0]
+        if recorded > SCHEMA_VERSION:
+            raise StoreError(f"judgement store {self.path} has schema version {recorded}, from a newer "
+                             f"pyterrier-reasonrank; this one reads version {SCHEMA_VERSION} (upgrade it to use "
+                             f"this store)")
+        tables = [name for (name,) in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%' ORDER BY name")]
+        if not tables and recorded == 0:
+            return None
+        if not set(_TABLES) <= set(tables):
+            raise StoreError(f"{self.path} is not a judgement store: it holds the tables {tables}, not "
+                             f"{list(_TABLES)}")
+        for table, columns in _TABLES.items():
+            found = [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
+            if found != columns:
+                unknown, lacking = [c for c in found if c not in columns], [c for c in columns if c not in found]
+                what = " and ".join([*([f"the columns {unknown}, which it does not know"] if unknown else []),
+                                     *([f"no {lacking}"] if lacking else [])]) or "its columns in another order"
+                raise StoreError(f"{self.path} is not a judgement store of schema version {SCHEMA_VERSION}: its "
+                                 f"{table} table has {what}")
+        # Each table's and key index's first page: a store damaged there is found now, not mid-run.
+        for table, key in (("provenances", "id"), ("judgements", "key")):
+            connection.execute(f"SELECT * FROM {table} LIMIT 1").fetchall()
+            connection.execute(f"SELECT {key} FROM {table} WHERE {key} = ''").fetchall()
+        return recorded
 
     def _connection(self) -> sqlite3.Connection:
         # One connection per thread and process (SQLite connections may not cross either).
         connection = getattr(self._local, "connection", None)
         if connection is None or getattr(self._local, "pid", None) != os.getpid():
-            connection = sqlite3.connect(self.path, timeout=120, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
+            connection = sqlite3.connect(self._uri, uri=True, timeout=120, isolation_level=None)
+            if not self.read_only:
+                connection.execute("PRAGMA synchronous=NORMAL")
             self._local.connection, self._local.pid = connection, os.getpid()
         return connection
+
+    def _raise(self, error: sqlite3.Error, doing: str, then: str = "") -> NoReturn:
+        """Raise an SQLite error about the file as a :class:`StoreError` naming the store; any other as it is."""
+        cause = _cause(error)
+        if cause is None:
+            raise error
+        raise StoreError(f"judgement store {self.path}: {doing}: {cause}{then}") from error
+
+    @contextlib.contextmanager
+    def _failing(self, doing: str, then: str = "") -> Iterator[None]:
+        """SQLite's errors about the file, raised as :class:`StoreError` (see :meth:`_raise`)."""
+        try:
+            yield
+        except sqlite3.Error as error:
+            self._raise(error, doing, then)
 
     def lookup(self, keys: Sequence[str]) -> dict[str, Stored]:
         """The stored judgements of those keys that are in the store."""
         found: dict[str, Stored] = {}
-        connection = self._connection()
-        for start in range(0, len(keys), 500):  # SQLite caps the parameters of one statement
-            chunk = list(keys[start:start + 500])
-            rows = connection.execute(
-                f"SELECT key, explanation, p0, p1, p2, forced, tokens, samples FROM judgements "
-                f"WHERE key IN ({','.join('?' * len(chunk))})", chunk)
-            for key, explanation, p0, p1, p2, forced, tokens, samples in rows:
-                found[key] = Stored(explanation, (p0, p1, p2), bool(forced), int(tokens), int(samples))
+        with self._failing("could not read it"):
+            connection = self._connection()
+            for start in range(0, len(keys), 500):  # SQLite caps the parameters of one statement
+                chunk = list(keys[start:start + 500])
+                rows = connection.execute(
+                    f"SELECT key, explanation, p0, p1, p2, forced, tokens, samples FROM judgements "
+                    f"WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+                for key, explanation, p0, p1, p2, forced, tokens, samples in rows:
+                    found[key] = Stored(explanation, (p0, p1, p2), bool(forced), int(tokens), int(samples))
         return found
 
     def add(self, provenance: dict, records: Iterable[dict]) -> int:
         """Keep judgements of one provenance, in one transaction; returns how many were new.
 
+        A read-only store keeps none (and warns, once).
+
         Args:
             provenance: What made them (see the module docstring).
             records: Each with ``key``, ``qid``, ``docno``, ``query``, ``document_sha256``,
                 ``explanation``, ``probabilities``, ``forced``, ``tokens`` and ``samples``.
+
+        Raises:
+            StoreError: The write failed (a full disk, say); the judgements added before are kept.
         """
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         identity = provenance_id(provenance)
@@ -152,13 +301,29 @@ class JudgementStore:
                  r["document_sha256"], _storable(r["explanation"]),
                  *map(float, r["probabilities"]), int(r["forced"]), int(r["tokens"]), int(r["samples"]), created)
                 for r in records]
+        if self.read_only:
+            self._not_saved()
+            return 0
         connection = self._connection()
-        with _transaction(connection):
-            connection.execute("INSERT OR IGNORE INTO provenances VALUES (?, ?)",
-                               (identity, json.dumps(provenance, sort_keys=True, default=str)))
-            before = connection.total_changes
-            connection.executemany(f"INSERT OR IGNORE INTO judgements VALUES ({','.join('?' * len(COLUMNS))})", rows)
-            return connection.total_changes - before
+        try:
+            with _transaction(connection):
+                connection.execute("INSERT OR IGNORE INTO provenances VALUES (?, ?)",
+                                   (identity, json.dumps(provenance, sort_keys=True, default=str)))
+                before = connection.total_changes
+                connection.executemany(_INSERT, rows)
+                return connection.total_changes - before
+        except sqlite3.Error as error:
+            if _code(error) == "SQLITE_READONLY":  # read-only in a way the file system did not tell
+                self.read_only, self.read_only_reason = True, f"SQLite cannot write it: {error}"
+                self._not_saved()
+                return 0
+            self._raise(error, f"could not save {len(rows)} judgements", "; the judgements saved before are kept")
+
+    def _not_saved(self) -> None:
+        if not self._warned_unsaved:
+            self._warned_unsaved = True
+            warnings.warn(f"judgement store {self.path} is read-only ({self.read_only_reason}): it serves the pairs "
+                          f"it holds; the pairs it lacks are judged but not saved", stacklevel=3)
 
     def frame(self) -> pd.DataFrame:
         """Every judgement, for audits of explanations and comparisons (with a teacher's, say).
@@ -166,8 +331,9 @@ class JudgementStore:
         The columns are those of :data:`COLUMNS`, and ``mode``, ``model`` and ``adapter`` from the
         provenance.
         """
-        frame = pd.read_sql_query(f"SELECT {', '.join(COLUMNS)} FROM judgements ORDER BY created, key",
-                                  self._connection())
+        with self._failing("could not read it"):
+            frame = pd.read_sql_query(f"SELECT {', '.join(COLUMNS)} FROM judgements ORDER BY created, key",
+                                      self._connection())
         provenances = {identity: json.loads(text) for identity, text in self._provenance_texts().items()}
         for field in ("mode", "model", "adapter"):
             frame[field] = [provenances[p].get(field) for p in frame["provenance"]]
@@ -180,7 +346,14 @@ class JudgementStore:
         return pd.DataFrame([{"id": identity, **json.loads(text)} for identity, text in texts.items()])
 
     def _provenance_texts(self) -> dict[str, str]:
-        return dict(self._connection().execute("SELECT id, provenance FROM provenances").fetchall())
+        with self._failing("could not read it"):
+            return dict(self._connection().execute("SELECT id, provenance FROM provenances").fetchall())
+
+    def _judgement_chunks(self, size: int = 10_000) -> Iterator[pd.DataFrame]:
+        """Every judgement, in the order they were added, ``size`` at a time."""
+        with self._failing("could not read it"):
+            yield from pd.read_sql_query(f"SELECT {', '.join(COLUMNS)} FROM judgements ORDER BY rowid",
+                                         self._connection(), chunksize=size)
 
     def to_parquet(self, path: Union[str, Path]) -> Path:
         """Export every judgement and its provenance to a Parquet file (see :meth:`import_parquet`)."""
@@ -190,62 +363,243 @@ class JudgementStore:
         return Path(path)
 
     def import_parquet(self, path: Union[str, Path]) -> int:
-        """Add the judgements of a Parquet export (judgements already here are kept); returns how many were new."""
-        frame = pd.read_parquet(path)
-        connection = self._connection()
-        with _transaction(connection):
-            connection.executemany("INSERT OR IGNORE INTO provenances VALUES (?, ?)",
-                                   frame[["provenance", "provenance_json"]].drop_duplicates().itertuples(index=False))
-            before = connection.total_changes
-            rows = frame[COLUMNS].astype(object).where(frame[COLUMNS].notna(), None).itertuples(index=False)
-            connection.executemany(f"INSERT OR IGNORE INTO judgements VALUES ({','.join('?' * len(COLUMNS))})",
-                                   [tuple(_plain(v) for v in row) for row in rows])
-            return connection.total_changes - before
+        """Add the judgements of a Parquet export (judgements already here are kept); returns how many were new.
+
+        Each judgement is checked as an input is (all or none are added): its columns, their types,
+        probabilities in [0, 1] that sum to 1, and a provenance whose id is its hash.
+
+        Raises:
+            InputError: The file is not a Parquet export of a store, or a judgement in it is malformed;
+                the error names the file and the row (counted from 0, as pandas reads it).
+            StoreError: This store is read-only, or the write failed.
+        """
+        try:
+            frame = pd.read_parquet(path)
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise InputError(f"{path} is not a Parquet file: {error}") from None
+        missing = [column for column in [*COLUMNS, "provenance_json"] if column not in frame.columns]
+        if missing:
+            raise InputError(f"{path} is not an export of a judgement store: it lacks the columns {missing}")
+        provenances = {}
+        pairs = frame[["provenance", "provenance_json"]].astype(object).drop_duplicates()
+        for row, identity, text in zip(pairs.index, pairs["provenance"], pairs["provenance_json"]):
+            problem = _provenance_problem(identity, text)
+            if problem is not None:
+                raise InputError(f"{path}, row {row}: {problem}")
+            provenances[identity] = text
+        return self._insert([frame], provenances, str(path))
 
     def merge(self, other: Union[JudgementStore, str, Path]) -> int:
         """Add the judgements of another store (judged on another machine, say); returns how many were new.
 
+        The other store is checked as the constructor checks a store, and its judgements as
+        :meth:`import_parquet` checks them. Merging a store into itself adds nothing.
+
         Raises:
             FileNotFoundError: ``other`` is a path to no file.
+            StoreError: ``other`` is not a judgement store this version can read, this store is
+                read-only, or the write failed.
+            InputError: A judgement of ``other`` is malformed (the error names the row).
         """
         path = other.path if isinstance(other, JudgementStore) else Path(other)
         if not path.is_file():  # SQLite would create an empty file there
             raise FileNotFoundError(f"no judgement store at {path}")
+        if self.path.is_file() and os.path.samefile(path, self.path):
+            return 0  # (SQLite would wait for its own lock)
+        source = JudgementStore(path, read_only=True)
+        provenances = source._provenance_texts()
+        for identity, text in provenances.items():
+            problem = _provenance_problem(identity, text, field="its JSON")
+            if problem is not None:
+                raise InputError(f"judgement store {path}, provenance {identity!r}: {problem}")
+        return self._insert(source._judgement_chunks(), provenances, f"judgement store {path}")
+
+    def _insert(self, frames: Iterable[pd.DataFrame], provenances: dict[str, str], source: str) -> int:
+        """Check and add the judgements of ``frames`` (rows counted on across them), in one transaction."""
+        if self.read_only:
+            raise StoreError(f"judgement store {self.path} is read-only ({self.read_only_reason}): the judgements "
+                             f"of {source} cannot be added to it")
         connection = self._connection()
-        connection.execute("ATTACH DATABASE ? AS other", (str(path),))
-        try:
+        with self._failing(f"could not add the judgements of {source}", "; nothing of it was added"):
             with _transaction(connection):
-                connection.execute("INSERT OR IGNORE INTO provenances SELECT * FROM other.provenances")
-                before = connection.total_changes
-                connection.execute("INSERT OR IGNORE INTO judgements SELECT * FROM other.judgements")
-                return connection.total_changes - before
-        finally:
-            connection.execute("DETACH DATABASE other")
+                before, first, used = connection.total_changes, 0, set()
+                for frame in frames:
+                    rows = _checked_rows(frame, provenances, source, first)
+                    first += len(frame)
+                    used.update(row[1] for row in rows)
+                    connection.executemany(_INSERT, rows)
+                new = connection.total_changes - before
+                connection.executemany("INSERT OR IGNORE INTO provenances VALUES (?, ?)",
+                                       [(identity, provenances[identity]) for identity in sorted(used)])
+                return new
 
     def __len__(self) -> int:
-        return self._connection().execute("SELECT COUNT(*) FROM judgements").fetchone()[0]
+        with self._failing("could not read it"):
+            return self._connection().execute("SELECT COUNT(*) FROM judgements").fetchone()[0]
 
     def __getstate__(self) -> dict:
-        return {"path": self.path}
+        return {"path": self.path, "read_only": self._asked_read_only}
 
     def __setstate__(self, state: dict) -> None:
-        self.path = state["path"]
-        self._local = threading.local()
+        self.__init__(state["path"], read_only=state.get("read_only", False))
 
     def __repr__(self) -> str:
-        return f"JudgementStore({str(self.path)!r})"
+        return f"JudgementStore({str(self.path)!r}{', read_only=True' if self._asked_read_only else ''})"
+
+
+_INSERT = f"INSERT OR IGNORE INTO judgements VALUES ({','.join('?' * len(COLUMNS))})"
+
+# SQLite's result codes for what is wrong with the file, not with this code: (the code's name, its
+# message for Pythons before 3.11, which do not name it; what it means for a store).
+_CAUSES = {
+    "SQLITE_NOTADB": ("file is not a database", "it is not an SQLite database"),
+    "SQLITE_CORRUPT": ("malformed", "it is corrupted, truncated or overwritten"),
+    "SQLITE_FULL": ("is full", "the disk is full"),
+    "SQLITE_IOERR": ("disk I/O error", "a disk I/O error, as on a full disk or past a file-size limit"),
+    "SQLITE_READONLY": ("readonly database", "it is read-only"),
+    "SQLITE_CANTOPEN": ("unable to open", "it cannot be opened"),
+    "SQLITE_BUSY": ("is locked", "another process kept it locked for minutes"),
+}
+
+
+def _code(error: BaseException) -> Optional[str]:
+    """The SQLite result code (of :data:`_CAUSES`) of an error about the file; ``None`` for any other error."""
+    name = getattr(error, "sqlite_errorname", None)
+    for code, (message, _) in _CAUSES.items():
+        if name.startswith(code) if name else message in str(error):
+            return code
+    return None
+
+
+def _cause(error: BaseException) -> Optional[str]:
+    """What an SQLite error says about the store file, in words; ``None`` when it is not about the file (a bug)."""
+    code = _code(error)
+    return None if code is None else f"{_CAUSES[code][1]} (SQLite: {error})"
+
+
+def _check_file(path: Path) -> None:
+    """Refuse what is plainly no SQLite file, before SQLite opens it (and writes to it)."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory, not a judgement store (an SQLite file)")
+    if path.is_file():
+        with open(path, "rb") as file:
+            head = file.read(len(_SQLITE_HEADER))
+        if head and head != _SQLITE_HEADER:  # (an empty file is a new store)
+            raise StoreError(f"{path} is not a judgement store: it is not an SQLite file (it starts with {head!r})")
+
+
+def _unwritable(path: Path) -> Optional[str]:
+    """Why the file system will not let the store at ``path`` be written; ``None`` when it will.
+
+    The folder counts: SQLite keeps a store's log (-wal) and index (-shm) beside it.
+    """
+    folder = path.parent
+    if hasattr(os, "statvfs") and os.statvfs(folder).f_flag & os.ST_RDONLY:
+        return "it is on a read-only file system"
+    if path.exists() and not os.access(path, os.W_OK):
+        return "the file is not writable"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "its folder is not writable"
+    return None
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _provenance_problem(identity: object, text: object, field: str = "provenance_json") -> Optional[str]:
+    """What is wrong with a provenance (its id, and its JSON text in ``field``), or ``None``."""
+    if not isinstance(identity, str) or not _SHA256.fullmatch(identity):
+        return f"provenance is {_shown(identity)}, not a SHA-256 in hex"
+    if not isinstance(text, str):
+        return f"{field} is {_shown(text)}, not JSON text"
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as error:
+        return f"{field} is not JSON ({error})"
+    if not isinstance(fields, dict):
+        return f"{field} is {_shown(fields)}, not a JSON object"
+    if provenance_id(fields) != identity:
+        return f"{field} is not the provenance whose id is {identity} (it was edited)"
+    return None
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) \
+        and math.isfinite(value)
+
+
+def _count(value: object) -> bool:
+    return _real(value) and float(value).is_integer() and value >= 0
+
+
+# The check of each column of an imported judgement: (columns, test, what a value that fails is not).
+_CHECKS = [
+    (("key", "document_sha256"), lambda v: isinstance(v, str) and bool(_SHA256.fullmatch(v)), "a SHA-256 in hex"),
+    (("qid", "docno", "query"), lambda v: v is None or isinstance(v, str), "text"),
+    (("explanation", "created"), lambda v: isinstance(v, str), "text"),
+    (("p0", "p1", "p2"), lambda v: _real(v) and 0 <= v <= 1, "a probability in [0, 1]"),
+    (("forced",), lambda v: isinstance(v, (bool, np.bool_)) or (_count(v) and v <= 1), "true or false"),
+    (("tokens", "samples"), _count, "a count (a whole number, 0 or more)"),
+]
+
+
+def _checked_rows(frame: pd.DataFrame, provenances: dict[str, str], source: str, first: int) -> list[tuple]:
+    """The judgements of ``frame`` as rows to insert, checked as inputs are.
+
+    Raises:
+        InputError: The first malformed row, named by its position (``first`` + its row in ``frame``).
+    """
+    values = frame[COLUMNS].astype(object).where(frame[COLUMNS].notna(), None)
+    problems = []
+    for columns, test, wanted in _CHECKS:
+        for column in columns:
+            failing = ~values[column].map(test).astype(bool).to_numpy()
+            if failing.any():
+                row = int(np.argmax(failing))
+                problems.append((row, f"{column} is {_shown(values[column].iloc[row])}, not {wanted}"))
+    failing = ~values["provenance"].map(lambda v: isinstance(v, str) and v in provenances).astype(bool).to_numpy()
+    if failing.any():
+        row = int(np.argmax(failing))
+        problems.append((row, f"provenance {_shown(values['provenance'].iloc[row])} has no provenance_json"))
+    if not problems:
+        totals = values[["p0", "p1", "p2"]].astype(float).sum(axis=1).to_numpy()
+        failing = np.abs(totals - 1) > 1e-3
+        if failing.any():
+            row = int(np.argmax(failing))
+            problems.append((row, f"p0, p1 and p2 sum to {totals[row]:g}, not 1"))
+    if problems:
+        row, problem = min(problems)
+        raise InputError(f"{source}, row {first + row}: {problem}")
+    for column, kind in (("forced", int), ("tokens", int), ("samples", int), ("p0", float), ("p1", float),
+                         ("p2", float)):
+        values[column] = values[column].map(kind)
+    return [tuple(_plain(v) for v in row) for row in values.itertuples(index=False)]
+
+
+def _shown(value: object) -> str:
+    """A value as an error message shows it: its repr, cut to 40 characters."""
+    text = repr(_plain(value))
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @contextlib.contextmanager
 def _transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on an error): one writer at a time, each waiting its turn."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on an error): one writer at a time, each waiting its turn.
+
+    SQLite may have rolled back already (a full disk): then there is nothing to roll back, and the
+    error raised is the one that ended the transaction.
+    """
     connection.execute("BEGIN IMMEDIATE")
     try:
         yield connection
+        connection.execute("COMMIT")
     except BaseException:
-        connection.execute("ROLLBACK")
+        if connection.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
         raise
-    connection.execute("COMMIT")
 
 
 def _storable(value: object) -> object:
