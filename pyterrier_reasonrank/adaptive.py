@@ -7,13 +7,22 @@ quality — within a per-query budget of explanation tokens.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
+from .errors import InputError
+from .numeric import NumericOption, positive_int
+from .prompts import LABELS
 from .scoring import entropy, expected_label
+
+MAX_ENTROPY = math.log(len(LABELS))
+"""The entropy of a uniform distribution over the labels (ln 3 nats): no pair is more uncertain."""
+_ENTROPY = NumericOption(f"a number from 0 to ln {len(LABELS)} = {MAX_ENTROPY:.4f} (nats)", integral=False, low=0.0,
+                         high=MAX_ENTROPY)
 
 
 @dataclass(frozen=True)
@@ -21,20 +30,37 @@ class Escalation:
     """Which pairs adaptive mode explains.
 
     Attributes:
-        entropy: A pair whose direct-mode label distribution has at least this entropy (nats; a
-            uniform distribution over the three labels has ln 3 = 1.10) is explained.
+        entropy: A pair whose direct-mode label distribution has at least this entropy (nats, from 0
+            to ln 3 = 1.10, the entropy of a uniform distribution over the three labels) is explained.
+            ``None``: uncertainty alone explains no pair.
         cutoff: A rank cut-off whose order matters (e.g. 10 for nDCG@10): the pairs ranked within
             ``margin`` of it in direct mode are explained too. ``None``: none.
-        margin: How many ranks either side of ``cutoff``.
+        margin: How many ranks either side of ``cutoff`` (1 or more).
         token_budget: The explanation tokens a query may spend, reserved at the worst case
             (``samples x (max_new_tokens + the marker)`` per pair), so a query never spends more; the
             most uncertain pairs go first. ``None``: no limit.
+
+    Raises:
+        InputError: A value out of its range (a criterion is switched off with ``None``, not an
+            out-of-range number), or both criteria off.
     """
 
-    entropy: float = 0.5
+    entropy: Optional[float] = 0.5
     cutoff: Optional[int] = None
     margin: int = 2
     token_budget: Optional[int] = None
+
+    def __post_init__(self):
+        # Frozen: the checked (int / float) values are set through object.__setattr__.
+        checked = {"entropy": _ENTROPY("Escalation: entropy", self.entropy, optional=True),
+                   "cutoff": positive_int("Escalation: cutoff", self.cutoff, optional=True),
+                   "margin": positive_int("Escalation: margin", self.margin),
+                   "token_budget": positive_int("Escalation: token_budget", self.token_budget, optional=True)}
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+        if self.entropy is None and self.cutoff is None:
+            raise InputError("Escalation: entropy and cutoff are both None, so no pair would be explained; "
+                             "give one of them (or use mode='direct')")
 
 
 def escalated(qids: Sequence, probabilities: np.ndarray, escalation: Escalation, cost: int) -> np.ndarray:
@@ -56,7 +82,8 @@ def escalated(qids: Sequence, probabilities: np.ndarray, escalation: Escalation,
         rows = rows[1].to_numpy()
         ranks = np.empty(len(rows), dtype=np.int64)
         ranks[np.argsort(-scores[rows], kind="stable")] = np.arange(len(rows))
-        wanted = uncertainty[rows] >= escalation.entropy
+        wanted = uncertainty[rows] >= escalation.entropy if escalation.entropy is not None \
+            else np.zeros(len(rows), dtype=bool)
         if escalation.cutoff is not None:
             wanted |= np.abs(ranks - escalation.cutoff + 0.5) < escalation.margin  # ranks cutoff-margin .. +margin-1
         candidates = rows[wanted][np.lexsort((ranks[wanted], -uncertainty[rows][wanted]))]

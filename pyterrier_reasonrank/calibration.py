@@ -12,12 +12,16 @@ against graded judgements (qrels mapped to the labels 0, 1, 2):
 
 A temperature on the label logits per mode (:func:`fit_temperature`, fitted on held-out judged
 pairs by the negative log-likelihood of their labels) is saved in the student's settings and used
-by ``ReasonRanker`` for the pairs that mode judged, unless overridden.
+by ``ReasonRanker`` for the pairs that mode judged, unless overridden. It is fitted only on judged
+pairs that can pin it down: at least :data:`MIN_PAIRS` of them, carrying at least two labels (qrels
+that judge relevant documents only, such as vaswani's, cannot), and a fit that ends at the
+search's bound is refused rather than saved.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence, Union
@@ -26,6 +30,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .numeric import positive_int
+from .outputs import writable_file
 from .prompts import LABELS, MODES
 from .scoring import expected_label, tempered
 
@@ -33,6 +39,8 @@ if TYPE_CHECKING:
     from .ranker import ReasonRanker
 
 BINS = 10
+MIN_PAIRS = 30
+"""The fewest judged pairs (per mode) that a temperature is fitted on."""
 
 
 def calibration_table(probabilities: np.ndarray, labels: np.ndarray, *, bins: int = BINS) -> pd.DataFrame:
@@ -70,7 +78,12 @@ def expected_calibration_error(table: pd.DataFrame) -> dict[str, float]:
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray, *, low: float = 0.05, high: float = 20.0) -> float:
     """The temperature on the label logits that minimises the negative log-likelihood of the labels.
 
-    A golden-section search over log-temperature (the likelihood is unimodal in it).
+    A golden-section search over log-temperature, from ``low`` to ``high`` (the likelihood is
+    unimodal in it).
+
+    Raises:
+        InputError: The likelihood is best at a bound of the search (it keeps improving beyond it):
+            the labels do not pin a temperature down, e.g. when they are all one label.
     """
     probabilities, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels, dtype=np.int64)
 
@@ -88,7 +101,33 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray, *, low: float
         else:
             a, c = c, d
             d = a + ratio * (b - a)
-    return float(np.exp((a + b) / 2))
+    temperature = float(np.exp((a + b) / 2))
+    bound = next((bound for bound in (low, high) if math.isclose(temperature, bound, rel_tol=1e-6)), None)
+    if bound is not None:
+        raise InputError(f"the likelihood of the {len(labels)} judged labels keeps improving up to the temperature "
+                         f"search's bound ({bound:g}): these judgements do not pin a temperature down (labels "
+                         f"{np.unique(labels).tolist()}); fit on more, and more varied, judged pairs")
+    return temperature
+
+
+def fittable(labels: np.ndarray, *, what: str) -> None:
+    """Refuse judged labels that cannot pin a temperature down: fewer than :data:`MIN_PAIRS`, or one label.
+
+    Args:
+        labels: The judged labels of the pairs.
+        what: The pairs, for the message (``"the direct mode's judged pairs among ..."``).
+
+    Raises:
+        InputError: Saying which, and what to do.
+    """
+    present = np.unique(labels).tolist()
+    if len(present) < 2:
+        raise InputError(f"{what} all carry label {present[0] if present else None} ({len(labels)} pairs): a "
+                         "temperature cannot be fitted on one label (qrels that judge relevant documents only "
+                         "cannot calibrate); use a dataset with graded judgements, e.g. irds:cranfield")
+    if len(labels) < MIN_PAIRS:
+        raise InputError(f"{what} are only {len(labels)} (at least {MIN_PAIRS} are needed to fit a temperature); "
+                         "use more queries (num_queries) or a deeper first stage (k)")
 
 
 def reliability_diagram(tables: dict[str, pd.DataFrame], path: Union[str, Path]) -> Path:
@@ -120,7 +159,7 @@ def reliability_diagram(tables: dict[str, pd.DataFrame], path: Union[str, Path])
 
 
 def calibrate(ranker: ReasonRanker, datasets: Sequence[str], *, k: int = 20, num_queries: Optional[int] = None,
-              query_field: Optional[str] = None) -> dict:
+              query_field: Optional[str] = None, verbose: bool = False) -> dict:
     """Fit the label temperatures of the ranker's student on judged pairs, and save them in the student's settings.
 
     The ranker re-ranks BM25's top ``k`` of each dataset; the judged pairs among them (qrels
@@ -136,34 +175,47 @@ def calibrate(ranker: ReasonRanker, datasets: Sequence[str], *, k: int = 20, num
         k: BM25's depth.
         num_queries: Use the first N queries of each dataset.
         query_field: The topics' field used as the query (BRIGHT: ``text``).
+        verbose: Show the first stage's indexing log.
+
+    The counts, the student and whether its settings file can be written are checked before any
+    work; a mode is fitted only on at least :data:`MIN_PAIRS` judged pairs that carry at least two
+    labels, and a temperature at the search's bound is refused (see :func:`fit_temperature`).
 
     Returns:
         Per mode fitted, its ``temperature``, ``pairs`` and the expected calibration errors
         ``before`` and ``after``; and the ``settings`` file written.
 
     Raises:
-        InputError: The student is not a local directory (its settings are written there), or no
-            judged pair was ranked.
+        InputError: ``k`` or ``num_queries`` is not a positive integer; the student is not a local
+            directory (its settings are written there); too few judged pairs, or one label, or a
+            temperature at the search's bound (nothing is written then).
+        OSError: The settings file cannot be written.
     """
     from .evaluation import evaluate
-    from .settings import StudentSettings, read_settings
+    from .settings import FILENAME, StudentSettings, read_settings
 
+    k, num_queries = positive_int("k", k), positive_int("num_queries", num_queries, optional=True)
     student = ranker.student
     if not Path(student).is_dir():
         raise InputError(f"the student's settings are written beside it, and {student!r} is not a local directory")
+    writable_file(Path(student) / FILENAME)  # before the evaluation, not after it
     raw = copy.copy(ranker)
     raw.label_temperature, raw._backend, raw._judge = 1.0, None, None
     with warnings.catch_warnings():
         # Fitting reads the untempered distributions of a student that may have been calibrated before.
         warnings.filterwarnings("ignore", message=".*label_temperature=")
         evaluation = evaluate(list(datasets), {"student": raw}, k=k, num_queries=num_queries,
-                              query_field=query_field)
+                              query_field=query_field, verbose=verbose)
     runs = list(evaluation.judged_runs().values())
     if not runs:
         raise InputError(f"no judged pair among BM25's top {k} of {list(datasets)}: nothing to fit on")
     judged = pd.concat(runs, ignore_index=True)
+    by_mode = {mode: pairs for mode, pairs in judged.groupby(np.where(judged["samples"] > 0, "explain", "direct"))}
+    for mode, pairs in by_mode.items():  # every mode checked before any is fitted
+        fittable(pairs["label"].to_numpy(), what=f"the {mode} mode's judged pairs among BM25's top {k} of "
+                                                 f"{list(datasets)}")
     fitted = {}
-    for mode, pairs in judged.groupby(np.where(judged["samples"] > 0, "explain", "direct")):
+    for mode, pairs in by_mode.items():
         probabilities, labels = np.stack(pairs["probabilities"].to_numpy()), pairs["label"].to_numpy()
         temperature = fit_temperature(probabilities, labels)
         fitted[mode] = {"temperature": temperature, "pairs": len(pairs),

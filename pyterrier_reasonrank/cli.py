@@ -7,8 +7,9 @@ import sys
 import textwrap
 from typing import Optional, Sequence
 
-from .errors import debugging, run_command
+from .errors import InputError, debugging, run_command
 from .loading import DEFAULT_MODEL
+from .numeric import non_negative_int, positive_int
 from .prompts import DEFAULT_MAX_DOC_TOKENS, DEFAULT_MAX_QUERY_TOKENS
 from .ranker import BACKENDS, RANKER_MODES, ReasonRanker
 from .redaction import known_secrets, scrub
@@ -25,9 +26,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``reasonrank``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debugging(argv)
-    parser = argparse.ArgumentParser(prog="reasonrank", description="A reasoning re-ranker for PyTerrier.",
-                                     epilog="--debug (or REASONRANK_DEBUG=1) shows the full traceback of an error.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="reasonrank", description="A reasoning re-ranker for PyTerrier.",
+                     epilog="--debug (or REASONRANK_DEBUG=1) shows the full traceback of an error.")
+    commands = parser.add_subparsers(dest="command", required=True)  # the commands' parsers are _Parsers too
+    count = positive_int.parse  # every count and size: a positive integer, or a one-line error naming the option
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("--model", default=None,
                        help=f"Hub id or local directory (default: {DEFAULT_MODEL}, or the adapter's base model)")
@@ -36,11 +38,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for option, help_text in RANKER_OPTIONS.items():
         default = defaults[option.replace("-", "_")].default
         shown = default if default is not None else f"the student's, else {_LIBRARY_DEFAULTS[option]}"
-        model.add_argument(f"--{option}", type=int, default=None, help=f"{help_text} (default: {shown})")
+        model.add_argument(f"--{option}", type=count, default=None, help=f"{help_text} (default: {shown})")
     model.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     model.add_argument("--backend", choices=BACKENDS, default="transformers", help="where the model runs")
     model.add_argument("--store", default=None,
                        help="a judgement store (SQLite file): pairs judged before are read, not judged again")
+    model.add_argument("--verbose", action="store_true",
+                       help="show BM25's indexing log and the model's loading progress (quiet otherwise)")
 
     demo = commands.add_parser("demo", parents=[model], help="compare BM25 with BM25 >> ReasonRanker in pt.Experiment",
                                description="Compare BM25 with BM25 >> ReasonRanker in pt.Experiment and show "
@@ -48,10 +52,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     demo.add_argument("--dataset", default=None,
                       help="a PyTerrier dataset such as irds:vaswani (default: the bundled demo collection)")
     demo.add_argument("--mode", choices=RANKER_MODES, default="explain")
-    demo.add_argument("--k", type=int, default=10, help="documents re-ranked per query (default: 10)")
-    demo.add_argument("--num-queries", type=int, default=None,
+    demo.add_argument("--k", type=count, default=10, help="documents re-ranked per query (default: 10)")
+    demo.add_argument("--num-queries", type=count, default=None,
                       help="use only the first N queries (default: all of the bundled collection, 10 of a dataset)")
-    demo.add_argument("--explanations", type=int, default=3, help="explanations shown for the first query")
+    demo.add_argument("--explanations", type=non_negative_int.parse, default=3,
+                      help="explanations shown for the first query")
 
     evaluate = commands.add_parser(
         "evaluate", parents=[model], help="evaluate re-ranking against the first stage, with significance tests",
@@ -62,12 +67,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     evaluate.add_argument("--dataset", action="append", required=True,
                           help="dataset id (repeatable), e.g. irds:vaswani, irds:bright/biology, or bright")
     evaluate.add_argument("--first-stage", choices=["bm25"], default="bm25")
-    evaluate.add_argument("--k", type=int, default=100, help="first-stage depth re-ranked (default: 100)")
+    evaluate.add_argument("--k", type=count, default=100, help="first-stage depth re-ranked (default: 100)")
     evaluate.add_argument("--modes", nargs="+", choices=RANKER_MODES, default=["explain"],
                           help="re-ranking modes to evaluate (default: explain)")
-    evaluate.add_argument("--cascade", type=int, default=None, metavar="DEPTH",
+    evaluate.add_argument("--cascade", type=count, default=None, metavar="DEPTH",
                           help="also evaluate direct mode over all k, then explain mode over its top DEPTH")
-    evaluate.add_argument("--num-queries", type=int, default=None, help="use the first N queries of each dataset")
+    evaluate.add_argument("--num-queries", type=count, default=None, help="use the first N queries of each dataset")
     evaluate.add_argument("--query-field", default=None, help="topics field used as the query (BRIGHT: text)")
     evaluate.add_argument("--output", default="reasonrank-evaluation", help="folder for the results")
     evaluate.add_argument("--report", action="store_true",
@@ -83,17 +88,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "and save it in the student's settings (ReasonRanker uses it unless told otherwise).")
     calibrate.add_argument("--dataset", action="append", required=True, help="dataset id (repeatable)")
     calibrate.add_argument("--mode", choices=RANKER_MODES, default="explain")
-    calibrate.add_argument("--k", type=int, default=20, help="first-stage depth re-ranked (default: 20)")
-    calibrate.add_argument("--num-queries", type=int, default=None, help="use the first N queries of each dataset")
+    calibrate.add_argument("--k", type=count, default=20, help="first-stage depth re-ranked (default: 20)")
+    calibrate.add_argument("--num-queries", type=count, default=None, help="use the first N queries of each dataset")
     calibrate.add_argument("--query-field", default=None, help="topics field used as the query (BRIGHT: text)")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _CommandLineError as error:
+        print(f"{error.prog}: {error}", file=sys.stderr)
+        return 1
     # The Hub client logs each retry of an unreachable server; the error below says it once.
     from huggingface_hub.utils import logging as hub_logging
 
     hub_logging.set_verbosity_error()
+    if not args.verbose:  # one progress bar (the ranker's) before the results, not the weights' loading too
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     command = {"demo": _demo, "evaluate": _evaluate, "calibrate": _calibrate}[args.command]
     return run_command(f"reasonrank {args.command}", lambda: command(args), debug=debug,
                        scrub=lambda line: scrub(line, known_secrets()))
+
+
+class _CommandLineError(InputError):
+    """An option the command line cannot take: said in one line by the command, without the usage text."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors (``--k 0``, an unknown option) are one line, as every other user error."""
+
+    def error(self, message: str):
+        raise _CommandLineError(self.prog, message)
 
 
 def _ranker(args: argparse.Namespace, mode: str) -> ReasonRanker:
@@ -109,7 +137,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .calibration import calibrate
 
     result = calibrate(_ranker(args, args.mode), args.dataset, k=args.k, num_queries=args.num_queries,
-                       query_field=args.query_field)
+                       query_field=args.query_field, verbose=args.verbose)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -120,7 +148,8 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     num_queries = args.num_queries if args.num_queries is not None or args.dataset is None else 10
-    result = run_demo(_ranker(args, args.mode), dataset=args.dataset, k=args.k, num_queries=num_queries)
+    result = run_demo(_ranker(args, args.mode), dataset=args.dataset, k=args.k, num_queries=num_queries,
+                      verbose=args.verbose)
     pairs = len(result.reranked)
     print(f"\n{args.dataset or 'bundled demo collection'}: {result.reranked['qid'].nunique()} queries, "
           f"top {args.k} from BM25; re-ranking {pairs} documents took {result.seconds:.1f} s "
@@ -156,7 +185,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     for ranker in rankers.values():
         if isinstance(ranker, ReasonRanker):
             ranker.load()  # fail fast on a missing model, before any indexing
-    evaluation = evaluate(args.dataset, rankers, k=args.k, num_queries=args.num_queries, query_field=args.query_field)
+    evaluation = evaluate(args.dataset, rankers, k=args.k, num_queries=args.num_queries, query_field=args.query_field,
+                          verbose=args.verbose)
     files = write_outputs(evaluation, args.output)
     if args.calibration:
         files.update(write_calibration(evaluation, args.output))

@@ -12,6 +12,7 @@ import pyterrier as pt
 
 from .dataset import get_dataset
 from .indexing import bm25
+from .numeric import positive_int
 from .ranker import ReasonRanker
 
 
@@ -73,7 +74,7 @@ def load_collection(dataset: Optional[str]) -> Union[DemoCollection, pt.datasets
 
 
 def run_demo(ranker: ReasonRanker, *, dataset: Optional[str] = None, k: int = 10,
-             num_queries: Optional[int] = None) -> DemoResult:
+             num_queries: Optional[int] = None, verbose: bool = False) -> DemoResult:
     """Compare BM25 with BM25 >> ranker in ``pt.Experiment``.
 
     Args:
@@ -81,14 +82,19 @@ def run_demo(ranker: ReasonRanker, *, dataset: Optional[str] = None, k: int = 10
         dataset: ``None`` for the bundled collection, else a dataset id such as ``"irds:vaswani"``.
         k: BM25 depth, and so the number of documents re-ranked per query.
         num_queries: Use only the first queries (all when ``None``).
+        verbose: Show BM25's indexing log (it is quiet otherwise, so the results come first).
+
+    Raises:
+        InputError: ``k`` or ``num_queries`` is not a positive integer, or the dataset is unknown.
     """
+    k, num_queries = positive_int("k", k), positive_int("num_queries", num_queries, optional=True)
     collection = load_collection(dataset)
     ranker.load()  # fail fast on a missing model, before any indexing
     topics = collection.get_topics()
     if num_queries is not None:
         topics = topics.head(num_queries)
     qrels = collection.get_qrels()
-    first_stage = bm25(collection, name=dataset, num_results=k)
+    first_stage = bm25(collection, name=dataset, num_results=k, verbose=verbose)
     baseline = first_stage(topics)
     start = time.perf_counter()
     reranked = (pt.text.get_text(collection, "text") >> ranker)(baseline)

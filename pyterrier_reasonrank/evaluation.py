@@ -17,6 +17,7 @@ from .calibration import calibration_table, expected_calibration_error, reliabil
 from .dataset import get_dataset
 from .errors import InputError
 from .indexing import bm25
+from .numeric import positive_int
 from .qrels import judged_labels
 
 if TYPE_CHECKING:
@@ -77,7 +78,11 @@ def cascade(first: pt.Transformer, second: pt.Transformer, depth: int) -> pt.Tra
     """``first`` ranks everything, ``second`` re-ranks its top ``depth``, and the rest follow below.
 
     The rest keep ``first``'s order, so the ranking keeps its full depth.
+
+    Raises:
+        InputError: ``depth`` is not a positive integer.
     """
+    depth = positive_int("cascade depth", depth)
     return first >> ((pt.RankCutoff(depth) >> second) ^ pt.Transformer.identity())
 
 
@@ -130,7 +135,7 @@ class Evaluation:
 
 def evaluate(datasets: Sequence[str], rerankers: dict[str, pt.Transformer], *, k: int = 100,
              num_queries: Optional[int] = None, query_field: Optional[str] = None, text_field: str = "text",
-             metrics: Sequence = METRICS, first_stage_name: str = "BM25") -> Evaluation:
+             metrics: Sequence = METRICS, first_stage_name: str = "BM25", verbose: bool = False) -> Evaluation:
     """Evaluate BM25 alone and BM25 >> each re-ranker on each dataset.
 
     Documents the qrels exclude (label -100) are removed from every ranking before scoring, and
@@ -145,7 +150,13 @@ def evaluate(datasets: Sequence[str], rerankers: dict[str, pt.Transformer], *, k
         text_field: The document field given to the re-rankers.
         metrics: ir_measures measures; the first is the headline.
         first_stage_name: The baseline's name in the tables.
+        verbose: Show the first stage's indexing log (it is quiet otherwise).
+
+    Raises:
+        InputError: ``k`` or ``num_queries`` is not a positive integer, or a dataset id is unknown
+            (checked before any work).
     """
+    k, num_queries = positive_int("k", k), positive_int("num_queries", num_queries, optional=True)
     rows, per_query, runs, labels = [], [], {}, {}
     loaded = {dataset_id: get_dataset(dataset_id) for dataset_id in dataset_ids(datasets)}  # every id checked first
     for dataset_id, dataset in loaded.items():
@@ -155,7 +166,7 @@ def evaluate(datasets: Sequence[str], rerankers: dict[str, pt.Transformer], *, k
         qrels = dataset.get_qrels()
         judged = qrels[qrels["label"] != EXCLUDED]
         labels[dataset_id] = judged_labels(judged)
-        first_stage = bm25(dataset, name=dataset_id, num_results=k) >> DropExcluded(qrels)
+        first_stage = bm25(dataset, name=dataset_id, num_results=k, verbose=verbose) >> DropExcluded(qrels)
         baseline = first_stage(topics)
         text = pt.text.get_text(dataset, text_field)
         names = [first_stage_name] + [f"{first_stage_name} >> {name}" for name in rerankers]

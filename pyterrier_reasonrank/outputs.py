@@ -18,3 +18,22 @@ def writable_folder(path: Union[str, Path]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
         pass
+
+
+def writable_file(path: Union[str, Path]) -> None:
+    """Check that the file ``path`` can be written (replaced, or created in its existing folder), changing nothing.
+
+    Writing is tried, not read off the permissions, which say nothing for root or a read-only mount:
+    an existing file is opened for appending (and closed, unchanged), else a file is created and
+    removed beside it.
+
+    Raises:
+        OSError: It cannot be written (a directory in its place, a read-only file system, no permission).
+    """
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        with open(path, "ab"):
+            pass
+    else:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-check-"):
+            pass

@@ -11,6 +11,7 @@ import torch
 from .backends import LOCAL_BACKENDS, load_local
 from .errors import InputError
 from .loading import DEFAULT_MODEL
+from .numeric import positive_int
 from .prompts import QUERIES_PREFIX, parse_queries
 from .settings import serving_settings
 from .validation import as_text, require_text
@@ -61,7 +62,7 @@ class QueryGenerator(pt.Transformer):
             trust_remote_code: Allow the model's own code from its repository to run.
 
         Raises:
-            InputError: An unknown ``combine`` or ``backend``.
+            InputError: An unknown ``combine`` or ``backend``, or a size that is not a positive integer.
         """
         if combine not in COMBINATIONS:
             raise InputError(f"combine must be one of {COMBINATIONS}, got {combine!r}")
@@ -70,9 +71,9 @@ class QueryGenerator(pt.Transformer):
         self.model = model
         self.adapter = adapter
         self.combine = combine
-        self.max_new_tokens = max_new_tokens
-        self.max_question_tokens = max_question_tokens
-        self.batch_size = batch_size
+        self.max_new_tokens = positive_int("max_new_tokens", max_new_tokens)
+        self.max_question_tokens = positive_int("max_question_tokens", max_question_tokens, optional=True)
+        self.batch_size = positive_int("batch_size", batch_size)
         self.device = device
         self.dtype = dtype
         self.backend = backend

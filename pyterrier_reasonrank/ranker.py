@@ -18,6 +18,7 @@ from .display import ReasonRankResults
 from .errors import InputError
 from .judging import Judge, Judged, Sampling
 from .loading import DEFAULT_MODEL, fingerprint, model_name, resolve_device, resolve_dtype
+from .numeric import non_negative_int, positive_int, positive_number
 from .prompts import PromptEncoder
 from .settings import serving_settings
 from .store import JudgementStore
@@ -111,21 +112,26 @@ class ReasonRanker(pt.Transformer):
                 trust the repository.
 
         Raises:
-            InputError: An unknown mode or backend, or a size that is not a positive integer.
+            InputError: An unknown mode or backend, or a number out of its range (a size that is not
+                a positive integer, a temperature that is not finite and above 0...), named.
         """
         if mode not in RANKER_MODES:
             raise InputError(f"mode must be one of {RANKER_MODES}, got {mode!r}")
         if backend not in BACKENDS:
             raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        sizes = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "samples": samples,
-                 "max_query_tokens": max_query_tokens, "max_doc_tokens": max_doc_tokens}
-        for name, value in sizes.items():
-            if (value is not None or not name.startswith(("max_query", "max_doc"))) and \
-                    (not isinstance(value, int) or value < 1):  # None: the student's truncation
-                raise InputError(f"{name} must be a positive integer, got {value!r}")
-        for name, value in (("temperature", temperature), ("label_temperature", label_temperature)):
-            if value is not None and not value > 0:
-                raise InputError(f"{name} must be above 0, got {value!r}")
+        if escalation is not None and not isinstance(escalation, Escalation):
+            raise InputError(f"escalation must be an Escalation (or None), got {escalation!r}")
+        samples = positive_int("samples", samples)
+        batch_size = positive_int("batch_size", batch_size)
+        max_new_tokens = positive_int("max_new_tokens", max_new_tokens)
+        concurrency = positive_int("concurrency", concurrency)
+        # None: the student's truncation; no limit on a batch's tokens.
+        max_query_tokens = positive_int("max_query_tokens", max_query_tokens, optional=True)
+        max_doc_tokens = positive_int("max_doc_tokens", max_doc_tokens, optional=True)
+        max_batch_tokens = positive_int("max_batch_tokens", max_batch_tokens, optional=True)
+        temperature = positive_number("temperature", temperature)
+        label_temperature = positive_number("label_temperature", label_temperature, optional=True)
+        seed = non_negative_int("seed", seed)
         self.model = model
         self.adapter = adapter
         self.mode = mode

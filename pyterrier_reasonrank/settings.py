@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 from pyterrier_reasonrank.errors import InputError
+from pyterrier_reasonrank.numeric import positive_int, positive_number
 from pyterrier_reasonrank.prompts import (
     DEFAULT_MAX_DOC_TOKENS,
     DEFAULT_MAX_QUERY_TOKENS,
@@ -96,7 +97,9 @@ class StudentSettings:
         """Settings from :meth:`to_dict`'s values.
 
         Raises:
-            InputError: A prompt format version or a label scale this library does not know.
+            InputError: A prompt format version or a label scale this library does not know, or a number
+                out of its range (a size that is not a positive integer, a temperature that is not
+                finite and above 0), named with ``source``.
         """
         version = values.get("format_version")
         if version != FORMAT_VERSION:
@@ -107,12 +110,15 @@ class StudentSettings:
         settings = cls(**{k: v for k, v in values.items() if k in known})
         if settings.labels != cls().labels:
             raise InputError(f"{source} was trained with the label scale {settings.labels}, not {cls().labels}")
+        sizes = {name: positive_int(f"{source}: {name}", getattr(settings, name))
+                 for name in ("max_query_tokens", "max_doc_tokens", "max_question_tokens")}
         temperatures = settings.label_temperature
-        if not isinstance(temperatures, dict) or not all(
-                mode in MODES and isinstance(t, (int, float)) and t > 0 for mode, t in temperatures.items()):
+        if not isinstance(temperatures, dict) or not set(temperatures) <= set(MODES):
             raise InputError(f"{source}: label_temperature must map modes ({', '.join(MODES)}) to temperatures "
                              f"above 0, got {temperatures!r}")
-        return dataclasses.replace(settings, tasks=tuple(settings.tasks))
+        temperatures = {mode: positive_number(f"{source}: label_temperature[{mode!r}]", temperature)
+                        for mode, temperature in temperatures.items()}
+        return dataclasses.replace(settings, tasks=tuple(settings.tasks), label_temperature=temperatures, **sizes)
 
 
 

@@ -127,7 +127,7 @@ def test_calibrate_fits_the_temperature_and_the_ranker_uses_it(explaining, tmp_p
     store = JudgementStore(tmp_path / "judgements.sqlite")
     judged_with_count(ReasonRanker(str(student), mode="direct", store=store), pairs(1, 2))
     argv = ["calibrate", "--dataset", "irds:cranfield", "--model", str(student), "--mode", "direct", "--k", "10",
-            "--num-queries", "8"]
+            "--num-queries", "12"]  # at least MIN_PAIRS judged pairs
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     saved = read_settings(str(student)).label_temperature["direct"]
@@ -136,7 +136,7 @@ def test_calibrate_fits_the_temperature_and_the_ranker_uses_it(explaining, tmp_p
     # The labels of the judged pairs it ranked: the fitted temperature is where their likelihood peaks.
     with pytest.warns(UserWarning, match="label_temperature"):
         raw = ReasonRanker(str(student), mode="direct", label_temperature=1.0)
-        evaluation = evaluate(["irds:cranfield"], {"direct": raw}, k=10, num_queries=8)
+        evaluation = evaluate(["irds:cranfield"], {"direct": raw}, k=10, num_queries=12)
     labels = evaluation.judged_runs()[("irds:cranfield", "BM25 >> direct")]["label"].to_numpy()
     assert result["direct"]["pairs"] == len(labels) and len(set(labels)) > 1
     frequencies = np.bincount(labels, minlength=3) / len(labels)
@@ -151,9 +151,11 @@ def test_calibrate_fits_the_temperature_and_the_ranker_uses_it(explaining, tmp_p
     assert judged == 0  # calibrating changed the student's settings, not its judgements: the store still serves
 
 
-@pytest.mark.parametrize("temperature", [1.5, {"explain": 0}, {"rerank": 2.0}])
-def test_a_malformed_temperature_in_the_settings_is_named(temperature):
+@pytest.mark.parametrize("temperature, message", [
+    (1.5, "label_temperature must map modes"), ({"rerank": 2.0}, "label_temperature must map modes"),
+    ({"explain": 0}, r"label_temperature\['explain'\] must be a finite number above 0, got 0")])
+def test_a_malformed_temperature_in_the_settings_is_named(temperature, message):
     from pyterrier_reasonrank.errors import InputError
 
-    with pytest.raises(InputError, match="label_temperature must map modes"):
+    with pytest.raises(InputError, match=message):
         StudentSettings.from_dict({**StudentSettings().to_dict(), "label_temperature": temperature})

@@ -76,7 +76,7 @@ def test_escalation_picks_the_uncertain_and_those_near_the_cutoff_within_the_bud
     assert escalated(qids, probabilities, Escalation(entropy=1.0), cost=10).tolist() == uncertain.tolist()
     # By expected label, query a ranks its pairs 2, 1, 4, 3, 0 and query b 7, 5, 6: ranks 1 and 2
     # (cut-off 2, margin 1) are pairs 1 and 4, and 5 and 6.
-    near = escalated(qids, probabilities, Escalation(entropy=2.0, cutoff=2, margin=1), cost=10)
+    near = escalated(qids, probabilities, Escalation(entropy=None, cutoff=2, margin=1), cost=10)
     assert near.tolist() == [False, True, False, False, True, True, True, False]
     # A budget of one explanation per query: the most uncertain pair of each.
     budget = escalated(qids, probabilities, Escalation(entropy=1.0, token_budget=19), cost=10)

@@ -7,6 +7,7 @@
 The stages' modules load trl, datasets and the teachers' clients on first use, not on import.
 """
 import importlib
+import logging
 import warnings
 from typing import Any
 
@@ -14,6 +15,10 @@ from typing import Any
 # here is). Refinement samples with vLLM's engine through this package, not trl's integration; a GPU
 # user who sets GRPO's use_vllm installs a vLLM that trl supports.
 warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions", category=UserWarning)
+# trl's GRPO imports vLLM (when installed), whose import warns on a machine without a GPU that its
+# Triton has no CPU backend: a line before any result or error, about a kernel library that
+# training with transformers does not use. Set before vLLM configures its loggers, which keeps it.
+logging.getLogger("vllm.triton_utils.importing").setLevel(logging.ERROR)
 
 _EXPORTS = {
     "SourceConfig": "sources", "candidate_pairs": "sources",

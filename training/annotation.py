@@ -10,6 +10,7 @@ and its pair asked again.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from dataclasses import dataclass, field
@@ -21,8 +22,16 @@ import pyterrier as pt
 
 from pyterrier_reasonrank import prompts
 from pyterrier_reasonrank.errors import InputError
+from pyterrier_reasonrank.numeric import (
+    check_fields,
+    non_negative_int,
+    non_negative_number,
+    positive_int,
+    positive_number,
+)
 from pyterrier_reasonrank.redaction import config_secrets
 
+from .packages import require_packages
 from .records import AnnotationStore, record_key, summarize
 from .sources import SourceConfig, candidate_pairs, own_pairs, questions, questions_of
 from .teachers import LocalTeacher, OpenAITeacher
@@ -58,6 +67,10 @@ class AnnotateConfig(SourceConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        check_fields(self, {"concurrency": positive_int, "max_retries": non_negative_int, "timeout": positive_number,
+                            "temperature": non_negative_number, "max_tokens": positive_int,
+                            "max_doc_chars": positive_int, "batch_size": positive_int, "max_new_tokens": positive_int,
+                            "max_doc_tokens": positive_int})
         for name, value, allowed in (("task", self.task, ("relevance", "queries")),
                                      ("teacher", self.teacher, ("openai", "local"))):
             if value not in allowed:
@@ -99,38 +112,41 @@ def annotate(config: AnnotateConfig, pairs: Optional[pd.DataFrame] = None) -> di
     Every known secret (the ``api_key``, ``$OPENAI_API_KEY``, ``$HF_TOKEN``) is masked in what is
     written: a teacher can be made to repeat the key it was sent.
     """
+    require_packages(config)
     own = None if pairs is None else own_pairs(pairs)
     teacher = functools.cache(lambda: make_teacher(config))  # made once, when a pair is not annotated yet
-    if config.task == "queries":
-        return _annotate(config.output, config, teacher, "queries",
-                         lambda: questions(config) if own is None else questions_of(own))
-    if own is None:
-        own = candidate_pairs(config)
-    summary = _annotate(config.output, config, teacher, "relevance", lambda: own)
-    if config.queries_output:
-        summary["queries"] = _annotate(config.queries_output, config, teacher, "queries", lambda: questions_of(own))
+    with contextlib.ExitStack() as stack:
+        # The output files are opened (and their records read, so a broken line is reported) before the
+        # pairs are drawn, which may build an index.
+        store = stack.enter_context(AnnotationStore(config.output, secrets=config_secrets(config)))
+        queries_store = stack.enter_context(AnnotationStore(config.queries_output, secrets=config_secrets(config))) \
+            if config.queries_output else None
+        if config.task == "queries":
+            return _annotate(store, config, teacher, "queries", questions(config) if own is None else questions_of(own))
+        if own is None:
+            own = candidate_pairs(config)
+        summary = _annotate(store, config, teacher, "relevance", own)
+        if queries_store is not None:
+            summary["queries"] = _annotate(queries_store, config, teacher, "queries", questions_of(own))
     return summary
 
 
-def _annotate(output: str, config: AnnotateConfig, teacher: Callable[[], Teacher], task: str,
-              todo: Callable[[], pd.DataFrame]) -> dict:
-    """Annotate what ``todo()`` lists and is not in ``output`` yet; the summary of the whole file."""
-    with AnnotationStore(output, secrets=config_secrets(config)) as store:
-        frame = todo()
-        frame = frame[[record_key(row) not in store.done for row in frame.to_dict("records")]].reset_index(drop=True)
-        if len(frame):
-            if task == "relevance":
-                hints = [prompts.hint_text(g) if config.gold_hint and g is not None else None for g in frame.gold_label]
-                answers = teacher().judge(frame["query"].tolist(), frame["text"].tolist(), hints)
-            else:
-                answers = teacher().write_queries(frame["query"].tolist())
-            rows = frame.to_dict("records")
-            unit = "pair" if task == "relevance" else "question"
-            for index, fields in pt.tqdm(answers, total=len(rows), desc=f"annotate {task} ({teacher().name})",
-                                         unit=unit):
-                store.append(_record(rows[index], fields, teacher().name))
-        summary = summarize(store.records, new=len(frame))
-    Path(f"{output}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+def _annotate(store: AnnotationStore, config: AnnotateConfig, teacher: Callable[[], Teacher], task: str,
+              todo: pd.DataFrame) -> dict:
+    """Annotate what ``todo`` lists and is not in the store yet; the summary of the whole file."""
+    frame = todo[[record_key(row) not in store.done for row in todo.to_dict("records")]].reset_index(drop=True)
+    if len(frame):
+        if task == "relevance":
+            hints = [prompts.hint_text(g) if config.gold_hint and g is not None else None for g in frame.gold_label]
+            answers = teacher().judge(frame["query"].tolist(), frame["text"].tolist(), hints)
+        else:
+            answers = teacher().write_queries(frame["query"].tolist())
+        rows = frame.to_dict("records")
+        unit = "pair" if task == "relevance" else "question"
+        for index, fields in pt.tqdm(answers, total=len(rows), desc=f"annotate {task} ({teacher().name})", unit=unit):
+            store.append(_record(rows[index], fields, teacher().name))
+    summary = summarize(store.records, new=len(frame))
+    Path(f"{store.path}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 
+from pyterrier_reasonrank.numeric import check_fields, positive_int
 from pyterrier_reasonrank.prompts import chat_template_sha256
 from pyterrier_reasonrank.redaction import SecretFieldsNotPickled
 from pyterrier_reasonrank.settings import StudentSettings, read_settings
@@ -39,6 +40,7 @@ class TrainerDefaults(SecretFieldsNotPickled):
     report_to: Optional[str] = field(default="none", metadata={"help": "experiment trackers"})
 
     def __post_init__(self):
+        check_fields(self, dict.fromkeys(PROMPT_OPTIONS, positive_int), optional=PROMPT_OPTIONS)
         if self.bf16 is None:
             self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         with warnings.catch_warnings():

@@ -18,12 +18,14 @@ from transformers import set_seed
 from trl import SFTConfig, SFTTrainer, get_peft_config
 
 from pyterrier_reasonrank.errors import InputError
+from pyterrier_reasonrank.numeric import check_fields, proportion
 from pyterrier_reasonrank.outputs import writable_folder
 from pyterrier_reasonrank.settings import StudentSettings
 
 from .arguments import TrainerDefaults
 from .checkpoints import resume_point
 from .evaluation import label_accuracy
+from .packages import require_packages
 from .records import (
     PAIR_FIELDS,
     file_sha256,
@@ -65,11 +67,7 @@ class DistillConfig(TrainerDefaults, SFTConfig):
         "help": "longest example: a longer one has its document (or question) cut to fit, and is counted"})
 
     def __post_init__(self):
-        fractions = {"explain_fraction": self.explain_fraction, "direct_fraction": self.direct_fraction,
-                     "query_fraction": self.query_fraction}
-        for name, value in fractions.items():
-            if not 0.0 <= value <= 1.0:
-                raise InputError(f"{name} must be between 0 and 1, got {value}")
+        check_fields(self, dict.fromkeys(("explain_fraction", "direct_fraction", "query_fraction"), proportion))
         if self.explain_fraction == self.direct_fraction == 0.0:
             raise InputError("explain_fraction and direct_fraction are both 0: nothing to judge is trained")
         super().__post_init__()
@@ -143,6 +141,7 @@ def distill(config: DistillConfig, student: StudentConfig) -> dict:
     from datasets import Dataset
 
     # Every input is read and checked before any work starts.
+    require_packages(config, student)
     if not config.train_file:
         raise InputError("no train_file: the annotated JSONL written by `reasonrank-train annotate`")
     records = read_jsonl(config.train_file, required=PAIR_FIELDS)
@@ -155,6 +154,7 @@ def distill(config: DistillConfig, student: StudentConfig) -> dict:
                          key=record_key) if config.query_generation_file else []
     held_out = labelled_pairs(config.eval_file) if config.eval_file else None
     writable_folder(config.output_dir)
+    resume = resume_point(config)
     set_seed(config.seed)  # the adapter's initial weights too, which are drawn before the trainer seeds
     model, tokenizer = load_student(student, trust_remote_code=config.trust_remote_code,
                                     gradient_checkpointing=config.gradient_checkpointing)
@@ -168,7 +168,7 @@ def distill(config: DistillConfig, student: StudentConfig) -> dict:
                          peft_config=get_peft_config(student) if student.use_peft and student.adapter is None else None,
                          callbacks=[SettingsCallback(settings)])
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_point(config))
+    result = trainer.train(resume_from_checkpoint=resume)
     metrics = {"train_loss": result.training_loss, "steps": result.global_step,
                "train_seconds": round(time.perf_counter() - start, 1), **building}
     trainer.save_model(config.output_dir)

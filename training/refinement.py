@@ -22,12 +22,14 @@ from transformers import set_seed
 from trl import GRPOConfig, GRPOTrainer, get_peft_config
 
 from pyterrier_reasonrank.errors import InputError
+from pyterrier_reasonrank.numeric import check_fields, non_negative_number, positive_int, proportion
 from pyterrier_reasonrank.outputs import writable_folder
 from pyterrier_reasonrank.prompts import PromptEncoder
 
 from .arguments import TrainerDefaults
 from .checkpoints import resume_point
 from .evaluation import mean_reward
+from .packages import require_packages
 from .records import LABEL_SOURCES, file_sha256, labelled_pairs, target_label
 from .rewards import REWARDS, reward_functions
 from .runcard import SettingsCallback, deferred_push, plot_curves, push_student, write_student
@@ -76,6 +78,12 @@ class RefineConfig(TrainerDefaults, GRPOConfig):
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise InputError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        check_fields(self, {"num_generations": positive_int, "partial_credit": proportion, "keep_threshold": proportion,
+                            "weight_power": non_negative_number, "eval_samples": positive_int,
+                            "reward_model_max_length": positive_int}, optional=("num_generations",))
+        if self.algorithm == "grpo" and self.num_generations is not None and self.num_generations < 2:
+            raise InputError(f"num_generations must be at least 2 with algorithm grpo (its advantages compare the "
+                             f"responses to one prompt), got {self.num_generations}")
         if self.label_source not in LABEL_SOURCES:
             raise InputError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
         if self.sampling_backend not in SAMPLING_BACKENDS:
@@ -123,12 +131,14 @@ def refine(config: RefineConfig, student: StudentConfig) -> dict:
     from datasets import Dataset
 
     # Every input is read and checked before any work starts.
+    require_packages(config, student)
     if not config.train_file:
         raise InputError("no train_file: the annotated JSONL to refine on")
     records = labelled_pairs(config.train_file, config.label_source)
     targets = [target_label(r, config.label_source) for r in records]
     held_out = labelled_pairs(config.eval_file, config.label_source) if config.eval_file else None
     writable_folder(config.output_dir)
+    resume = resume_point(config)
     set_seed(config.seed)  # sampling before training (held-out reward, rwsft's draw) is repeatable too
     rewards = reward_functions(config.rewards, partial_credit=config.partial_credit, reward_model=config.reward_model,
                                max_length=config.reward_model_max_length, trust_remote_code=config.trust_remote_code)
@@ -166,7 +176,7 @@ def refine(config: RefineConfig, student: StudentConfig) -> dict:
         trainer = EncodedPromptGRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
                                            processing_class=tokenizer, prompt_ids=dict(zip(texts, encoded)),
                                            callbacks=[SettingsCallback(settings)])
-    result = trainer.train(resume_from_checkpoint=resume_point(config))
+    result = trainer.train(resume_from_checkpoint=resume)
     metrics.update(train_loss=result.training_loss, steps=result.global_step,
                    train_seconds=round(time.perf_counter() - start, 1))
     trainer.save_model(config.output_dir)

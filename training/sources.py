@@ -33,6 +33,7 @@ import yaml
 from pyterrier_reasonrank.dataset import get_dataset
 from pyterrier_reasonrank.errors import InputError
 from pyterrier_reasonrank.indexing import bm25
+from pyterrier_reasonrank.numeric import check_fields, non_negative_int, positive_int
 from pyterrier_reasonrank.qrels import grade_to_label
 
 from .records import read_jsonl
@@ -72,6 +73,9 @@ class SourceConfig:
     seed: int = field(default=0, metadata={"help": "seed of the draw"})
 
     def __post_init__(self):
+        check_fields(self, {"num_queries": positive_int, "relevant_per_query": non_negative_int,
+                            "bm25_negatives": non_negative_int, "bm25_depth": positive_int,
+                            "random_negatives": non_negative_int, "seed": non_negative_int}, optional=("num_queries",))
         if self.dataset and self.pairs_file:
             raise InputError("give either a dataset or a pairs_file, not both")
         if self.queries_without_qrels not in ("skip", "keep"):

@@ -10,6 +10,8 @@ from trl import ModelConfig, get_quantization_config
 from pyterrier_reasonrank.errors import InputError
 from pyterrier_reasonrank.loading import base_model, clear_load_errors, tokenizer_source
 
+from .packages import require_packages
+
 if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -61,10 +63,7 @@ def load_student(config: StudentConfig, *, trust_remote_code: bool = False, grad
         if not torch.cuda.is_available():
             raise InputError("QLoRA (load_in_4bit / load_in_8bit) needs a CUDA GPU, and none is available; "
                                "train LoRA in full precision instead (load_in_4bit: false).")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise InputError("QLoRA needs bitsandbytes: pip install bitsandbytes") from None
+        require_packages(config)
         quantization = get_quantization_config(config)
     name = config.base_model_name()
     with clear_load_errors("model", name):
