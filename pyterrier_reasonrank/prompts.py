@@ -48,11 +48,16 @@ DEFAULT_MAX_QUERY_TOKENS = 512
 DEFAULT_MAX_DOC_TOKENS = 1024
 DEFAULT_MAX_QUESTION_TOKENS = 1024
 
-TEMPLATE_VARIABLES: Mapping[str, str] = {"date_string": "26 Jul 2024"}
-"""Chat-template variables that are not the conversation, pinned so that a prompt is the same on
-every day: Llama 3.x templates write "Today Date: ..." into the system block from ``date_string``,
-or from ``strftime_now`` when it is not given (it then answers with this date too). The date is
-the one Llama 3.x templates fall back to."""
+TEMPLATE_VARIABLES: Mapping[str, object] = {"date_string": "26 Jul 2024", "enable_thinking": False}
+"""Chat-template variables that are not the conversation, pinned so that every prompt is the same.
+
+The date: Llama 3.x templates write "Today Date: ..." into the system block from ``date_string``,
+or from ``strftime_now`` when it is not given (it then answers with this date too); the date is the
+one Llama 3.x templates fall back to. Thinking off: Qwen3-family and SmolLM3 templates let the model
+"think" (write a ``<think>`` block before its answer) unless ``enable_thinking`` is false, and then
+end the generation prompt with an empty think block, after which the response starts. A template
+that does not use a variable ignores it, so these change no other template's prompts. The same
+variables go to a server that renders the template itself (a teacher's chat requests)."""
 
 LABELS: tuple[int, ...] = (0, 1, 2)
 LABEL_NAMES = {0: "irrelevant", 1: "partially relevant", 2: "relevant"}
@@ -202,13 +207,15 @@ def parse_queries(text: str) -> ParsedQueries:
     return ParsedQueries(queries) if queries else ParsedQueries([], "no queries in the response")
 
 
-def template_context(variables: Mapping[str, str]) -> dict:
+def template_context(variables: Mapping[str, object]) -> dict:
     """What a chat template is rendered with besides the conversation.
 
-    That is the pinned ``variables``, and ``strftime_now`` (which templates call for today's date)
-    answering with their date.
+    That is the pinned ``variables``, and, when they pin a date (``date_string``), ``strftime_now``
+    (which templates call for today's date) answering with that date.
     """
-    date = datetime.strptime(variables["date_string"], "%d %b %Y")
+    if "date_string" not in variables:
+        return dict(variables)
+    date = datetime.strptime(str(variables["date_string"]), "%d %b %Y")
     return {**variables, "strftime_now": date.strftime}
 
 
@@ -225,7 +232,7 @@ class _TemplateEncoder:
     """Renders a chat template around slots for user text and encodes the pieces once."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, str]], slots: Sequence[str],
-                 response_start: str, template_variables: Optional[Mapping[str, str]], *,
+                 response_start: str, template_variables: Optional[Mapping[str, object]], *,
                  add_generation_prompt: bool = True):
         self.tokenizer = tokenizer
         self.template_variables = dict(TEMPLATE_VARIABLES if template_variables is None else template_variables)
@@ -276,7 +283,7 @@ class PromptEncoder(_TemplateEncoder):
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, mode: Mode = "explain", *,
                  max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS, max_doc_tokens: int = DEFAULT_MAX_DOC_TOKENS,
-                 template_variables: Optional[Mapping[str, str]] = None):
+                 template_variables: Optional[Mapping[str, object]] = None):
         """Check the tokenizer's label tokens and render the prompt template for ``mode`` once.
 
         Args:
@@ -375,7 +382,7 @@ class QueryPromptEncoder(_TemplateEncoder):
     """Turns a long question into the token ids of the query-generation prompt."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, *, max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
-                 template_variables: Optional[Mapping[str, str]] = None):
+                 template_variables: Optional[Mapping[str, object]] = None):
         """Render the query-generation prompt template for ``tokenizer`` once.
 
         Args:
@@ -419,7 +426,7 @@ class ConversationEncoder(_TemplateEncoder):
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, *, max_length: int,
-                 template_variables: Optional[Mapping[str, str]] = None):
+                 template_variables: Optional[Mapping[str, object]] = None):
         """Render the conversation template for ``tokenizer`` once.
 
         Args:
@@ -449,7 +456,7 @@ class ConversationEncoder(_TemplateEncoder):
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, str]], slots: Sequence[str],
-            template_variables: Mapping[str, str], add_generation_prompt: bool = True) -> list[str]:
+            template_variables: Mapping[str, object], add_generation_prompt: bool = True) -> list[str]:
     """The prompt text around the slots: ``len(slots) + 1`` pieces."""
     if tokenizer.chat_template is None:
         bos = tokenizer.bos_token if getattr(tokenizer, "add_bos_token", False) else None

@@ -3,9 +3,11 @@
 The rule, the same for the transformers backend, the vLLM engine and an OpenAI-compatible server,
 decoding greedily: the explanation ends when the tokens written end with the label marker
 (``Relevance:`` as the tokenizer writes it); it is cut short, and the label is *forced*, at the
-first special token the model writes (an end of turn, or any other: the token is not kept), or when
-it has written ``max_new_tokens`` tokens without the marker. A forced explanation gets the rest of a
-marker the model had started, else a line break and the marker, and the label is read there.
+first special token the model writes (an end of turn, or any other: the token is not kept) or think
+delimiter (a model that starts to "think" in spite of thinking switched off, see
+:data:`THINK_TOKENS`), or when it has written ``max_new_tokens`` tokens without the marker. A
+forced explanation gets the rest of a marker the model had started, else a line break and the
+marker, and the label is read there.
 """
 from __future__ import annotations
 
@@ -126,14 +128,25 @@ def end_ids(generation_config: Optional[GenerationConfig], tokenizer: PreTrained
     return frozenset(eos + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []))
 
 
-def stop_ids(tokenizer: PreTrainedTokenizerBase, ends: frozenset[int]) -> frozenset[int]:
-    """The tokens that cut an explanation short: every special token (end of turn, padding...), and ``ends``.
+THINK_TOKENS = ("<think>", "</think>")
+"""The delimiters of a reasoning ("think") block, single tokens in the tokenizers of models that think
+(Qwen3, DeepSeek-R1's distillations...), where they are added tokens but not special ones. Prompts
+switch thinking off (:data:`~pyterrier_reasonrank.prompts.TEMPLATE_VARIABLES`); a model that writes
+a think block anyway has left the format, and its explanation is cut there and forced, not scored as
+if its reasoning were the explanation."""
 
-    Special tokens are those the tokenizer names (``all_special_ids``) and every added token marked
-    special (Llama 3's header and reserved tokens are only the latter).
+
+def stop_ids(tokenizer: PreTrainedTokenizerBase, ends: frozenset[int]) -> frozenset[int]:
+    """The tokens that cut an explanation short: special tokens, think delimiters, and ``ends``.
+
+    The think delimiters are those the tokenizer has as single tokens (:data:`THINK_TOKENS`). Special
+    tokens are those the tokenizer names (``all_special_ids``) and every added token marked special
+    (Llama 3's header and reserved tokens are only the latter).
     """
     added = {token_id for token_id, token in tokenizer.added_tokens_decoder.items() if token.special}
-    return frozenset(tokenizer.all_special_ids) | frozenset(added) | ends
+    vocabulary = tokenizer.get_vocab()
+    think = {vocabulary[token] for token in THINK_TOKENS if token in vocabulary}
+    return frozenset(tokenizer.all_special_ids) | frozenset(added) | frozenset(think) | ends
 
 
 def forced_ending(written: Sequence[int], encoder: PromptEncoder) -> tuple[int, list[int]]:
