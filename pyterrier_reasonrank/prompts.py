@@ -59,6 +59,13 @@ end the generation prompt with an empty think block, after which the response st
 that does not use a variable ignores it, so these change no other template's prompts. The same
 variables go to a server that renders the template itself (a teacher's chat requests)."""
 
+THINK_TOKENS = ("<think>", "</think>")
+"""The delimiters of a reasoning ("think") block: single tokens in the tokenizers of models that think
+(Qwen3, DeepSeek-R1's distillations...), added tokens but not special ones. Thinking is switched off
+(:data:`TEMPLATE_VARIABLES`); a model that writes a think block anyway has left the format: its
+explanation is cut there and forced (:mod:`pyterrier_reasonrank.backends.base`), and a response
+text with one is an error (:func:`parse_response`, :func:`parse_queries`), never read as an answer."""
+
 LABELS: tuple[int, ...] = (0, 1, 2)
 LABEL_NAMES = {0: "irrelevant", 1: "partially relevant", 2: "relevant"}
 
@@ -158,12 +165,15 @@ _LABEL_LINE = re.compile(rf"{re.escape(LABEL_MARKER)}\s*(\S+)", re.IGNORECASE)
 def parse_response(text: str) -> ParsedResponse:
     """Split a relevance response into explanation and label.
 
-    The last ``Relevance:`` line counts. A response without one, or whose label is not 0, 1 or 2,
-    comes back with ``label=None`` and an ``error`` saying why; it is never read as label 0.
+    The last ``Relevance:`` line counts. A response without one, whose label is not 0, 1 or 2, or
+    with a think block (:data:`THINK_TOKENS`), comes back with ``label=None`` and an ``error`` saying
+    why; it is never read as label 0.
     """
     matches = list(_LABEL_LINE.finditer(text))
     head = text[: matches[-1].start()] if matches else text
     explanation = _strip_prefix(head, EXPLANATION_PREFIX)
+    if _thinks(text):
+        return ParsedResponse(explanation, None, _THOUGHT)
     if not matches:
         return ParsedResponse(explanation, None, f"no '{LABEL_MARKER}' line in the response")
     raw = matches[-1].group(1).strip(".,;:*_)(\"'")
@@ -199,8 +209,11 @@ _NUMBERING = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022])\s*")
 def parse_queries(text: str) -> ParsedQueries:
     """Read the search queries from a response: one per line, numbering or bullets removed.
 
-    At most :data:`MAX_QUERIES` are kept, duplicates dropped. No query at all is an error.
+    At most :data:`MAX_QUERIES` are kept, duplicates dropped. No query at all is an error, and so is
+    a think block (:data:`THINK_TOKENS`): its lines are not queries.
     """
+    if _thinks(text):
+        return ParsedQueries([], _THOUGHT)
     lines = _strip_prefix(text, QUERIES_PREFIX).splitlines()
     queries = [_NUMBERING.sub("", line).strip().strip('"') for line in lines]
     queries = list(dict.fromkeys(q for q in queries if q))[:MAX_QUERIES]
@@ -498,6 +511,13 @@ def _label_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[i
         return common[start:]
 
     return spelling(LABEL_MARKER), spelling("\n" + LABEL_MARKER), [tail[0] for tail in tails]
+
+
+_THOUGHT = "a think block (<think>) in the response, with thinking switched off"
+
+
+def _thinks(text: str) -> bool:
+    return any(token in text for token in THINK_TOKENS)
 
 
 def _strip_prefix(text: str, prefix: str) -> str:

@@ -16,10 +16,13 @@ from pyterrier_reasonrank.prompts import (
     PromptEncoder,
     QueryPromptEncoder,
     messages,
+    parse_queries,
+    parse_response,
 )
 from pyterrier_reasonrank.settings import FILENAME, StudentSettings, read_settings
 from pyterrier_reasonrank.testing import build_tiny_model
-from pyterrier_reasonrank.training.teachers import OpenAITeacher
+from pyterrier_reasonrank.training.rewards import label_reward
+from pyterrier_reasonrank.training.teachers import OpenAITeacher, judgement_fields
 from test_ranker import EXPLAINS, LABEL_LOGITS, expected_score, pairs
 from vllm_server import CompletionsServer
 
@@ -158,3 +161,14 @@ def test_an_endpoint_that_refuses_template_variables_is_asked_without_them_with_
     assert [answers[i]["label"] for i in range(3)] == [1, 1, 1] and len(caught) == 1
     # refused once, then every request goes without the field
     assert ["chat_template_kwargs" in r for r in server.requests] == [True, False, False, False]
+
+
+def test_a_response_text_with_a_think_block_is_an_error_never_an_answer():
+    """A teacher behind an endpoint that renders its own template, or a sampled completion, that thought."""
+    thought = "<think>\nIt is about tides, so 2.\n</think>\n\nExplanation: It says why.\nRelevance: 2"
+    error = "a think block (<think>) in the response, with thinking switched off"
+    assert parse_response(thought).label is None and parse_response(thought).error == error
+    assert judgement_fields(thought)["error"] == error and judgement_fields(thought)["label"] is None
+    assert label_reward([thought, "Explanation: It says why.\nRelevance: 2"], [2, 2]) == [0.0, 1.0]
+    assert parse_queries("Queries:\n<think>\nhmm\n</think>\n1. tides").queries == []
+    assert parse_queries("Queries:\n<think>\nhmm\n</think>\n1. tides").error == error

@@ -7,6 +7,7 @@ not in the format (such a record is kept, counted, and never trained on).
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, Union
 
@@ -80,6 +81,7 @@ class OpenAITeacher:
         self.max_retries = max_retries
         self._client = openai_client(base_url, api_key, max_retries=max_retries, timeout=timeout)
         self._template_kwargs: Optional[dict] = dict(prompts.TEMPLATE_VARIABLES)
+        self._refused = threading.Lock()  # requests run in threads: the first to learn of a refusal says so
 
     def judge(self, queries: Sequence[str], documents: Sequence[str],
               hints: Sequence[Optional[str]]) -> Iterator[tuple[int, dict]]:
@@ -122,8 +124,9 @@ class OpenAITeacher:
         except BadRequestError as error:
             if "chat_template_kwargs" not in str(error):
                 raise
-        if self._template_kwargs is not None:  # said once, whichever request learnt it first
-            self._template_kwargs = None
+        with self._refused:
+            first, self._template_kwargs = self._template_kwargs is not None, None
+        if first:
             warnings.warn(f"the teacher's endpoint {self._client.base_url} refuses chat_template_kwargs: its chat "
                           f"template is rendered with the server's own defaults, not {template_kwargs} (a model "
                           "that thinks may write a think block before its answer)", stacklevel=2)

@@ -5,9 +5,9 @@ decoding greedily: the explanation ends when the tokens written end with the lab
 (``Relevance:`` as the tokenizer writes it); it is cut short, and the label is *forced*, at the
 first special token the model writes (an end of turn, or any other: the token is not kept) or think
 delimiter (a model that starts to "think" in spite of thinking switched off, see
-:data:`THINK_TOKENS`), or when it has written ``max_new_tokens`` tokens without the marker. A
-forced explanation gets the rest of a marker the model had started, else a line break and the
-marker, and the label is read there.
+:data:`~pyterrier_reasonrank.prompts.THINK_TOKENS`), or when it has written ``max_new_tokens``
+tokens without the marker. A forced explanation gets the rest of a marker the model had started,
+else a line break and the marker, and the label is read there.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Iterator, Optional, Protocol, Sequence
 import numpy as np
 import pyterrier as pt
 
-from pyterrier_reasonrank.prompts import Mode, Prompt, PromptEncoder
+from pyterrier_reasonrank.prompts import THINK_TOKENS, Mode, Prompt, PromptEncoder
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -128,20 +128,13 @@ def end_ids(generation_config: Optional[GenerationConfig], tokenizer: PreTrained
     return frozenset(eos + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []))
 
 
-THINK_TOKENS = ("<think>", "</think>")
-"""The delimiters of a reasoning ("think") block, single tokens in the tokenizers of models that think
-(Qwen3, DeepSeek-R1's distillations...), where they are added tokens but not special ones. Prompts
-switch thinking off (:data:`~pyterrier_reasonrank.prompts.TEMPLATE_VARIABLES`); a model that writes
-a think block anyway has left the format, and its explanation is cut there and forced, not scored as
-if its reasoning were the explanation."""
-
-
 def stop_ids(tokenizer: PreTrainedTokenizerBase, ends: frozenset[int]) -> frozenset[int]:
     """The tokens that cut an explanation short: special tokens, think delimiters, and ``ends``.
 
-    The think delimiters are those the tokenizer has as single tokens (:data:`THINK_TOKENS`). Special
-    tokens are those the tokenizer names (``all_special_ids``) and every added token marked special
-    (Llama 3's header and reserved tokens are only the latter).
+    The think delimiters are those the tokenizer has as single tokens
+    (:data:`~pyterrier_reasonrank.prompts.THINK_TOKENS`). Special tokens are those the tokenizer
+    names (``all_special_ids``) and every added token marked special (Llama 3's header and reserved
+    tokens are only the latter).
     """
     added = {token_id for token_id, token in tokenizer.added_tokens_decoder.items() if token.special}
     vocabulary = tokenizer.get_vocab()
