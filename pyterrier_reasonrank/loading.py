@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterator, Optional, Union
 
 import torch
 
-from pyterrier_reasonrank.errors import InputError, ModelNotFoundError, PickleCheckpointError
+from pyterrier_reasonrank.errors import InputError, ModelNotFoundError, PickleCheckpointError, UserError
 from pyterrier_reasonrank.settings import FILENAME
 
 if TYPE_CHECKING:
@@ -127,25 +127,40 @@ def tokenizer_source(model: str, adapter: Optional[str]) -> str:
 def clear_load_errors(what: str, name: str) -> Iterator[None]:
     """Turns the loaders' errors for a missing model into one sentence that says what to do.
 
-    It also refuses a local checkpoint whose weights are only in pickle files.
+    It also refuses a local checkpoint whose weights are only in pickle files, and a local adapter
+    without its weights, before any loader is asked (vLLM would find that out only at its first
+    request). An error already said for the user (a :class:`UserError`) passes through as it is.
     """
     if what != "tokenizer":  # a tokenizer loads no weights
         refuse_pickle_weights(what, name)
+    if what == "adapter" and os.path.isdir(name):
+        missing = [file for file in ADAPTER_FILES if not os.path.isfile(os.path.join(name, file))]
+        if missing:
+            raise not_found(what, name, f"no {' and no '.join(missing)}")
     try:
         yield
-    except ModelNotFoundError:
+    except UserError:
         raise
     except (OSError, ValueError) as error:
-        if os.path.exists(name):
-            where = f"the directory {name!r} holds no loadable {what} ({error.__class__.__name__}: {error})"
-        elif name.startswith(("/", ".", "~")) or name.count("/") > 1:
-            where = f"there is no directory {name!r}"
-        else:
-            where = (f"{name!r} is not a local directory, not in the Hugging Face cache, and could not be "
-                     "fetched from the Hub (offline, gated, or no such repository)")
-        option = "adapter" if what == "adapter" else "model"
-        raise ModelNotFoundError(f"Could not load the {what}: {where}; pass --{option} / {option}= a local "
-                                 "directory or a Hub id you can download.") from error
+        raise not_found(what, name, f"{error.__class__.__name__}: {error}") from error
+
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+"""What a PEFT adapter directory holds: its configuration and its weights."""
+
+
+def not_found(what: str, name: str, reason: str) -> ModelNotFoundError:
+    """The error for a model (or adapter, tokenizer...) that could not be loaded from ``name``, and why."""
+    if os.path.exists(name):
+        where = f"the directory {name!r} holds no loadable {what} ({reason})"
+    elif name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        where = f"there is no directory {name!r}"
+    else:
+        where = (f"{name!r} is not a local directory, not in the Hugging Face cache, and could not be "
+                 "fetched from the Hub (offline, gated, or no such repository)")
+    option = "adapter" if what == "adapter" else "model"
+    return ModelNotFoundError(f"Could not load the {what}: {where}; pass --{option} / {option}= a local "
+                              "directory or a Hub id you can download.")
 
 
 def refuse_pickle_weights(what: str, name: str) -> None:

@@ -48,11 +48,23 @@ DEFAULT_MAX_QUERY_TOKENS = 512
 DEFAULT_MAX_DOC_TOKENS = 1024
 DEFAULT_MAX_QUESTION_TOKENS = 1024
 
-TEMPLATE_VARIABLES: Mapping[str, str] = {"date_string": "26 Jul 2024"}
-"""Chat-template variables that are not the conversation, pinned so that a prompt is the same on
-every day: Llama 3.x templates write "Today Date: ..." into the system block from ``date_string``,
-or from ``strftime_now`` when it is not given (it then answers with this date too). The date is
-the one Llama 3.x templates fall back to."""
+TEMPLATE_VARIABLES: Mapping[str, object] = {"date_string": "26 Jul 2024", "enable_thinking": False}
+"""Chat-template variables that are not the conversation, pinned so that every prompt is the same.
+
+The date: Llama 3.x templates write "Today Date: ..." into the system block from ``date_string``,
+or from ``strftime_now`` when it is not given (it then answers with this date too); the date is the
+one Llama 3.x templates fall back to. Thinking off: Qwen3-family and SmolLM3 templates let the model
+"think" (write a ``<think>`` block before its answer) unless ``enable_thinking`` is false, and then
+end the generation prompt with an empty think block, after which the response starts. A template
+that does not use a variable ignores it, so these change no other template's prompts. The same
+variables go to a server that renders the template itself (a teacher's chat requests)."""
+
+THINK_TOKENS = ("<think>", "</think>")
+"""The delimiters of a reasoning ("think") block: single tokens in the tokenizers of models that think
+(Qwen3, DeepSeek-R1's distillations...), added tokens but not special ones. Thinking is switched off
+(:data:`TEMPLATE_VARIABLES`); a model that writes a think block anyway has left the format: its
+explanation is cut there and forced (:mod:`pyterrier_reasonrank.backends.base`), and a response
+text with one is an error (:func:`parse_response`, :func:`parse_queries`), never read as an answer."""
 
 LABELS: tuple[int, ...] = (0, 1, 2)
 LABEL_NAMES = {0: "irrelevant", 1: "partially relevant", 2: "relevant"}
@@ -153,12 +165,15 @@ _LABEL_LINE = re.compile(rf"{re.escape(LABEL_MARKER)}\s*(\S+)", re.IGNORECASE)
 def parse_response(text: str) -> ParsedResponse:
     """Split a relevance response into explanation and label.
 
-    The last ``Relevance:`` line counts. A response without one, or whose label is not 0, 1 or 2,
-    comes back with ``label=None`` and an ``error`` saying why; it is never read as label 0.
+    The last ``Relevance:`` line counts. A response without one, whose label is not 0, 1 or 2, or
+    with a think block (:data:`THINK_TOKENS`), comes back with ``label=None`` and an ``error`` saying
+    why; it is never read as label 0.
     """
     matches = list(_LABEL_LINE.finditer(text))
     head = text[: matches[-1].start()] if matches else text
     explanation = _strip_prefix(head, EXPLANATION_PREFIX)
+    if _thinks(text):
+        return ParsedResponse(explanation, None, _THOUGHT)
     if not matches:
         return ParsedResponse(explanation, None, f"no '{LABEL_MARKER}' line in the response")
     raw = matches[-1].group(1).strip(".,;:*_)(\"'")
@@ -194,21 +209,26 @@ _NUMBERING = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022])\s*")
 def parse_queries(text: str) -> ParsedQueries:
     """Read the search queries from a response: one per line, numbering or bullets removed.
 
-    At most :data:`MAX_QUERIES` are kept, duplicates dropped. No query at all is an error.
+    At most :data:`MAX_QUERIES` are kept, duplicates dropped. No query at all is an error, and so is
+    a think block (:data:`THINK_TOKENS`): its lines are not queries.
     """
+    if _thinks(text):
+        return ParsedQueries([], _THOUGHT)
     lines = _strip_prefix(text, QUERIES_PREFIX).splitlines()
     queries = [_NUMBERING.sub("", line).strip().strip('"') for line in lines]
     queries = list(dict.fromkeys(q for q in queries if q))[:MAX_QUERIES]
     return ParsedQueries(queries) if queries else ParsedQueries([], "no queries in the response")
 
 
-def template_context(variables: Mapping[str, str]) -> dict:
+def template_context(variables: Mapping[str, object]) -> dict:
     """What a chat template is rendered with besides the conversation.
 
-    That is the pinned ``variables``, and ``strftime_now`` (which templates call for today's date)
-    answering with their date.
+    That is the pinned ``variables``, and, when they pin a date (``date_string``), ``strftime_now``
+    (which templates call for today's date) answering with that date.
     """
-    date = datetime.strptime(variables["date_string"], "%d %b %Y")
+    if "date_string" not in variables:
+        return dict(variables)
+    date = datetime.strptime(str(variables["date_string"]), "%d %b %Y")
     return {**variables, "strftime_now": date.strftime}
 
 
@@ -225,7 +245,7 @@ class _TemplateEncoder:
     """Renders a chat template around slots for user text and encodes the pieces once."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, str]], slots: Sequence[str],
-                 response_start: str, template_variables: Optional[Mapping[str, str]], *,
+                 response_start: str, template_variables: Optional[Mapping[str, object]], *,
                  add_generation_prompt: bool = True):
         self.tokenizer = tokenizer
         self.template_variables = dict(TEMPLATE_VARIABLES if template_variables is None else template_variables)
@@ -276,7 +296,7 @@ class PromptEncoder(_TemplateEncoder):
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, mode: Mode = "explain", *,
                  max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS, max_doc_tokens: int = DEFAULT_MAX_DOC_TOKENS,
-                 template_variables: Optional[Mapping[str, str]] = None):
+                 template_variables: Optional[Mapping[str, object]] = None):
         """Check the tokenizer's label tokens and render the prompt template for ``mode`` once.
 
         Args:
@@ -375,7 +395,7 @@ class QueryPromptEncoder(_TemplateEncoder):
     """Turns a long question into the token ids of the query-generation prompt."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, *, max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
-                 template_variables: Optional[Mapping[str, str]] = None):
+                 template_variables: Optional[Mapping[str, object]] = None):
         """Render the query-generation prompt template for ``tokenizer`` once.
 
         Args:
@@ -419,7 +439,7 @@ class ConversationEncoder(_TemplateEncoder):
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, *, max_length: int,
-                 template_variables: Optional[Mapping[str, str]] = None):
+                 template_variables: Optional[Mapping[str, object]] = None):
         """Render the conversation template for ``tokenizer`` once.
 
         Args:
@@ -449,7 +469,7 @@ class ConversationEncoder(_TemplateEncoder):
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, str]], slots: Sequence[str],
-            template_variables: Mapping[str, str], add_generation_prompt: bool = True) -> list[str]:
+            template_variables: Mapping[str, object], add_generation_prompt: bool = True) -> list[str]:
     """The prompt text around the slots: ``len(slots) + 1`` pieces."""
     if tokenizer.chat_template is None:
         bos = tokenizer.bos_token if getattr(tokenizer, "add_bos_token", False) else None
@@ -491,6 +511,13 @@ def _label_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[i
         return common[start:]
 
     return spelling(LABEL_MARKER), spelling("\n" + LABEL_MARKER), [tail[0] for tail in tails]
+
+
+_THOUGHT = "a think block (<think>) in the response, with thinking switched off"
+
+
+def _thinks(text: str) -> bool:
+    return any(token in text for token in THINK_TOKENS)
 
 
 def _strip_prefix(text: str, prefix: str) -> str:

@@ -46,7 +46,8 @@ class StudentSettings:
         max_query_tokens: Queries were cut to this many tokens.
         max_doc_tokens: Documents were cut to this many tokens.
         max_question_tokens: Questions (query generation) were cut to this many tokens.
-        template_variables: The chat-template variables besides the conversation (the date).
+        template_variables: The chat-template variables besides the conversation (the date,
+            thinking off; a student trained before thinking was pinned has the date only).
         tasks: What it was trained for: ``"explain"``, ``"direct"``, ``"queries"``.
         base_model: The model the adapter (or fine-tuned model) was trained from.
         stage: The training stage that wrote it (``"distill"``, ``"refine-rwsft"``...).

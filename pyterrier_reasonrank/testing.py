@@ -53,15 +53,45 @@ LLAMA3_STYLE_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"
 )
+QWEN3_STYLE_TEMPLATE = (
+    # As Qwen3's template does (its tools left out): the model thinks unless `enable_thinking` is
+    # false, which ends the generation prompt with an empty think block; an assistant turn after the
+    # last user turn is written with its think block (empty when it has none).
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'user' or (message['role'] == 'system' and not loop.first) %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- elif message['role'] == 'assistant' %}"
+    "{%- set content = message['content'] %}{%- set reasoning_content = '' %}"
+    "{%- if '</think>' in content %}"
+    "{%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\n') %}"
+    "{%- endif %}"
+    "{%- if loop.last or reasoning_content %}"
+    "{{- '<|im_start|>assistant\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' }}"
+    "{{- content.lstrip('\n') }}"
+    "{%- else %}{{- '<|im_start|>assistant\n' + content }}{%- endif %}"
+    "{{- '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\n\n</think>\n\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+_CHATML_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 CHAT_TEMPLATES = {
-    # name: (template, special tokens, beginning of text, end of turn, padding)
-    "chatml": (CHATML_TEMPLATE, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"],
-               "<|endoftext|>", "<|im_end|>", "<|pad|>"),
+    # name: (template, special tokens, beginning of text, end of turn, padding, plain added tokens)
+    "chatml": (CHATML_TEMPLATE, _CHATML_TOKENS, "<|endoftext|>", "<|im_end|>", "<|pad|>", []),
     "llama3": (LLAMA3_STYLE_TEMPLATE, ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                                       "<|eot_id|>", "<|pad|>"], "<|begin_of_text|>", "<|eot_id|>", "<|pad|>"),
+                                       "<|eot_id|>", "<|pad|>"], "<|begin_of_text|>", "<|eot_id|>", "<|pad|>", []),
+    # Qwen3's think delimiters are added tokens that are not special.
+    "qwen3": (QWEN3_STYLE_TEMPLATE, _CHATML_TOKENS, "<|endoftext|>", "<|im_end|>", "<|pad|>", ["<think>", "</think>"]),
 }
-"""The chat templates a tiny model can have: ChatML (Qwen-style) and a Llama-3-style one that writes
-today's date into its system block."""
+"""The chat templates a tiny model can have: ChatML (Qwen-style), a Llama-3-style one that writes
+today's date into its system block, and a Qwen3-style one that thinks unless ``enable_thinking`` is
+false (with ``<think>`` and ``</think>`` single tokens that are not special, as in Qwen3)."""
 
 
 @contextlib.contextmanager
@@ -113,7 +143,7 @@ def build_tiny_model(path: Union[str, Path], *, seed: int = 0, vocab_size: int =
             than the usual 0.02, so that greedy decoding is decisive rather than a coin toss between
             near-equal logits), scaled by ``sqrt(64 / hidden_size)`` so that a wider model starts
             with the same scale of activations (0.2 at width 256 makes attention nearly one-hot).
-        chat_template: ``"chatml"`` or ``"llama3"`` (see :data:`CHAT_TEMPLATES`).
+        chat_template: ``"chatml"``, ``"llama3"`` or ``"qwen3"`` (see :data:`CHAT_TEMPLATES`).
 
     Returns:
         The directory, loadable with ``from_pretrained`` and ``ReasonRanker(model=...)``.
@@ -202,12 +232,13 @@ def _tokenizer(path: Path, *, vocab_size: int, chat_template: str = "chatml"):
     bpe.decoder = decoders.ByteLevel()
     if chat_template not in CHAT_TEMPLATES:
         raise ValueError(f"unknown chat template {chat_template!r}; choose one of {sorted(CHAT_TEMPLATES)}")
-    template, special_tokens, bos, eos, pad = CHAT_TEMPLATES[chat_template]
+    template, special_tokens, bos, eos, pad, plain_tokens = CHAT_TEMPLATES[chat_template]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator(tokenizer_corpus(), trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=bos, eos_token=eos, pad_token=pad,
                                         unk_token=None, model_max_length=4096)
+    tokenizer.add_tokens(plain_tokens)
     tokenizer.chat_template = template
     tokenizer.save_pretrained(path)
     return tokenizer

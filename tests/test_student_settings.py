@@ -82,7 +82,7 @@ def test_the_settings_file_says_what_shaped_the_input(student, llama3_model):
     assert settings["format_version"] == FORMAT_VERSION and settings["stage"] == "distill"
     assert settings["tasks"] == ["explain", "direct"] and settings["base_model"] == str(llama3_model)
     assert (settings["max_query_tokens"], settings["max_doc_tokens"], settings["max_question_tokens"]) == (512, 64, 1024)
-    assert settings["template_variables"] == {"date_string": "26 Jul 2024"}
+    assert settings["template_variables"] == {"date_string": "26 Jul 2024", "enable_thinking": False}
     assert len(settings["chat_template_sha256"]) == 64
     assert settings["labels"] == {"0": "irrelevant", "1": "partially relevant", "2": "relevant"}
     # each checkpoint is a self-describing student too
@@ -125,4 +125,4 @@ def test_a_model_without_settings_gets_the_library_defaults(tiny_model):
     assert read_settings(str(tiny_model)) is None
     ranker = ReasonRanker(str(tiny_model)).load()
     assert (ranker.encoder.max_query_tokens, ranker.encoder.max_doc_tokens) == (512, 1024)
-    assert StudentSettings().template_variables == {"date_string": "26 Jul 2024"}
+    assert StudentSettings().template_variables == {"date_string": "26 Jul 2024", "enable_thinking": False}

@@ -89,7 +89,11 @@ class RefineConfig(TrainerDefaults, GRPOConfig):
         if self.sampling_backend not in SAMPLING_BACKENDS:
             raise InputError(f"sampling_backend must be one of {SAMPLING_BACKENDS}, got {self.sampling_backend!r}")
         if isinstance(self.sampling_engine_options, str):
-            self.sampling_engine_options = json.loads(self.sampling_engine_options)
+            try:
+                self.sampling_engine_options = json.loads(self.sampling_engine_options)
+            except json.JSONDecodeError as error:
+                raise InputError(f"sampling_engine_options is not JSON ({error}): give the options of vllm.LLM as "
+                                 "a JSON object, e.g. '{\"gpu_memory_utilization\": 0.5}'") from None
         if "reward_model" in self.rewards and len(self.rewards) > 1 and not self.reward_weights:
             raise InputError(f"rewards {self.rewards} mix a reward model's scores (unbounded logits) with rewards "
                              "in [0, 1]: give reward_weights, one per reward, to say how they add up")

@@ -7,6 +7,8 @@ not in the format (such a record is kept, counted, and never trained on).
 """
 from __future__ import annotations
 
+import threading
+import warnings
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, Union
 
 from pyterrier_reasonrank import prompts
@@ -46,6 +48,12 @@ class OpenAITeacher:
     JSON) is retried the same way. An error that outlasts the retries (a wrong key, an unreachable
     server, a server that keeps answering garbage) stops the run, so that the unanswered pairs are
     asked again on resume instead of being recorded as failures.
+
+    The server renders the chat template; each request asks it to render it with the pinned template
+    variables (``chat_template_kwargs``: thinking off, the date of
+    :data:`~pyterrier_reasonrank.prompts.TEMPLATE_VARIABLES`), as vLLM's server does. An endpoint
+    that refuses the field (a hosted API that renders its own templates) is asked without it, with
+    a warning.
     """
 
     def __init__(self, model: str, *, base_url: Optional[str] = None, api_key: Optional[str] = None,
@@ -72,6 +80,8 @@ class OpenAITeacher:
         self.max_doc_chars = max_doc_chars
         self.max_retries = max_retries
         self._client = openai_client(base_url, api_key, max_retries=max_retries, timeout=timeout)
+        self._template_kwargs: Optional[dict] = dict(prompts.TEMPLATE_VARIABLES)
+        self._refused = threading.Lock()  # requests run in threads: the first to learn of a refusal says so
 
     def judge(self, queries: Sequence[str], documents: Sequence[str],
               hints: Sequence[Optional[str]]) -> Iterator[tuple[int, dict]]:
@@ -97,9 +107,30 @@ class OpenAITeacher:
                 yield index, to_fields(text)
 
     def _complete(self, messages: list[dict]) -> str:
-        return read_reply(lambda: self._client.chat.completions.create(
-            model=self.name, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens),
-            _answer_text, endpoint=str(self._client.base_url), retries=self.max_retries)
+        return read_reply(lambda: self._create(messages), _answer_text, endpoint=str(self._client.base_url),
+                          retries=self.max_retries)
+
+    def _create(self, messages: list[dict]) -> ChatCompletion:
+        """One chat completion, with the pinned template variables while the endpoint takes them."""
+        from openai import BadRequestError
+
+        request = dict(model=self.name, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens)
+        template_kwargs = self._template_kwargs
+        if template_kwargs is None:
+            return self._client.chat.completions.create(**request)
+        try:
+            return self._client.chat.completions.create(**request,
+                                                        extra_body={"chat_template_kwargs": template_kwargs})
+        except BadRequestError as error:
+            if "chat_template_kwargs" not in str(error):
+                raise
+        with self._refused:
+            first, self._template_kwargs = self._template_kwargs is not None, None
+        if first:
+            warnings.warn(f"the teacher's endpoint {self._client.base_url} refuses chat_template_kwargs: its chat "
+                          f"template is rendered with the server's own defaults, not {template_kwargs} (a model "
+                          "that thinks may write a think block before its answer)", stacklevel=2)
+        return self._client.chat.completions.create(**request)
 
 
 def _answer_text(response: ChatCompletion) -> str:

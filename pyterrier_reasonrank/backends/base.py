@@ -3,9 +3,11 @@
 The rule, the same for the transformers backend, the vLLM engine and an OpenAI-compatible server,
 decoding greedily: the explanation ends when the tokens written end with the label marker
 (``Relevance:`` as the tokenizer writes it); it is cut short, and the label is *forced*, at the
-first special token the model writes (an end of turn, or any other: the token is not kept), or when
-it has written ``max_new_tokens`` tokens without the marker. A forced explanation gets the rest of a
-marker the model had started, else a line break and the marker, and the label is read there.
+first special token the model writes (an end of turn, or any other: the token is not kept) or think
+delimiter (a model that starts to "think" in spite of thinking switched off, see
+:data:`~pyterrier_reasonrank.prompts.THINK_TOKENS`), or when it has written ``max_new_tokens``
+tokens without the marker. A forced explanation gets the rest of a marker the model had started,
+else a line break and the marker, and the label is read there.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Iterator, Optional, Protocol, Sequence
 import numpy as np
 import pyterrier as pt
 
-from pyterrier_reasonrank.prompts import Mode, Prompt, PromptEncoder
+from pyterrier_reasonrank.prompts import THINK_TOKENS, Mode, Prompt, PromptEncoder
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -127,13 +129,17 @@ def end_ids(generation_config: Optional[GenerationConfig], tokenizer: PreTrained
 
 
 def stop_ids(tokenizer: PreTrainedTokenizerBase, ends: frozenset[int]) -> frozenset[int]:
-    """The tokens that cut an explanation short: every special token (end of turn, padding...), and ``ends``.
+    """The tokens that cut an explanation short: special tokens, think delimiters, and ``ends``.
 
-    Special tokens are those the tokenizer names (``all_special_ids``) and every added token marked
-    special (Llama 3's header and reserved tokens are only the latter).
+    The think delimiters are those the tokenizer has as single tokens
+    (:data:`~pyterrier_reasonrank.prompts.THINK_TOKENS`). Special tokens are those the tokenizer
+    names (``all_special_ids``) and every added token marked special (Llama 3's header and reserved
+    tokens are only the latter).
     """
     added = {token_id for token_id, token in tokenizer.added_tokens_decoder.items() if token.special}
-    return frozenset(tokenizer.all_special_ids) | frozenset(added) | ends
+    vocabulary = tokenizer.get_vocab()
+    think = {vocabulary[token] for token in THINK_TOKENS if token in vocabulary}
+    return frozenset(tokenizer.all_special_ids) | frozenset(added) | frozenset(think) | ends
 
 
 def forced_ending(written: Sequence[int], encoder: PromptEncoder) -> tuple[int, list[int]]:

@@ -9,7 +9,8 @@ Any server with vLLM's completions API will do. Serve the student, for instance:
 and re-rank with ``ReasonRanker(backend="openai", base_url="http://localhost:8000/v1", model=...)``.
 
 Prompts go to the completions API as token ids, built by the same prompt encoder as the local
-backend (so truncation and injection rules are the same). Explain mode asks for the explanation
+backend (so truncation and injection rules are the same, and the chat template is rendered here,
+with the pinned template variables: thinking off; the server renders none). Explain mode asks for the explanation
 greedily, stopping at the label marker's text or any special token (``stop``,
 ``stop_token_ids``; the generated token ids come back with ``return_tokens_as_token_ids``), and
 ends it by the rule every backend follows (:mod:`pyterrier_reasonrank.backends.base`); direct mode

