@@ -61,7 +61,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     import pyterrier as pt
     from transformers import AutoTokenizer
 
-    from pyterrier_reasonrank import Escalation, ReasonRanker
+    from pyterrier_reasonrank import Escalation, ReasonRanker, Student
     from pyterrier_reasonrank.testing import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="reasonrank-ttc-"))
@@ -71,7 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     candidates, qrels = ranking_task(vocabulary, seed=2, queries_per_topic=setup["queries_per_topic"])
 
     k = setup["samples"]
-    common = dict(adapter=str(student), max_new_tokens=24)
+    common = dict(model=Student(adapter=str(student)), max_new_tokens=24)  # one copy of the weights for all
     policies = {"direct": ReasonRanker(mode="direct", **common),
                 "explain": ReasonRanker(**common),
                 f"explain, {k} samples": ReasonRanker(samples=k, temperature=1.0, **common)}

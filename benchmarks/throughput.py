@@ -380,16 +380,15 @@ def _run_child(job: dict) -> dict:
 
 def _setup(job: dict, mode: str, pairs: pd.DataFrame):
     """The ranker, its backend and the pre-tokenised prompts for ``pairs``."""
-    from pyterrier_reasonrank import ReasonRanker
-    from pyterrier_reasonrank.backends import hf
+    from pyterrier_reasonrank import Student
     from pyterrier_reasonrank.prompts import PromptEncoder
 
     w = Workload(**job["workload"])
     options = dict(mode=mode, batch_size=w.batch_size, max_new_tokens=w.max_new_tokens,
-                   max_doc_tokens=job.get("max_doc_tokens", w.max_doc_tokens), max_batch_tokens=w.max_batch_tokens,
-                   device=job["device"], dtype=w.dtype)
-    ranker = ReasonRanker(job["model"], **options).load()
-    backend = hf.load(job["model"], device=job["device"], dtype=w.dtype)
+                   max_doc_tokens=job.get("max_doc_tokens", w.max_doc_tokens), max_batch_tokens=w.max_batch_tokens)
+    student = Student(job["model"], device=job["device"], dtype=w.dtype)  # one copy of the weights for all
+    ranker = student.ranker(**options).load()
+    backend = student.engine
     encoder = PromptEncoder(backend.tokenizer, mode, max_doc_tokens=options["max_doc_tokens"])
     prompts = encoder.prompts(pairs["query"].tolist(), pairs["text"].tolist())
     return ranker, options, backend, encoder, prompts
@@ -404,13 +403,11 @@ def _pairs(job: dict, queries: int, k: int):
 
 
 def _speed(job: dict) -> dict:
-    from pyterrier_reasonrank import ReasonRanker
-
     w = Workload(**job["workload"])
     mode = job["mode"]
     pairs = _pairs(job, w.queries, w.k)
     ranker, options, backend, encoder, prompts = _setup(job, mode, pairs)
-    no_reuse = ReasonRanker(job["model"], prefix_reuse=False, **options)
+    no_reuse = ranker.student.ranker(prefix_reuse=False, **options)
     new_tokens = 1 if mode == "direct" else w.max_new_tokens + len(encoder.forced_marker_ids) + 1
     floor = _Floor(backend, prompts, options, new_tokens)
     # Warm up: the first calls pay for kernel selection and allocations.
@@ -436,19 +433,19 @@ class _Floor:
     """Raw batched ``generate`` (or one forward pass) on the pipeline's prompts, in its batches."""
 
     def __init__(self, backend: HFBackend, prompts: list[Prompt], options: dict, new_tokens: int):
-        from pyterrier_reasonrank.backends.hf import _batches
+        from pyterrier_reasonrank.backends.hf import batches
 
         self.backend, self.new_tokens = backend, new_tokens
         budget = new_tokens - 1
         self.batches = [[list(prompts[i][0]) + list(prompts[i][1]) for i in batch]
-                        for batch in _batches(prompts, options["batch_size"], options["max_batch_tokens"], budget)]
+                        for batch in batches(prompts, options["batch_size"], options["max_batch_tokens"], budget)]
 
     def run(self, limit: Optional[int] = None) -> None:
         import torch
 
         model, pad = self.backend.model, self.backend.pad_id
         for ids in self.batches[:limit]:
-            input_ids, mask = self.backend._left_pad(ids, max(len(x) for x in ids))
+            input_ids, mask = self.backend.left_pad(ids, max(len(x) for x in ids))
             with torch.inference_mode():
                 if self.new_tokens == 1:
                     model(input_ids=input_ids, attention_mask=mask, logits_to_keep=1)
@@ -506,10 +503,10 @@ def _prefix(job: dict) -> dict:
 
 def _prefill_tokens(prompts: list[Prompt], options: dict, *, reuse: bool) -> int:
     """Tokens the prefill computes, counting each batch's distinct prefixes once when reusing."""
-    from pyterrier_reasonrank.backends.hf import _batches
+    from pyterrier_reasonrank.backends.hf import batches
 
     total = 0
-    for batch in _batches(prompts, options["batch_size"], options["max_batch_tokens"], 0):
+    for batch in batches(prompts, options["batch_size"], options["max_batch_tokens"], 0):
         if reuse:
             total += sum(len(p) for p in {prompts[i][0] for i in batch}) + sum(len(prompts[i][1]) for i in batch)
         else:
@@ -531,7 +528,7 @@ def _roofline(job: dict) -> dict:
     """The fastest the hardware could judge the explain workload, and the pipeline's docs/s on it."""
     import torch
 
-    from pyterrier_reasonrank.backends.hf import _batches
+    from pyterrier_reasonrank.backends.hf import batches
 
     w = Workload(**job["workload"])
     pairs = _pairs(job, w.queries, w.k)
@@ -546,7 +543,7 @@ def _roofline(job: dict) -> dict:
     attention = 2 * config.num_hidden_layers * config.num_attention_heads * head_dim  # FLOPs per query-key pair / 2
     steps = w.max_new_tokens + len(encoder.forced_marker_ids)
     prefill = decode = 0.0
-    for batch in _batches(prompts, w.batch_size, w.max_batch_tokens, steps):
+    for batch in batches(prompts, w.batch_size, w.max_batch_tokens, steps):
         lengths = [len(prompts[i][0]) + len(prompts[i][1]) for i in batch]
         prefill += sum(2 * body * n + attention * n * n for n in lengths) / matmul
         for step in range(steps):

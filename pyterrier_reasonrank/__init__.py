@@ -7,9 +7,9 @@ from .loading import DEFAULT_MODEL
 from .query_generator import QueryGenerator
 from .ranker import ReasonRanker
 from .store import JudgementStore
+from .student import Student
+from .version import __version__
 
-__version__ = "0.1.0"
-
-__all__ = ["ReasonRanker", "QueryGenerator", "JudgementStore", "Escalation", "ReasonRankResults", "explanations_html",
-           "write_report", "DEFAULT_MODEL", "UserError", "InputError", "EndpointError", "ModelNotFoundError",
-           "PickleCheckpointError", "StoreError", "prompts", "__version__"]
+__all__ = ["Student", "ReasonRanker", "QueryGenerator", "JudgementStore", "Escalation", "ReasonRankResults",
+           "explanations_html", "write_report", "DEFAULT_MODEL", "UserError", "InputError", "EndpointError",
+           "ModelNotFoundError", "PickleCheckpointError", "StoreError", "prompts", "__version__"]

@@ -12,31 +12,24 @@ against graded judgements (qrels mapped to the labels 0, 1, 2):
 
 A temperature on the label logits per mode (:func:`fit_temperature`, fitted on held-out judged
 pairs by the negative log-likelihood of their labels) is saved in the student's settings and used
-by ``ReasonRanker`` for the pairs that mode judged, unless overridden. It is fitted only on judged
+by ``ReasonRanker`` for the pairs that mode judged, unless overridden (fitting it on a student is
+:mod:`~pyterrier_reasonrank.calibrating`'s). It is fitted only on judged
 pairs that can pin it down: at least :data:`MIN_PAIRS` of them, carrying at least two labels (qrels
 that judge relevant documents only, such as vaswani's, cannot), and a fit that ends at the
 search's bound is refused rather than saved.
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
-import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import Union
 
 import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .numeric import positive_int
-from .outputs import writable_file
-from .prompts import LABELS, MODES
+from .prompts import LABELS
 from .scoring import expected_label, tempered
-
-if TYPE_CHECKING:
-    from .ranker import ReasonRanker
 
 BINS = 10
 MIN_PAIRS = 30
@@ -156,75 +149,3 @@ def reliability_diagram(tables: dict[str, pd.DataFrame], path: Union[str, Path])
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return Path(path)
-
-
-def calibrate(ranker: ReasonRanker, datasets: Sequence[str], *, k: int = 20, num_queries: Optional[int] = None,
-              query_field: Optional[str] = None, verbose: bool = False) -> dict:
-    """Fit the label temperatures of the ranker's student on judged pairs, and save them in the student's settings.
-
-    The ranker re-ranks BM25's top ``k`` of each dataset; the judged pairs among them (qrels
-    mapped to labels) are what the temperatures are fitted on, one per mode that judged pairs (an
-    adaptive ranker's explained and unexplained pairs each fit their mode's). ``ReasonRanker`` then
-    uses them unless given another ``label_temperature``. Fit with the ``samples`` you serve with:
-    with several, the temperature applies to their averaged distribution.
-
-    Args:
-        ranker: The student, as it will be served (its mode, samples...); its own temperature is
-            not applied while fitting.
-        datasets: Dataset ids with graded judgements (fit on held-out data: not the training pairs).
-        k: BM25's depth.
-        num_queries: Use the first N queries of each dataset.
-        query_field: The topics' field used as the query (BRIGHT: ``text``).
-        verbose: Show the first stage's indexing log.
-
-    The counts, the student and whether its settings file can be written are checked before any
-    work; a mode is fitted only on at least :data:`MIN_PAIRS` judged pairs that carry at least two
-    labels, and a temperature at the search's bound is refused (see :func:`fit_temperature`).
-
-    Returns:
-        Per mode fitted, its ``temperature``, ``pairs`` and the expected calibration errors
-        ``before`` and ``after``; and the ``settings`` file written.
-
-    Raises:
-        InputError: ``k`` or ``num_queries`` is not a positive integer; the student is not a local
-            directory (its settings are written there); too few judged pairs, or one label, or a
-            temperature at the search's bound (nothing is written then).
-        OSError: The settings file cannot be written.
-    """
-    from .evaluation import evaluate
-    from .settings import FILENAME, StudentSettings, read_settings
-
-    k, num_queries = positive_int("k", k), positive_int("num_queries", num_queries, optional=True)
-    student = ranker.student
-    if not Path(student).is_dir():
-        raise InputError(f"the student's settings are written beside it, and {student!r} is not a local directory")
-    writable_file(Path(student) / FILENAME)  # before the evaluation, not after it
-    raw = copy.copy(ranker)
-    raw.label_temperature, raw._backend, raw._judge = 1.0, None, None
-    with warnings.catch_warnings():
-        # Fitting reads the untempered distributions of a student that may have been calibrated before.
-        warnings.filterwarnings("ignore", message=".*label_temperature=")
-        evaluation = evaluate(list(datasets), {"student": raw}, k=k, num_queries=num_queries,
-                              query_field=query_field, verbose=verbose)
-    runs = list(evaluation.judged_runs().values())
-    if not runs:
-        raise InputError(f"no judged pair among BM25's top {k} of {list(datasets)}: nothing to fit on")
-    judged = pd.concat(runs, ignore_index=True)
-    by_mode = {mode: pairs for mode, pairs in judged.groupby(np.where(judged["samples"] > 0, "explain", "direct"))}
-    for mode, pairs in by_mode.items():  # every mode checked before any is fitted
-        fittable(pairs["label"].to_numpy(), what=f"the {mode} mode's judged pairs among BM25's top {k} of "
-                                                 f"{list(datasets)}")
-    fitted = {}
-    for mode, pairs in by_mode.items():
-        probabilities, labels = np.stack(pairs["probabilities"].to_numpy()), pairs["label"].to_numpy()
-        temperature = fit_temperature(probabilities, labels)
-        fitted[mode] = {"temperature": temperature, "pairs": len(pairs),
-                        "before": expected_calibration_error(calibration_table(probabilities, labels)),
-                        "after": expected_calibration_error(calibration_table(tempered(probabilities, temperature),
-                                                                              labels))}
-    # A model not trained by this library gets a settings file for the calibration; it claims no
-    # training, so no mode is warned about.
-    settings = read_settings(student) or StudentSettings(tasks=MODES)
-    temperatures = {**settings.label_temperature, **{mode: fit["temperature"] for mode, fit in fitted.items()}}
-    path = dataclasses.replace(settings, label_temperature=temperatures).save(student)
-    return {**fitted, "settings": str(path)}

@@ -7,12 +7,14 @@ import sys
 import textwrap
 from typing import Optional, Sequence
 
+from .backends import BACKENDS
 from .errors import InputError, debugging, run_command
 from .loading import DEFAULT_MODEL
 from .numeric import non_negative_int, positive_int
 from .prompts import DEFAULT_MAX_DOC_TOKENS, DEFAULT_MAX_QUERY_TOKENS
-from .ranker import BACKENDS, RANKER_MODES, ReasonRanker
+from .ranker import RANKER_MODES, ReasonRanker
 from .redaction import known_secrets, scrub
+from .student import Student
 
 RANKER_OPTIONS = {"batch-size": "pairs judged at once", "max-new-tokens": "explanation budget in tokens",
                   "max-query-tokens": "queries cut to this many tokens",
@@ -124,17 +126,18 @@ class _Parser(argparse.ArgumentParser):
         raise _CommandLineError(self.prog, message)
 
 
-def _ranker(args: argparse.Namespace, mode: str) -> ReasonRanker:
+def _ranker(args: argparse.Namespace, mode: str, student: Optional[Student] = None) -> ReasonRanker:
+    """The ranker the options describe, in ``mode``; a command's rankers share one student (one copy of the weights)."""
     given = {name: getattr(args, name) for name in (option.replace("-", "_") for option in RANKER_OPTIONS)}
-    return ReasonRanker(args.model, adapter=args.adapter, mode=mode, device=args.device, backend=args.backend,
-                        store=args.store, verbose=True,
+    student = student or Student(args.model, adapter=args.adapter, device=args.device, backend=args.backend)
+    return ReasonRanker(student, mode=mode, store=args.store, verbose=True,
                         **{name: value for name, value in given.items() if value is not None})
 
 
 def _calibrate(args: argparse.Namespace) -> int:
     import json
 
-    from .calibration import calibrate
+    from .calibrating import calibrate
 
     result = calibrate(_ranker(args, args.mode), args.dataset, k=args.k, num_queries=args.num_queries,
                        query_field=args.query_field, verbose=args.verbose)
@@ -177,11 +180,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     for dataset_id in dataset_ids(args.dataset):
         get_dataset(dataset_id)
     writable_folder(args.output)
-    rankers = {mode: _ranker(args, mode) for mode in args.modes}
+    student = Student(args.model, adapter=args.adapter, device=args.device, backend=args.backend)
+    rankers = {mode: _ranker(args, mode, student) for mode in args.modes}
     if args.cascade:
         rankers[f"direct % {args.cascade} >> explain"] = cascade(
-            rankers.get("direct") or _ranker(args, "direct"), rankers.get("explain") or _ranker(args, "explain"),
-            args.cascade)
+            rankers.get("direct") or _ranker(args, "direct", student),
+            rankers.get("explain") or _ranker(args, "explain", student), args.cascade)
     for ranker in rankers.values():
         if isinstance(ranker, ReasonRanker):
             ranker.load()  # fail fast on a missing model, before any indexing

@@ -41,14 +41,14 @@ def bm25(collection: Union[pt.datasets.Dataset, DemoCollection], *, name: Option
     else:
         path = index_cache() / (name.replace(":", "-").replace("/", "-") + ".pisa")
     index = PisaIndex(str(path), stemmer="porter2")
-    with contextlib.nullcontext() if verbose else _held_back():
+    with contextlib.nullcontext() if verbose else held_back():
         if not index.built():
             index.index(collection.get_corpus_iter())
         return index.bm25(k1=0.9, b=0.4, num_results=num_results)  # compresses the index for BM25 on first use
 
 
 @contextlib.contextmanager
-def _held_back() -> Iterator[None]:
+def held_back() -> Iterator[None]:
     """What is written to stdout and stderr meanwhile, held back; written to stderr if an error ends it.
 
     PISA's C++ code writes its log and progress counters to the file descriptors themselves, past

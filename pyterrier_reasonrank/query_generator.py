@@ -8,12 +8,11 @@ import pandas as pd
 import pyterrier as pt
 import torch
 
-from .backends import LOCAL_BACKENDS, load_local
+from .backends import LOCAL_BACKENDS
 from .errors import InputError
-from .loading import DEFAULT_MODEL
 from .numeric import positive_int
-from .prompts import QUERIES_PREFIX, parse_queries
-from .settings import serving_settings
+from .prompts import QUERIES_PREFIX, QueryPromptEncoder, parse_queries
+from .student import Student, student_of
 from .validation import as_text, require_text
 
 COMBINATIONS = ("join", "question+join")
@@ -36,7 +35,7 @@ class QueryGenerator(pt.Transformer):
     query keeps the question as its query, with a warning.
     """
 
-    def __init__(self, model: Optional[str] = None, *, adapter: Optional[str] = None, combine: str = "join",
+    def __init__(self, model: Union[str, Student, None] = None, *, adapter: Optional[str] = None, combine: str = "join",
                  max_new_tokens: int = 128, max_question_tokens: Optional[int] = None, batch_size: int = 8,
                  device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
                  backend: str = "transformers", engine_options: Optional[dict] = None, verbose: bool = False,
@@ -44,8 +43,10 @@ class QueryGenerator(pt.Transformer):
         """Check and store the settings; the model is loaded when queries are rewritten, not here.
 
         Args:
-            model: Hub id or local directory. Default: the adapter's base model, or
-                :data:`~pyterrier_reasonrank.DEFAULT_MODEL`.
+            model: A :class:`~pyterrier_reasonrank.student.Student` (whose other transformers share its
+                loaded weights; any backend, an OpenAI-compatible server too), or a Hub id or local
+                directory. Default: the adapter's base model, or :data:`~pyterrier_reasonrank.DEFAULT_MODEL`.
+                With a Student, its options (``adapter``, ``backend``...) are not given here.
             adapter: A PEFT adapter trained on query generation (``reasonrank-train distill`` with a
                 ``query_generation_file``).
             combine: How the generated queries become the new ``query``: ``"join"`` (all of them,
@@ -66,8 +67,10 @@ class QueryGenerator(pt.Transformer):
         """
         if combine not in COMBINATIONS:
             raise InputError(f"combine must be one of {COMBINATIONS}, got {combine!r}")
-        if backend not in LOCAL_BACKENDS:
+        if backend not in LOCAL_BACKENDS:  # a served student comes as a Student, with its server's address
             raise InputError(f"backend must be one of {LOCAL_BACKENDS}, got {backend!r}")
+        student = student_of(model, "QueryGenerator", adapter=adapter, backend=backend, engine_options=engine_options,
+                             device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         self.model = model
         self.adapter = adapter
         self.combine = combine
@@ -80,8 +83,8 @@ class QueryGenerator(pt.Transformer):
         self.engine_options = engine_options
         self.verbose = verbose
         self.trust_remote_code = trust_remote_code
-        self._backend = None
-        self._encoder = None
+        self._student = student
+        self._encoder: Optional[QueryPromptEncoder] = None
 
     def load(self) -> "QueryGenerator":
         """Load the model now (it is otherwise loaded on first use) and return this generator.
@@ -92,20 +95,21 @@ class QueryGenerator(pt.Transformer):
         Raises:
             ModelNotFoundError: The model or adapter could not be found.
         """
-        if self._backend is None:
-            backend = load_local(self.backend, self.model, adapter=self.adapter, device=self.device,
-                                 dtype=self.dtype, engine_options=self.engine_options,
-                                 trust_remote_code=self.trust_remote_code)
-            settings = serving_settings(self.adapter or self.model or DEFAULT_MODEL, backend.tokenizer,
-                                        who="QueryGenerator", tasks=["queries"],
-                                        max_question_tokens=self.max_question_tokens)
-            self._encoder = settings.query_encoder(backend.tokenizer)
-            self._backend = backend
+        if self._encoder is None:
+            tokenizer = self._student.engine.tokenizer
+            settings = self._student.settings(tokenizer, who="QueryGenerator", tasks=["queries"],
+                                              max_question_tokens=self.max_question_tokens)
+            self._encoder = settings.query_encoder(tokenizer)
         return self
+
+    @property
+    def student(self) -> Student:
+        """The :class:`~pyterrier_reasonrank.student.Student` this generator writes with (``model``, or one made)."""
+        return self._student
 
     def __getstate__(self) -> dict:
         # Without the loaded model: an unpickled generator loads it again on first use.
-        return {**self.__dict__, "_backend": None, "_encoder": None}
+        return {**self.__dict__, "_encoder": None}
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         """Rewrite the queries of a query frame (``qid``, ``query``)."""
@@ -116,9 +120,9 @@ class QueryGenerator(pt.Transformer):
         require_text(frame, "query_0", who="QueryGenerator", what="question")
         questions = as_text(frame["query_0"])
         self.load()
-        completions = self._backend.sample([self._encoder.encode(q) for q in questions], temperature=0.0,
-                                           max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                                           verbose=self.verbose)
+        completions = self._student.engine.sample([self._encoder.encode(q) for q in questions], temperature=0.0,
+                                                  max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                                                  verbose=self.verbose)
         generated = [parse_queries(QUERIES_PREFIX + c[0].text).queries for c in completions]
         empty = [str(qid) for qid, queries in zip(frame["qid"], generated) if not queries]
         if empty:

@@ -12,22 +12,20 @@ import torch
 
 from . import scoring
 from .adaptive import Escalation, escalated
-from .backends import load_local, openai
-from .backends.vllm import numeric_engine_options
+from .backends import Batching
 from .display import ReasonRankResults
 from .errors import InputError
-from .judging import Judge, Judged, Sampling
-from .loading import DEFAULT_MODEL, fingerprint, model_name, resolve_device, resolve_dtype
+from .judgements import Judgements
+from .judging import Judge, Sampling
 from .numeric import non_negative_int, positive_int, positive_number
 from .prompts import PromptEncoder
-from .settings import serving_settings
 from .store import JudgementStore
+from .student import Student, student_of
 from .validation import as_text, is_blank, require_text
 
 OUTPUT_COLUMNS = ["explanation", "label", "score", "probabilities", "forced", "tokens", "samples", "rank"]
 RANKER_MODES = ("explain", "direct", "adaptive")
 RankerMode = Literal["explain", "direct", "adaptive"]
-BACKENDS = ("transformers", "vllm", "openai")
 
 
 class ReasonRanker(pt.Transformer):
@@ -45,7 +43,8 @@ class ReasonRanker(pt.Transformer):
     The model is loaded on first use, not on construction.
     """
 
-    def __init__(self, model: Optional[str] = None, *, adapter: Optional[str] = None, mode: RankerMode = "explain",
+    def __init__(self, model: Union[str, Student, None] = None, *, adapter: Optional[str] = None,
+                 mode: RankerMode = "explain",
                  samples: int = 1, temperature: float = 0.7, greedy_first: bool = True, seed: int = 0,
                  escalation: Optional[Escalation] = None, store: Union[JudgementStore, str, Path, None] = None,
                  label_temperature: Optional[float] = None, batch_size: int = 16, max_new_tokens: int = 128,
@@ -58,8 +57,12 @@ class ReasonRanker(pt.Transformer):
         """Check and store the settings; the model (or the endpoint's tokenizer) is loaded on first use.
 
         Args:
-            model: Hugging Face Hub id or local directory of a causal LM with a chat template. Default:
-                the adapter's base model when ``adapter`` is given, else :data:`DEFAULT_MODEL`.
+            model: A :class:`~pyterrier_reasonrank.student.Student` (whose other transformers share its
+                loaded weights), or a Hugging Face Hub id or local directory of a causal LM with a chat
+                template. Default: the adapter's base model when ``adapter`` is given, else
+                :data:`DEFAULT_MODEL`. The options from ``adapter`` to ``trust_remote_code`` that are
+                also a student's (``backend``, ``device``...) are given to the Student instead when
+                ``model`` is one.
             adapter: A PEFT adapter (Hub id or directory), e.g. one made by ``reasonrank-train``.
             mode: ``"explain"`` (explanation, then label), ``"direct"`` (label only: one forward pass,
                 no generation; faster, for a first cut in a cascade) or ``"adaptive"`` (direct mode
@@ -117,14 +120,14 @@ class ReasonRanker(pt.Transformer):
         """
         if mode not in RANKER_MODES:
             raise InputError(f"mode must be one of {RANKER_MODES}, got {mode!r}")
-        if backend not in BACKENDS:
-            raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        student = student_of(model, "ReasonRanker", adapter=adapter, backend=backend, engine_options=engine_options,
+                             device=device, dtype=dtype, base_url=base_url, tokenizer=tokenizer,
+                             concurrency=concurrency, trust_remote_code=trust_remote_code)
         if escalation is not None and not isinstance(escalation, Escalation):
             raise InputError(f"escalation must be an Escalation (or None), got {escalation!r}")
         samples = positive_int("samples", samples)
         batch_size = positive_int("batch_size", batch_size)
         max_new_tokens = positive_int("max_new_tokens", max_new_tokens)
-        concurrency = positive_int("concurrency", concurrency)
         # None: the student's truncation; no limit on a batch's tokens.
         max_query_tokens = positive_int("max_query_tokens", max_query_tokens, optional=True)
         max_doc_tokens = positive_int("max_doc_tokens", max_doc_tokens, optional=True)
@@ -158,8 +161,8 @@ class ReasonRanker(pt.Transformer):
         self.concurrency = concurrency
         self.verbose = verbose
         self.trust_remote_code = trust_remote_code
-        self._backend = None
-        self._judge = None
+        self._student = student
+        self._judge: Optional[Judge] = None
 
     def load(self) -> "ReasonRanker":
         """Load the model now (it is otherwise loaded on first use) and return this ranker.
@@ -175,28 +178,20 @@ class ReasonRanker(pt.Transformer):
             StoreError: The store is not a judgement store this version can use (see
                 :class:`~pyterrier_reasonrank.store.JudgementStore`).
         """
-        if self._backend is None:
+        if self._judge is None:
             # The store first: a file that is no store is refused before the model loads.
             store = self.store if self.store is None or isinstance(self.store, JudgementStore) \
                 else JudgementStore(self.store)
-            if self.backend == "openai":
-                backend = openai.load(self.model or DEFAULT_MODEL, tokenizer=self.tokenizer, base_url=self.base_url,
-                                      concurrency=self.concurrency, trust_remote_code=self.trust_remote_code)
-            else:
-                backend = load_local(self.backend, self.model, adapter=self.adapter, device=self.device,
-                                     dtype=self.dtype, engine_options=self.engine_options,
-                                     trust_remote_code=self.trust_remote_code)
-            student = self.student
+            engine = self._student.engine
             modes = ("direct", "explain") if self.mode == "adaptive" else (self.mode,)
-            settings = serving_settings(student, backend.tokenizer, who="ReasonRanker", tasks=modes,
-                                        max_query_tokens=self.max_query_tokens, max_doc_tokens=self.max_doc_tokens)
-            options = {"batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens,
-                       "max_batch_tokens": self.max_batch_tokens, "prefix_reuse": self.prefix_reuse}
-            self._judge = Judge(backend, {mode: settings.encoder(backend.tokenizer, mode) for mode in modes},
-                                options=options, store=store,
-                                identity=self._identity(student) if store is not None else None)
+            settings = self._student.settings(engine.tokenizer, who="ReasonRanker", tasks=modes,
+                                              max_query_tokens=self.max_query_tokens,
+                                              max_doc_tokens=self.max_doc_tokens)
             self._label_temperatures = self._temperatures(settings.label_temperature, modes)
-            self._backend = backend
+            self._judge = Judge(engine, {mode: settings.encoder(engine.tokenizer, mode) for mode in modes},
+                                max_new_tokens=self.max_new_tokens,
+                                batching=Batching(self.batch_size, self.max_batch_tokens, self.prefix_reuse),
+                                store=store, identity=self._student.identity if store is not None else None)
         return self
 
     def _temperatures(self, calibrated: dict, modes: Sequence[str]) -> dict[str, float]:
@@ -210,20 +205,19 @@ class ReasonRanker(pt.Transformer):
                           f"with label_temperature={self.label_temperature} as asked", stacklevel=3)
         return dict.fromkeys(modes, self.label_temperature)
 
-    def _tempered(self, judged: Judged) -> np.ndarray:
+    def _tempered(self, judged: Judgements) -> np.ndarray:
         """The label distributions with the temperature of the mode that judged each pair."""
-        direct, explain = (self._label_temperatures.get(mode, 1.0) for mode in ("direct", "explain"))
-        return scoring.tempered(judged.probabilities, np.where(judged.samples > 0, explain, direct))
+        temperatures = [self._label_temperatures.get(mode, 1.0) for mode in judged.modes]
+        return scoring.tempered(judged.probabilities, np.asarray(temperatures, dtype=np.float64))
 
     @property
-    def student(self) -> str:
-        """Where the student's settings are read from (and ``reasonrank calibrate`` writes them).
+    def student(self) -> Student:
+        """The :class:`~pyterrier_reasonrank.student.Student` this ranker judges with.
 
-        The adapter, else the model; with ``backend="openai"``, the tokenizer, else the served name.
+        That is ``model`` when it is one, else the one made from the options. The student's other
+        rankers share its loaded weights: ``ranker.student.ranker(mode="direct")``.
         """
-        if self.backend == "openai":
-            return self.tokenizer or self.model or DEFAULT_MODEL
-        return self.adapter or self.model or DEFAULT_MODEL
+        return self._student
 
     @property
     def encoder(self) -> PromptEncoder:
@@ -232,20 +226,6 @@ class ReasonRanker(pt.Transformer):
         It is what the model is fed, token for token: ``ranker.encoder.encode(query, document)``.
         """
         return self.load()._judge.encoders["direct" if self.mode == "direct" else "explain"]
-
-    def _identity(self, student: str) -> dict:
-        """What identifies this ranker's model in a judgement store (see :mod:`~pyterrier_reasonrank.store`)."""
-        if self.backend == "openai":
-            return {"model": self.model, "served": True, "tokenizer_fingerprint": fingerprint(student),
-                    "dtype": "server", "backend": self.backend}
-        name = model_name(self.model, self.adapter)
-        dtype = resolve_dtype(self.dtype, resolve_device(self.device if self.backend == "transformers" else None))
-        identity = {"model": name, "model_fingerprint": fingerprint(name), "adapter": self.adapter,
-                    "adapter_fingerprint": fingerprint(self.adapter) if self.adapter else None, "dtype": str(dtype),
-                    "backend": self.backend}
-        if self.backend == "vllm" and numeric_engine_options(self.engine_options):
-            identity["engine"] = numeric_engine_options(self.engine_options)  # quantization...: other numbers
-        return identity
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         """Score and rank the documents of each query.
@@ -298,7 +278,7 @@ class ReasonRanker(pt.Transformer):
         frame = pt.model.add_ranks(frame)
         return ReasonRankResults(frame.sort_values(["qid", "rank"], kind="stable", ignore_index=True))
 
-    def _judged(self, queries: np.ndarray, documents: np.ndarray, frame: pd.DataFrame) -> Judged:
+    def _judged(self, queries: np.ndarray, documents: np.ndarray, frame: pd.DataFrame) -> Judgements:
         """The judgements of the pairs in this ranker's mode; adaptive mode escalates some to explanations."""
         sampling = Sampling(self.samples, self.temperature, self.greedy_first, self.seed)
         pairs = {"qids": frame["qid"].tolist(), "docnos": frame["docno"].tolist()}
@@ -321,7 +301,7 @@ class ReasonRanker(pt.Transformer):
     def __getstate__(self) -> dict:
         # The loaded model (and an endpoint's client, which holds locks) stays behind: an unpickled
         # ranker loads it again on first use, so rankers travel to other processes (pt.parallel, joblib).
-        return {**self.__dict__, "_backend": None, "_judge": None}
+        return {**self.__dict__, "_judge": None}
 
     def __repr__(self) -> str:
         args = [repr(self.model)] if self.model is not None else []

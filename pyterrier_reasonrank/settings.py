@@ -31,6 +31,7 @@ from pyterrier_reasonrank.prompts import (
     QueryPromptEncoder,
     chat_template_sha256,
 )
+from pyterrier_reasonrank.version import __version__
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -87,8 +88,6 @@ class StudentSettings:
 
     def save(self, folder: Union[str, Path]) -> Path:
         """Write ``reasonrank_config.json`` into ``folder``."""
-        from pyterrier_reasonrank import __version__
-
         path = Path(folder) / FILENAME
         path.write_text(json.dumps({**self.to_dict(), "pyterrier_reasonrank": __version__}, indent=2) + "\n")
         return path
@@ -102,6 +101,11 @@ class StudentSettings:
                 out of its range (a size that is not a positive integer, a temperature that is not
                 finite and above 0), named with ``source``.
         """
+        saved_by = values.get("pyterrier_reasonrank")
+        if isinstance(saved_by, str) and _newer(saved_by, __version__):
+            # As sentence-transformers does: a newer library may have saved what this one cannot serve alike.
+            warnings.warn(f"{source} was saved by pyterrier-reasonrank {saved_by}, newer than this {__version__}; "
+                          "upgrade pyterrier-reasonrank if it is not served as it was trained", stacklevel=3)
         version = values.get("format_version")
         if version != FORMAT_VERSION:
             raise InputError(f"{source} was trained with prompt format version {version!r}, and this "
@@ -121,6 +125,16 @@ class StudentSettings:
                         for mode, temperature in temperatures.items()}
         return dataclasses.replace(settings, tasks=tuple(settings.tasks), label_temperature=temperatures, **sizes)
 
+
+
+def _newer(version: str, than: str) -> bool:
+    """Whether ``version`` is a newer release than ``than`` (an unreadable version is not)."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(version) > Version(than)
+    except InvalidVersion:
+        return False
 
 
 def read_settings(source: Optional[str]) -> Optional[StudentSettings]:

@@ -36,7 +36,6 @@ rolls back its own batch only, so every batch committed before it is kept.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -44,7 +43,6 @@ import re
 import sqlite3
 import threading
 import warnings
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, NoReturn, Optional, Sequence, Union
@@ -53,6 +51,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError, StoreError
+from .identity import provenance_id
+from .judgements import Judgements
 
 COLUMNS = ["key", "provenance", "qid", "docno", "query", "document_sha256", "explanation", "p0", "p1", "p2", "forced",
            "tokens", "samples", "created"]
@@ -71,40 +71,6 @@ CREATE TABLE IF NOT EXISTS judgements (
     explanation TEXT NOT NULL, p0 REAL NOT NULL, p1 REAL NOT NULL, p2 REAL NOT NULL, forced INTEGER NOT NULL,
     tokens INTEGER NOT NULL, samples INTEGER NOT NULL, created TEXT NOT NULL);
 """
-
-
-@dataclass(frozen=True)
-class Stored:
-    """A judgement read back from the store."""
-
-    explanation: str
-    probabilities: tuple[float, float, float]
-    forced: bool
-    tokens: int
-    samples: int
-
-
-def provenance_id(provenance: dict) -> str:
-    """The id of a provenance: the SHA-256 of its canonical JSON."""
-    return hashlib.sha256(json.dumps(provenance, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def judgement_key(provenance: str, query: str, document: str) -> str:
-    """The key of a judgement: its provenance id and the exact query and document text, hashed.
-
-    Each text is preceded by its length, so that no two (query, document) pairs run together alike.
-    """
-    digest = hashlib.sha256(provenance.encode())
-    for text in (query, document):
-        encoded = text.encode("utf-8", "surrogatepass")
-        digest.update(f"{len(encoded)}:".encode())
-        digest.update(encoded)
-    return digest.hexdigest()
-
-
-def document_sha256(document: str) -> str:
-    """The SHA-256 of a document's exact text (as the store records it)."""
-    return hashlib.sha256(document.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class JudgementStore:
@@ -268,9 +234,13 @@ class JudgementStore:
         except sqlite3.Error as error:
             self._raise(error, doing, then)
 
-    def lookup(self, keys: Sequence[str]) -> dict[str, Stored]:
-        """The stored judgements of those keys that are in the store."""
-        found: dict[str, Stored] = {}
+    def lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, Judgements]:
+        """The stored judgements of those keys that are in the store.
+
+        Returns:
+            The positions in ``keys`` of those found (in order), and their judgements.
+        """
+        found: dict[str, tuple] = {}
         with self._failing("could not read it"):
             connection = self._connection()
             for start in range(0, len(keys), 500):  # SQLite caps the parameters of one statement
@@ -278,29 +248,36 @@ class JudgementStore:
                 rows = connection.execute(
                     f"SELECT key, explanation, p0, p1, p2, forced, tokens, samples FROM judgements "
                     f"WHERE key IN ({','.join('?' * len(chunk))})", chunk)
-                for key, explanation, p0, p1, p2, forced, tokens, samples in rows:
-                    found[key] = Stored(explanation, (p0, p1, p2), bool(forced), int(tokens), int(samples))
-        return found
+                for key, *row in rows:
+                    found[key] = row
+        positions = np.array([i for i, key in enumerate(keys) if key in found], dtype=np.int64)
+        rows = [found[keys[i]] for i in positions]
+        return positions, Judgements.of([row[0] for row in rows], [row[1:4] for row in rows],
+                                        [bool(row[4]) for row in rows], [row[5] for row in rows],
+                                        [row[6] for row in rows])
 
-    def add(self, provenance: dict, records: Iterable[dict]) -> int:
+    def add(self, provenance: dict, pairs: Sequence[dict], judgements: Judgements) -> int:
         """Keep judgements of one provenance, in one transaction; returns how many were new.
 
         A read-only store keeps none (and warns, once).
 
         Args:
-            provenance: What made them (see the module docstring).
-            records: Each with ``key``, ``qid``, ``docno``, ``query``, ``document_sha256``,
-                ``explanation``, ``probabilities``, ``forced``, ``tokens`` and ``samples``.
+            provenance: What made them (see :mod:`~pyterrier_reasonrank.identity`).
+            pairs: What each judgement is of: its ``key``, ``qid``, ``docno``, ``query`` and
+                ``document_sha256``.
+            judgements: The judgements, in the order of ``pairs``.
 
         Raises:
             StoreError: The write failed (a full disk, say); the judgements added before are kept.
         """
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         identity = provenance_id(provenance)
-        rows = [(r["key"], identity, _storable(r["qid"]), _storable(r["docno"]), _storable(r["query"]),
-                 r["document_sha256"], _storable(r["explanation"]),
-                 *map(float, r["probabilities"]), int(r["forced"]), int(r["tokens"]), int(r["samples"]), created)
-                for r in records]
+        rows = [(pair["key"], identity, _storable(pair["qid"]), _storable(pair["docno"]), _storable(pair["query"]),
+                 pair["document_sha256"], _storable(explanation), *map(float, probabilities), int(forced), int(tokens),
+                 int(samples), created)
+                for pair, explanation, probabilities, forced, tokens, samples in zip(
+                    pairs, judgements.explanations, judgements.probabilities, judgements.forced, judgements.tokens,
+                    judgements.samples)]
         if self.read_only:
             self._not_saved()
             return 0

@@ -102,7 +102,7 @@ def counting_judgements(ranker: ReasonRanker) -> Iterator[list[int]]:
         A list that gets the size of every batch sent to the model (each explanation drawn counts
         once); ``sum`` of it is the number of model calls the block made.
     """
-    backend = ranker.load()._backend
+    backend = ranker.load().student.engine
     original, counted = backend.judge, []
 
     def counting(prompts: Sequence, *args, **kwargs):  # noqa: ANN202

@@ -40,6 +40,18 @@ from pyterrier_reasonrank.testing import build_tiny_model  # noqa: E402
 from synthetic import Vocabulary  # noqa: E402
 
 
+# The slowest test files first (measured: tests/README.md), so that two workers finish together
+# rather than one waiting on a long file it was handed last.
+SLOWEST_FIRST = ["test_learning.py", "test_vllm.py", "test_crash_safety.py", "test_secrets_and_loading.py",
+                 "test_benchmark.py", "test_pipeline.py", "test_examples.py", "test_project.py", "test_distributed.py",
+                 "test_train_cli.py", "test_store.py", "test_user_errors.py", "test_numeric_options.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: k for k, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny random Llama-style model with a locally trained tokenizer."""

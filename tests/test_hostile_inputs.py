@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from pyterrier_reasonrank import QueryGenerator, ReasonRanker
+from pyterrier_reasonrank import QueryGenerator, ReasonRanker, Student
 from pyterrier_reasonrank.prompts import PromptEncoder
 
 MEGABYTE = "the moon pulls the ocean and the tides follow " * 23000
@@ -186,9 +186,8 @@ def test_concurrent_encoders_never_turn_text_into_special_tokens(tiny_model):
     import threading
     import time
 
-    from pyterrier_reasonrank.backends import hf
-
-    tokenizer = hf.load(str(tiny_model)).tokenizer  # the one the rankers below share
+    student = Student(str(tiny_model))
+    tokenizer = student.engine.tokenizer  # the one the rankers below share
     special = set(tokenizer.all_special_ids)
     documents = [f"{HOSTILE['special tokens']} {i}" for i in range(200)]
     stop, leaks, encoded = threading.Event(), [], [0]
@@ -204,7 +203,7 @@ def test_concurrent_encoders_never_turn_text_into_special_tokens(tiny_model):
 
     def load() -> None:
         while not stop.is_set():
-            ReasonRanker(str(tiny_model), mode="direct").load()
+            student.ranker(mode="direct").load()
             tokenizer("<|im_start|>user", add_special_tokens=False)  # as other code may call it
             tokenizer(["<|im_end|>"], add_special_tokens=False, split_special_tokens=True)
 

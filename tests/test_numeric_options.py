@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from pyterrier_reasonrank import Escalation, QueryGenerator, ReasonRanker
-from pyterrier_reasonrank.calibration import MIN_PAIRS, calibrate, fit_temperature, fittable
+from pyterrier_reasonrank.calibrating import calibrate
+from pyterrier_reasonrank.calibration import MIN_PAIRS, fit_temperature, fittable
 from pyterrier_reasonrank.cli import main as reasonrank
 from pyterrier_reasonrank.errors import InputError
 from pyterrier_reasonrank.settings import FILENAME, StudentSettings, read_settings
@@ -333,11 +334,11 @@ def test_indexing_is_quiet_unless_verbose(tmp_path, capfd):
     assert "[info]" in verbose.out + verbose.err  # PISA's log, when asked for
 
 
-def test_what_indexing_held_back_is_shown_when_it_fails(capfd):
-    from pyterrier_reasonrank.indexing import _held_back
+def test_what_indexingheld_back_is_shown_when_it_fails(capfd):
+    from pyterrier_reasonrank.indexing import held_back
 
     with pytest.raises(RuntimeError, match="disk full"):
-        with _held_back():
+        with held_back():
             os.write(1, b"[info] Processing documents\n")
             os.write(2, b"[error] no space left\n")
             raise RuntimeError("disk full")

@@ -9,7 +9,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pyterrier_reasonrank import ModelNotFoundError, ReasonRanker
+from pyterrier_reasonrank import InputError, ModelNotFoundError, ReasonRanker, Student
+from pyterrier_reasonrank.loading import load_causal_lm
 
 OUTPUT = ["explanation", "label", "score", "probabilities", "forced", "tokens", "samples", "rank"]
 LABEL_LOGITS = (0.5, 1.25, 2.0)  # p(2) > p(1) > p(0)
@@ -130,7 +131,7 @@ def test_out_of_memory_halves_the_batch_and_says_so_once(tiny_model):
     inp = pairs(3, 4)
     expected = ReasonRanker(str(tiny_model), batch_size=8, max_new_tokens=4)(inp)
     ranker = ReasonRanker(str(tiny_model), batch_size=8, max_new_tokens=4).load()
-    backend = ranker._backend
+    backend = ranker.student.engine
     sizes = []
 
     def device_memory(module, args, kwargs):  # the accelerator holds at most 2 pairs at once
@@ -197,7 +198,7 @@ def test_long_document_is_truncated_by_tokens(tiny_model):
     short = encoder.encode("tides", "x")
     long = encoder.encode("tides", "the moon pulls the ocean " * 5000)
     assert len(long) == len(short) - len(encoder.encode_text("x", 32)) + 32
-    assert ranker._backend.tokenizer.decode(long).endswith("<|im_end|>\n<|im_start|>assistant\nExplanation:")
+    assert ranker.student.engine.tokenizer.decode(long).endswith("<|im_end|>\n<|im_start|>assistant\nExplanation:")
     out = ranker(pd.DataFrame([{"qid": "1", "query": "tides", "docno": "long",
                                 "text": "the moon pulls the ocean " * 5000}]))
     assert len(out) == 1 and math.isfinite(out.score.iloc[0])
@@ -236,7 +237,7 @@ def test_nothing_is_loaded_by_construction_repr_or_inspection():
     assert pt.inspect.transformer_outputs(ranker, ["qid", "query", "docno", "text", "score", "rank"]) == \
         ["qid", "query", "docno", "text", *OUTPUT]
     assert pt.schematic.transformer_schematic(ranker)["label"] == "ReasonRank direct"
-    assert ranker._backend is None
+    assert not ranker.student.loaded
 
 
 def test_constructor_arguments_are_attributes():
@@ -257,10 +258,39 @@ def test_bad_arguments_are_refused(kwargs, message):
         ReasonRanker("m", **kwargs)
 
 
-def test_rankers_of_the_same_model_share_its_weights(tiny_model):
-    direct = ReasonRanker(str(tiny_model), mode="direct").load()
-    explain = ReasonRanker(str(tiny_model)).load()
-    assert direct._backend is explain._backend
+def test_one_students_transformers_share_its_weights_and_two_students_load_twice(tiny_model, monkeypatch):
+    from pyterrier_reasonrank.backends import hf
+
+    loads = []
+    monkeypatch.setattr(hf, "load_causal_lm", lambda *args, **kwargs: loads.append(args) or load_causal_lm(*args,
+                                                                                                          **kwargs))
+    student = Student(str(tiny_model))
+    direct, explain = student.ranker(mode="direct"), ReasonRanker(student, max_new_tokens=4)
+    generator = student.query_generator(max_new_tokens=4)
+    assert not student.loaded and loads == []  # nothing loaded by construction
+    inp = pairs(2, 3)
+    (direct % 2 >> explain)(inp)
+    generator(pd.DataFrame({"qid": ["1"], "query": ["tides"]}))
+    assert len(loads) == 1 and direct.student is explain.student is generator.student is student
+    assert direct.student.engine is explain.student.engine
+    # Two students (or two one-line rankers) of the same model: two copies, nothing shared behind their back.
+    ReasonRanker(str(tiny_model), mode="direct").load()
+    Student(str(tiny_model)).load()
+    assert len(loads) == 3
+
+
+def test_a_student_owns_its_options(tiny_model):
+    student = Student(str(tiny_model), dtype="float32")
+    with pytest.raises(InputError, match=r"ReasonRanker: device, dtype are the student's options: give them to "
+                                         r"Student\(\.\.\.\)"):
+        ReasonRanker(student, dtype="bfloat16", device="cpu")
+    ReasonRanker(student, dtype="float32")  # the student's own value is no conflict (pt.inspect rebuilds so)
+    with pytest.raises(InputError, match="backend must be one of"):
+        Student(str(tiny_model), backend="onnx")
+    with pytest.raises(InputError, match="engine_options are options of the vllm backend"):
+        Student(str(tiny_model), engine_options={"enforce_eager": True})
+    rebuilt = pt.inspect.transformer_apply_attributes(student.ranker(mode="direct"), mode="explain")
+    assert rebuilt.student is student and rebuilt.mode == "explain"
 
 
 TestInspection = pt.testing.transformer_test_class(lambda: ReasonRanker("/no/such/model"))
@@ -282,13 +312,13 @@ def test_prefix_reuse_gives_the_same_scores_with_less_prefill(tiny_model, mode):
     inp["query"] = inp["query"] + " and why the moon matters so much for the sea level at the coast"
     shared = ReasonRanker(str(tiny_model), mode=mode, batch_size=8, max_new_tokens=6).load()
     computed = []
-    hook = shared._backend.model.register_forward_pre_hook(
+    hook = shared.student.engine.model.register_forward_pre_hook(
         lambda module, args, kwargs: computed.append(kwargs["input_ids"].numel()), with_kwargs=True)
     try:
         with_reuse = shared(inp)
         prefill_with = computed[0] + computed[1]  # the first batch: its prefixes, then its suffixes
         computed.clear()
-        without = ReasonRanker(str(tiny_model), mode=mode, batch_size=8, max_new_tokens=6, prefix_reuse=False)(inp)
+        without = shared.student.ranker(mode=mode, batch_size=8, max_new_tokens=6, prefix_reuse=False)(inp)
         prefill_without = computed[0]
     finally:
         hook.remove()
@@ -299,11 +329,11 @@ def test_prefix_reuse_gives_the_same_scores_with_less_prefill(tiny_model, mode):
 
 
 def test_batches_keep_a_query_together_and_respect_the_token_budget():
-    from pyterrier_reasonrank.backends.hf import _batches
+    from pyterrier_reasonrank.backends.hf import batches
 
     prompts = [((1, 2, 3), (9,) * 5), ((4, 5), (9,) * 2), ((1, 2, 3), (9,) * 7), ((4, 5), (9,) * 9),
                ((1, 2, 3), (9,) * 1)]
-    assert _batches(prompts, batch_size=8, max_batch_tokens=None, budget=0) == [[2, 0, 4, 3, 1]]
-    assert _batches(prompts, batch_size=2, max_batch_tokens=None, budget=0) == [[2, 0], [4, 3], [1]]
+    assert batches(prompts, batch_size=8, max_batch_tokens=None, budget=0) == [[2, 0, 4, 3, 1]]
+    assert batches(prompts, batch_size=2, max_batch_tokens=None, budget=0) == [[2, 0], [4, 3], [1]]
     # rows x (longest prompt + budget) <= 30: the longest (3 + 7 + 4 = 14) goes in pairs
-    assert _batches(prompts, batch_size=8, max_batch_tokens=30, budget=4) == [[2, 0], [4, 3], [1]]
+    assert batches(prompts, batch_size=8, max_batch_tokens=30, budget=4) == [[2, 0], [4, 3], [1]]

@@ -212,7 +212,7 @@ def test_the_store_is_data_to_read_export_and_merge(tiny_model, tmp_path):
 
 
 def test_vllm_options_that_change_the_numbers_are_part_of_the_key():
-    from pyterrier_reasonrank.backends.vllm import numeric_engine_options
+    from pyterrier_reasonrank.identity import numeric_engine_options
 
     options = {"enable_prefix_caching": False, "gpu_memory_utilization": 0.5, "quantization": "fp8",
                "kv_cache_dtype": "fp8", "enforce_eager": True}

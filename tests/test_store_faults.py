@@ -23,24 +23,31 @@ from test_user_errors import UNWRITABLE, one_line_error
 
 from pyterrier_reasonrank import InputError, JudgementStore, ReasonRanker, StoreError, judging
 from pyterrier_reasonrank.cli import main as reasonrank
-from pyterrier_reasonrank.store import document_sha256, provenance_id
+from pyterrier_reasonrank.identity import document_sha256, provenance_id
+from pyterrier_reasonrank.judgements import Judgements
 from pyterrier_reasonrank.testing import counting_judgements
 
 PAGE = 4096  # SQLite's default page size: the tables' first pages are 2 to 5
 
 
 def records(n: int, start: int = 0) -> list[dict]:
-    """``n`` judgements of made-up pairs, as :meth:`JudgementStore.add` takes them."""
+    """``n`` made-up pairs and their judgements, as :meth:`JudgementStore.add` takes them (see :func:`judged`)."""
     return [{"key": hashlib.sha256(f"pair {i}".encode()).hexdigest(), "qid": f"q{i // 10}", "docno": f"d{i}",
              "query": f"query {i // 10}", "document_sha256": document_sha256(f"document {i}"),
              "explanation": f"explanation {i} " * 20, "probabilities": (0.2, 0.3, 0.5), "forced": False,
              "tokens": 40, "samples": 1} for i in range(start, start + n)]
 
 
+def judged(records: list[dict]) -> Judgements:
+    """The judgements of made-up records."""
+    return Judgements.of(*([r[name] for r in records] for name in
+                           ("explanation", "probabilities", "forced", "tokens", "samples")))
+
+
 def filled_store(path: Path, n: int = 2000) -> Path:
     """A store of ``n`` made-up judgements, closed: all in the file itself, no -wal or -shm beside it."""
     store = JudgementStore(path)
-    store.add({"model": "made-up"}, records(n))
+    store.add({"model": "made-up"}, records(n), judged(records(n)))
     store._connection().close()  # the last connection: SQLite moves the log into the file and removes it
     return path
 
@@ -117,7 +124,7 @@ def test_what_is_no_usable_store_is_refused_before_any_judging_and_left_as_it_wa
         with counting_judgements(ranker) as counted:
             ranker(pairs(2, 3))
     assert str(raised.value) == expected
-    assert sum(counted) == 0 and (ranker._backend is None) == (found == "open")  # refused before the model loads
+    assert sum(counted) == 0 and (not ranker.student.loaded) == (found == "open")  # refused before the model loads
     assert contents(path) == before
 
 
@@ -170,12 +177,16 @@ def test_a_read_only_store_serves_what_it_holds_and_judges_the_rest_unsaved(tiny
 READ_ONLY_SCRIPT = """
 import json, sys, warnings
 from pyterrier_reasonrank import JudgementStore
+from pyterrier_reasonrank.judgements import Judgements
 held, fresh = json.loads(open(sys.argv[3]).read())
 warnings.simplefilter("always")
 with warnings.catch_warnings(record=True) as warned:
     store = JudgementStore(sys.argv[1])
-    held = store.lookup([r["key"] for r in held])
-    added = [store.add({"model": "made-up"}, fresh[start:start + 5]) for start in (0, 5)]
+    held, _ = store.lookup([r["key"] for r in held])
+    added = [store.add({"model": "made-up"}, fresh[start:start + 5],
+                       Judgements.of(*([r[name] for r in fresh[start:start + 5]] for name in
+                                       ("explanation", "probabilities", "forced", "tokens", "samples"))))
+             for start in (0, 5)]
 try:
     JudgementStore(sys.argv[2])
     created = None

@@ -59,7 +59,7 @@ def test_the_student_is_served_its_training_prompt_on_another_day(student, monke
     ranker = ReasonRanker(adapter=str(path)).load()  # no option given
     served = ranker.encoder.encode("about tides", LONG_DOCUMENT)
     assert served == training_prompt  # token for token
-    tokenizer = ranker._backend.tokenizer
+    tokenizer = ranker.student.engine.tokenizer
     assert ranker.encoder.max_doc_tokens == 64 and "Today Date: 26 Jul 2024" in tokenizer.decode(served)
     # what an unpinned template would have written on each day
     plain = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)

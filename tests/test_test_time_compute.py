@@ -44,8 +44,8 @@ def test_samples_average_the_label_distributions_of_the_explanations_drawn(tiny_
     encoder = ranker.encoder
     order = out.set_index("docno").loc[inp.docno]
     prompts = encoder.prompts(inp["query"].tolist(), inp["text"].tolist())
-    draws = [ranker._backend.judge(prompts, encoder, mode="explain", batch_size=16, max_new_tokens=6,
-                                   temperature=temperature, seed=seed)
+    draws = [ranker.student.engine.judge(prompts, encoder, mode="explain", max_new_tokens=6,
+                                         temperature=temperature, seed=seed)
              for temperature, seed in Sampling(3, 1.0, greedy_first, 5).draws()]
     assert [temperature for temperature, _ in Sampling(3, 1.0, greedy_first, 5).draws()] == \
         ([0.0, 1.0, 1.0] if greedy_first else [1.0, 1.0, 1.0])
@@ -53,7 +53,7 @@ def test_samples_average_the_label_distributions_of_the_explanations_drawn(tiny_
     assert np.stack(order.probabilities.to_numpy()) == pytest.approx(average, abs=1e-5)
     assert order.score.to_numpy() == pytest.approx(expected_label(average), abs=1e-5)
     assert order.tokens.tolist() == sum(draw.tokens for draw in draws).tolist()
-    assert order.explanation.tolist() == draws[0].explanations  # the first drawn is the one shown
+    assert order.explanation.tolist() == draws[0].explanations.tolist()  # the first drawn is the one shown
     # The random model's explanations differ between draws, so the average is not any one of them.
     assert not np.allclose(draws[1].probabilities, draws[2].probabilities)
 

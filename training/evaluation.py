@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 
+from pyterrier_reasonrank.backends import Batching
 from pyterrier_reasonrank.backends.hf import HFBackend
 from pyterrier_reasonrank.errors import InputError
 from pyterrier_reasonrank.prompts import PromptEncoder
@@ -32,8 +33,8 @@ def label_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, r
     was_training = model.training
     model.eval()
     prompts = encoder.prompts([r["query"] for r, _ in pairs], [r["text"] for r, _ in pairs])
-    judged = HFBackend(model, tokenizer).judge(prompts, encoder, mode=encoder.mode, batch_size=batch_size,
-                                               max_new_tokens=max_new_tokens)
+    judged = HFBackend(model, tokenizer).judge(prompts, encoder, mode=encoder.mode, max_new_tokens=max_new_tokens,
+                                               batching=Batching(batch_size=batch_size))
     model.train(was_training)
     targets = np.array([t for _, t in pairs])
     majority = Counter(targets.tolist()).most_common(1)[0][1] / len(targets)

@@ -12,10 +12,11 @@ import warnings
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, Union
 
 from pyterrier_reasonrank import prompts
-from pyterrier_reasonrank.backends import hf
+from pyterrier_reasonrank.backends import Batching
 from pyterrier_reasonrank.backends.openai import MalformedReplyError, bounded_map, openai_client, read_reply
 from pyterrier_reasonrank.redaction import known_secrets, redacted
 from pyterrier_reasonrank.scoring import most_probable_label
+from pyterrier_reasonrank.student import Student
 
 if TYPE_CHECKING:
     import torch
@@ -173,8 +174,8 @@ class LocalTeacher:
             ModelNotFoundError: The model or adapter could not be found.
         """
         self.name = model if adapter is None else f"{model}+{adapter}"
-        self._backend = hf.load(model, adapter=adapter, device=device, dtype=dtype,
-                                trust_remote_code=trust_remote_code)
+        self._backend = Student(model, adapter=adapter, device=device, dtype=dtype,
+                                trust_remote_code=trust_remote_code).engine
         self._encoder = prompts.PromptEncoder(self._backend.tokenizer, max_doc_tokens=max_doc_tokens)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
@@ -196,8 +197,8 @@ class LocalTeacher:
             batch = range(start, min(start + self.batch_size, len(queries)))
             ids = self._encoder.prompts([queries[i] for i in batch], [documents[i] for i in batch],
                                         [hints[i] for i in batch])
-            judged = self._backend.judge(ids, self._encoder, mode="explain", batch_size=self.batch_size,
-                                         max_new_tokens=self.max_new_tokens)
+            judged = self._backend.judge(ids, self._encoder, mode="explain", max_new_tokens=self.max_new_tokens,
+                                         batching=Batching(batch_size=self.batch_size))
             labels = most_probable_label(judged.probabilities)
             for k, i in enumerate(batch):
                 label = int(labels[k])

@@ -5,10 +5,12 @@ from typing import Optional, Union
 
 import torch
 
-from .base import Backend, Completion, Judgements
+from .base import Backend, Batching, Completion
 
 LOCAL_BACKENDS = ("transformers", "vllm")
 """The engines that run the model in this process."""
+BACKENDS = (*LOCAL_BACKENDS, "openai")
+"""Every engine: those of this process, and an OpenAI-compatible server."""
 
 
 def load_local(backend: str, model: Optional[str], *, adapter: Optional[str] = None,
@@ -44,4 +46,4 @@ def load_local(backend: str, model: Optional[str], *, adapter: Optional[str] = N
     return hf.load(model, adapter=adapter, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
-__all__ = ["Backend", "Completion", "Judgements", "LOCAL_BACKENDS", "load_local"]
+__all__ = ["Backend", "Batching", "Completion", "BACKENDS", "LOCAL_BACKENDS", "load_local"]

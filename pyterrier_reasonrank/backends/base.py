@@ -16,9 +16,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Optional, Protocol, Sequence
 
-import numpy as np
 import pyterrier as pt
 
+from pyterrier_reasonrank.judgements import Judgements
 from pyterrier_reasonrank.prompts import THINK_TOKENS, Mode, Prompt, PromptEncoder
 
 if TYPE_CHECKING:
@@ -47,39 +47,47 @@ class Completion:
     ids: list[int]
 
 
-@dataclass
-class Judgements:
-    """What a backend returns for ``n`` prompts, in prompt order.
+@dataclass(frozen=True)
+class Batching:
+    """How a local backend groups prompts into batches.
 
     Attributes:
-        explanations: The explanation written before the label (empty strings in direct mode).
-        probabilities: ``(n, 3)`` probabilities of labels 0, 1, 2, renormalised over the labels.
-        forced: Whether the label marker had to be appended because the model ran out of
-            explanation budget or left the format.
-        tokens: The tokens decoded after each prompt: the explanation and the marker (written or
-            appended); 0 in direct mode.
+        batch_size: Most prompts in a batch.
+        max_batch_tokens: Most tokens in a batch, counted as rows x (longest prompt + explanation
+            budget), so that long documents make smaller batches. ``None``: only ``batch_size`` limits.
+        prefix_reuse: Compute the prompt prefix that a query's documents share once per batch.
     """
 
-    explanations: list[str]
-    probabilities: np.ndarray
-    forced: np.ndarray
-    tokens: np.ndarray
+    batch_size: int = 16
+    max_batch_tokens: Optional[int] = 65536
+    prefix_reuse: bool = True
 
 
 class Backend(Protocol):
-    """An engine that judges prompts built by a :class:`~pyterrier_reasonrank.prompts.PromptEncoder`."""
+    """An engine that judges prompts made by a :class:`~pyterrier_reasonrank.prompts.PromptEncoder`, and samples."""
 
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
 
-    def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, batch_size: int,
-              max_new_tokens: int, temperature: float = 0.0, seed: int = 0, verbose: bool = False,
-              progress: Optional[tqdm] = None, **options: object) -> Judgements:
+    def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, max_new_tokens: int,
+              batching: Batching = Batching(), temperature: float = 0.0, seed: int = 0, verbose: bool = False,
+              progress: Optional[tqdm] = None) -> Judgements:
         """Judge each prompt, given as (prefix, suffix) token ids.
 
         The prefix (instructions and query) is shared by the documents of a query, the suffix ends
         with the response start for ``mode``. The explanation is decoded greedily, or sampled at
-        ``temperature``, each prompt seeded by :func:`prompt_seed`. ``progress``: a bar to advance per judged prompt,
-        instead of one of its own when ``verbose``.
+        ``temperature``, each prompt seeded by :func:`prompt_seed`. ``batching``: how a local
+        engine batches (engines that schedule their own batches ignore it). ``progress``: a bar to
+        advance per judged prompt, instead of one of its own when ``verbose``. The judgements
+        count one explanation per pair in explain mode (``samples`` 1), none in direct mode.
+        """
+        ...
+
+    def sample(self, prompts: Sequence[list[int]], *, num_samples: int = 1, temperature: float = 1.0,
+               max_new_tokens: int = 128, batch_size: int = 8, verbose: bool = False) -> list[list[Completion]]:
+        """Free-text responses: ``num_samples`` per prompt (token ids), sampled at ``temperature`` (0: greedy).
+
+        Plain sampling from the model's distribution (no top-p or top-k), as refinement needs; a
+        response ends at the model's end of sequence, which its ids keep.
         """
         ...
 

@@ -2,20 +2,19 @@
 from __future__ import annotations
 
 import collections
-import threading
 import warnings
-import weakref
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 import pyterrier as pt
 import torch
 
+from pyterrier_reasonrank.judgements import Judgements
 from pyterrier_reasonrank.loading import DEFAULT_MODEL, load_causal_lm, resolve_device, resolve_dtype
 from pyterrier_reasonrank.prompts import Mode, Prompt, PromptEncoder
 from pyterrier_reasonrank.scoring import label_probabilities
 
-from .base import Completion, Judgements, end_ids, forced_ending, progress_bar, prompt_seed, stop_ids
+from .base import Batching, Completion, end_ids, forced_ending, progress_bar, prompt_seed, stop_ids
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -53,9 +52,9 @@ class HFBackend:
         """The device the model's weights are on (where the batches are sent)."""
         return self.model.device
 
-    def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, batch_size: int,
-              max_new_tokens: int, temperature: float = 0.0, seed: int = 0, max_batch_tokens: Optional[int] = None,
-              prefix_reuse: bool = True, verbose: bool = False, progress: Optional[tqdm] = None) -> Judgements:
+    def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, max_new_tokens: int,
+              batching: Batching = Batching(), temperature: float = 0.0, seed: int = 0, verbose: bool = False,
+              progress: Optional[tqdm] = None) -> Judgements:
         """Judge each prompt, given as (prefix, suffix) token ids.
 
         The prefix is shared by the documents of a query (see :meth:`PromptEncoder.prefix`).
@@ -64,12 +63,11 @@ class HFBackend:
             prompts: The prompts, in the order the judgements are returned.
             encoder: The encoder that made them (marker and label tokens).
             mode: ``"explain"`` or ``"direct"``.
-            batch_size: Most prompts in a batch.
             max_new_tokens: Explanation budget.
+            batching: Batch sizes, and whether a query's shared prefix is computed once for all of
+                its documents in a batch.
             temperature: 0 decodes the explanation greedily; above, samples it at that temperature.
             seed: Seeds the sampling (each prompt by :func:`~.base.prompt_seed`, whatever its batch).
-            max_batch_tokens: Most tokens in a batch, counted as rows x (longest prompt + budget).
-            prefix_reuse: Compute a query's shared prefix once for all of its documents in a batch.
             verbose: Show a progress bar.
             progress: A bar to advance instead (the ranker's, over all of its chunks).
         """
@@ -79,8 +77,8 @@ class HFBackend:
         forced = np.zeros(n, dtype=bool)
         tokens = np.zeros(n, dtype=np.int64)
         budget = 0 if mode == "direct" else max_new_tokens + len(encoder.forced_marker_ids)
-        queue = collections.deque(_batches(prompts, batch_size, max_batch_tokens, budget))
-        most_rows = min(batch_size, self.most_rows or batch_size)
+        queue = collections.deque(batches(prompts, batching.batch_size, batching.max_batch_tokens, budget))
+        most_rows = min(batching.batch_size, self.most_rows or batching.batch_size)
         out_of_memory = 0  # the batch size that first ran out of memory
         with progress_bar(progress, n, verbose) as progress:
             while queue:
@@ -90,7 +88,8 @@ class HFBackend:
                     continue
                 try:
                     batch_explanations, label_logits, batch_forced, batch_tokens = self._judge_batch(
-                        [prompts[i] for i in batch], encoder, mode, max_new_tokens, prefix_reuse, temperature, seed)
+                        [prompts[i] for i in batch], encoder, mode, max_new_tokens, batching.prefix_reuse, temperature,
+                        seed)
                 except torch.OutOfMemoryError:
                     if len(batch) == 1:
                         raise
@@ -108,7 +107,7 @@ class HFBackend:
             warnings.warn(f"ReasonRanker: out of memory with {out_of_memory} pairs in a batch; halved the batch until "
                           f"it fit, at most {most_rows} pairs (a smaller batch_size or max_batch_tokens avoids the "
                           "retries)", ResourceWarning, stacklevel=3)
-        return Judgements(explanations, probabilities, forced, tokens)
+        return Judgements.of(explanations, probabilities, forced, tokens, [int(mode == "explain")] * n)
 
     def _judge_batch(self, prompts: list[Prompt], encoder: PromptEncoder, mode: Mode, max_new_tokens: int,
                      prefix_reuse: bool, temperature: float, seed: int):
@@ -138,7 +137,7 @@ class HFBackend:
 
     def _forward(self, ids: list[list[int]], *, cache: Optional[Cache] = None,
                  past_mask: Optional[torch.Tensor] = None):
-        input_ids, mask = self._left_pad(ids, max(len(x) for x in ids))
+        input_ids, mask = self.left_pad(ids, max(len(x) for x in ids))
         if past_mask is not None:
             mask = torch.cat([past_mask, mask], dim=1)
         # Explicit positions, so that padding does not shift them.
@@ -147,7 +146,8 @@ class HFBackend:
                          use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float(), out.past_key_values, mask, positions[:, -1]
 
-    def _left_pad(self, ids: Sequence[Sequence[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def left_pad(self, ids: Sequence[Sequence[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids padded on the left to ``width``, on the model's device, and their attention mask."""
         input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(ids), width), dtype=torch.long)
         for row, x in enumerate(ids):
@@ -224,7 +224,7 @@ class HFBackend:
         for start in pt.tqdm(range(0, len(prompts), batch_size), desc="generating", disable=not verbose):
             batch = prompts[start:start + batch_size]
             width = max(len(p) for p in batch)
-            input_ids, mask = self._left_pad(batch, width)
+            input_ids, mask = self.left_pad(batch, width)
             output = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                          num_return_sequences=copies, pad_token_id=self.pad_id, eos_token_id=eos,
                                          repetition_penalty=1.0, **options)
@@ -264,7 +264,7 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _batches(prompts: Sequence[Prompt], batch_size: int, max_batch_tokens: Optional[int],
+def batches(prompts: Sequence[Prompt], batch_size: int, max_batch_tokens: Optional[int],
              budget: int) -> list[list[int]]:
     """Batches of prompt indices, each at most ``batch_size`` rows and ``max_batch_tokens`` tokens.
 
@@ -272,30 +272,26 @@ def _batches(prompts: Sequence[Prompt], batch_size: int, max_batch_tokens: Optio
     first (so a batch pads little, and the first shows the peak memory).
     """
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i][0]), prompts[i][0], -len(prompts[i][1])))
-    batches: list[list[int]] = []
+    grouped: list[list[int]] = []
     width = 0
     for i in order:
         length = len(prompts[i][0]) + len(prompts[i][1]) + budget
-        if batches and len(batches[-1]) < batch_size and \
-                (max_batch_tokens is None or (len(batches[-1]) + 1) * max(width, length) <= max_batch_tokens):
-            batches[-1].append(i)
+        if grouped and len(grouped[-1]) < batch_size and \
+                (max_batch_tokens is None or (len(grouped[-1]) + 1) * max(width, length) <= max_batch_tokens):
+            grouped[-1].append(i)
             width = max(width, length)
         else:
-            batches.append([i])
+            grouped.append([i])
             width = length
-    return batches
-
-
-_LOADED: "weakref.WeakValueDictionary[tuple, HFBackend]" = weakref.WeakValueDictionary()
-_LOADING = threading.Lock()
+    return grouped
 
 
 def load(model: Optional[str], *, adapter: Optional[str] = None, device: Union[str, torch.device, None] = None,
          dtype: Union[str, torch.dtype, None] = None, trust_remote_code: bool = False) -> HFBackend:
-    """Load (or reuse) a model and tokenizer as an :class:`HFBackend`.
+    """Load a model and tokenizer as an :class:`HFBackend` (each call loads a copy of the weights).
 
-    Rankers that ask for the same model, adapter, device and dtype share one copy of the weights
-    while any of them is alive, so a cascade of a direct and an explain ranker loads it once.
+    Rankers share a loaded model by sharing the :class:`~pyterrier_reasonrank.student.Student`
+    that loaded it.
 
     Args:
         model: Hugging Face Hub id or local directory. ``None``: the adapter's base model, or
@@ -313,12 +309,5 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, device: Union[s
     dtype = resolve_dtype(dtype, device)
     if model is None and adapter is None:
         model = DEFAULT_MODEL
-    key = (model, adapter, str(device), str(dtype), trust_remote_code)
-    with _LOADING:
-        backend = _LOADED.get(key)
-        if backend is None:
-            lm, tokenizer = load_causal_lm(model, adapter, dtype=dtype, trust_remote_code=trust_remote_code)
-            backend = _LOADED[key] = HFBackend(lm.to(device).eval(), tokenizer)
-    return backend
-
-
+    lm, tokenizer = load_causal_lm(model, adapter, dtype=dtype, trust_remote_code=trust_remote_code)
+    return HFBackend(lm.to(device).eval(), tokenizer)

@@ -31,12 +31,13 @@ import numpy as np
 import torch
 
 from pyterrier_reasonrank.errors import EndpointError
+from pyterrier_reasonrank.judgements import Judgements
 from pyterrier_reasonrank.loading import load_tokenizer
 from pyterrier_reasonrank.prompts import LABEL_MARKER, Mode, Prompt, PromptEncoder
 from pyterrier_reasonrank.redaction import known_secrets, redacted
 from pyterrier_reasonrank.scoring import label_probabilities
 
-from .base import Judgements, Settled, end_ids, progress_bar, prompt_seed, settle, stop_ids
+from .base import Batching, Completion, Settled, end_ids, progress_bar, prompt_seed, settle, stop_ids
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -144,11 +145,12 @@ class OpenAIBackend:
         self.concurrency = concurrency
         self.max_retries = max_retries
         self._client = openai_client(base_url, max_retries=max_retries, timeout=timeout)
-        self.stop_ids = stop_ids(tokenizer, end_ids(None, tokenizer))
+        self.end_ids = end_ids(None, tokenizer)
+        self.stop_ids = stop_ids(tokenizer, self.end_ids)
 
-    def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, batch_size: int,
-              max_new_tokens: int, temperature: float = 0.0, seed: int = 0, verbose: bool = False,
-              progress: Optional[tqdm] = None, **options: object) -> Judgements:
+    def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, max_new_tokens: int,
+              batching: Batching = Batching(), temperature: float = 0.0, seed: int = 0, verbose: bool = False,
+              progress: Optional[tqdm] = None) -> Judgements:
         """Judge each prompt through the endpoint, ``concurrency`` pairs in flight.
 
         Explain mode first asks for the explanation (greedy, until it settles); both modes then read
@@ -158,13 +160,12 @@ class OpenAIBackend:
             prompts: The prompts as (prefix, suffix) token ids, in the order the judgements are returned.
             encoder: The encoder that made them (marker and label tokens).
             mode: ``"explain"`` or ``"direct"``.
-            batch_size: Ignored: the server batches requests itself.
             max_new_tokens: Explanation budget.
+            batching: Unused: the server batches requests itself.
             temperature: 0 decodes the explanation greedily; above, samples it at that temperature.
             seed: Seeds the sampling (each prompt by :func:`~.base.prompt_seed`).
             verbose: Show a progress bar.
             progress: A bar to advance instead (the ranker's, over all of its chunks).
-            **options: The local backend's batching options (``max_batch_tokens``, ``prefix_reuse``): ignored.
         """
         n = len(prompts)
         explanations = [""] * n
@@ -188,7 +189,34 @@ class OpenAIBackend:
                 explanations[i], forced[i], tokens[i] = explanation, was_forced, spent
                 label_logprobs[i] = torch.tensor(logprobs, dtype=torch.float64)
                 progress.update(1)
-        return Judgements(explanations, label_probabilities(label_logprobs), forced, tokens)
+        return Judgements.of(explanations, label_probabilities(label_logprobs), forced, tokens,
+                             [int(mode == "explain")] * n)
+
+    def sample(self, prompts: Sequence[list[int]], *, num_samples: int = 1, temperature: float = 1.0,
+               max_new_tokens: int = 128, batch_size: int = 0, verbose: bool = False) -> list[list[Completion]]:
+        """Free-text responses: ``num_samples`` per prompt at ``temperature`` (0: greedy), ``concurrency`` in flight.
+
+        Plain sampling from the model's distribution (no top-p or top-k), as refinement needs; a
+        response ends at the model's end of sequence, which its ids keep. ``batch_size`` is unused:
+        the server batches requests itself.
+        """
+        copies = num_samples if temperature > 0 else 1  # greedy decoding has one answer per prompt
+
+        def one(prompt: list[int]) -> list[Completion]:
+            choices = self._complete(copies, prompt=list(prompt), n=copies, max_tokens=max_new_tokens,
+                                     temperature=temperature, top_p=1.0, logprobs=1,
+                                     extra_body={"top_k": 0, "return_tokens_as_token_ids": True,
+                                                 "skip_special_tokens": False, "stop_token_ids": sorted(self.end_ids)})
+            completions = [Completion(self.tokenizer.decode(ids, skip_special_tokens=True), ids)
+                           for ids in map(_token_ids, choices)]
+            return completions * (num_samples // copies)
+
+        results: list = [None] * len(prompts)
+        with progress_bar(None, len(prompts), verbose) as progress, redacted(known_secrets(self._client.api_key)):
+            for i, completions in bounded_map(one, list(prompts), self.concurrency):
+                results[i] = completions
+                progress.update(1)
+        return results
 
     def _explain(self, ids: list[int], encoder: PromptEncoder, max_new_tokens: int, temperature: float,
                  seed: int) -> Settled:
@@ -204,10 +232,7 @@ class OpenAIBackend:
                 seed=seed if temperature else None, stop=[LABEL_MARKER], logprobs=1,
                 extra_body={"include_stop_str_in_output": True, "return_tokens_as_token_ids": True,
                             "skip_special_tokens": False, "stop_token_ids": sorted(self.stop_ids)})
-            new = [int(token.split(":", 1)[1]) for token in choice.logprobs.tokens]
-            stopped_at = (choice.model_extra or {}).get("stop_reason")
-            if choice.finish_reason == "stop" and isinstance(stopped_at, int) and new[-1:] != [stopped_at]:
-                new.append(stopped_at)  # the special token it stopped at
+            new = _token_ids(choice)
             generated += new
             # A request that wrote nothing cannot write more: the budget ends there.
             settled = settle(generated, encoder, self.stop_ids, max_new_tokens if new else len(generated))
@@ -245,6 +270,15 @@ class OpenAIBackend:
 
         return read_reply(lambda: self._client.completions.create(model=self.model, **request), read,
                           endpoint=str(self._client.base_url), retries=self.max_retries)
+
+
+def _token_ids(choice: object) -> list[int]:
+    """The token ids of a choice (``return_tokens_as_token_ids``), with the stop token it ended at."""
+    ids = [int(token.split(":", 1)[1]) for token in choice.logprobs.tokens]
+    stopped_at = (choice.model_extra or {}).get("stop_reason")
+    if choice.finish_reason == "stop" and isinstance(stopped_at, int) and ids[-1:] != [stopped_at]:
+        ids.append(stopped_at)  # the special token it stopped at
+    return ids
 
 
 def load(model: str, *, tokenizer: Optional[str] = None, base_url: Optional[str] = None, concurrency: int = 32,

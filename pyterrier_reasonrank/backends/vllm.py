@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from pyterrier_reasonrank.errors import InputError
+from pyterrier_reasonrank.judgements import Judgements
 from pyterrier_reasonrank.loading import (
     clear_load_errors,
     load_tokenizer,
@@ -41,7 +42,7 @@ from pyterrier_reasonrank.loading import (
 from pyterrier_reasonrank.prompts import LABEL_MARKER, Mode, Prompt, PromptEncoder
 from pyterrier_reasonrank.scoring import label_probabilities
 
-from .base import Completion, Judgements, end_ids, progress_bar, prompt_seed, settle, stop_ids
+from .base import Batching, Completion, end_ids, progress_bar, prompt_seed, settle, stop_ids
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -52,23 +53,11 @@ if TYPE_CHECKING:
 ENGINE_DEFAULTS = {"enable_prefix_caching": True, "logprobs_mode": "processed_logprobs", "max_logprobs": 20,
                    "disable_log_stats": True}
 """What the engine is started with unless ``engine_options`` say otherwise (``logprobs_mode`` is needed)."""
-CAPACITY_OPTIONS = frozenset({"enable_prefix_caching", "gpu_memory_utilization", "max_model_len", "enforce_eager",
-                              "max_num_seqs", "max_num_batched_tokens", "swap_space", "cpu_offload_gb",
-                              "disable_log_stats", "max_logprobs", "enable_lora", "max_lora_rank", "max_loras"})
-"""Engine options that change how much runs at once, or how fast, and not the numbers computed."""
 SET_BY_THE_RANKER = {"model": "model=", "tokenizer": "tokenizer= (or the adapter's own)",
                      "dtype": "dtype= (--dtype)", "trust_remote_code": "trust_remote_code="}
 """Engine arguments the backend sets from its own arguments: not engine options."""
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 """The LoRA ranks vLLM's engine can be sized for; an adapter's rank is rounded up to one of them."""
-
-
-def numeric_engine_options(engine_options: Optional[dict]) -> dict:
-    """The engine options that may change the numbers computed (quantization, a key/value cache dtype...).
-
-    A judgement store keys judgements by them, and not by :data:`CAPACITY_OPTIONS`.
-    """
-    return {name: value for name, value in sorted((engine_options or {}).items()) if name not in CAPACITY_OPTIONS}
 
 
 class VLLMBackend:
@@ -90,22 +79,21 @@ class VLLMBackend:
         self.end_ids = ends
         self.stop_ids = stop_ids(tokenizer, ends)
 
-    def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, batch_size: int = 0,
-              max_new_tokens: int, temperature: float = 0.0, seed: int = 0, verbose: bool = False,
-              progress: Optional[tqdm] = None, **options: object) -> Judgements:
+    def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, max_new_tokens: int,
+              batching: Batching = Batching(), temperature: float = 0.0, seed: int = 0, verbose: bool = False,
+              progress: Optional[tqdm] = None) -> Judgements:
         """Judge each prompt, given as (prefix, suffix) token ids; the engine schedules the batches.
 
         Args:
             prompts: The prompts, in the order the judgements are returned.
             encoder: The encoder that made them (marker and label tokens).
             mode: ``"explain"`` or ``"direct"``.
-            batch_size: Unused: the engine batches continuously.
             max_new_tokens: Explanation budget.
+            batching: Unused: the engine batches continuously, and its prefix cache shares prefixes.
             temperature: 0 decodes the explanation greedily; above, samples it at that temperature.
             seed: Seeds the sampling (each prompt by :func:`~.base.prompt_seed`).
             verbose: Show a progress bar.
             progress: A bar to advance instead (the ranker's, over all of its chunks).
-            **options: Other backends' options (prefix reuse, token budgets): the engine has its own.
         """
         ids = [list(prefix) + list(suffix) for prefix, suffix in prompts]
         with progress_bar(progress, len(ids), verbose) as bar:
@@ -121,7 +109,8 @@ class VLLMBackend:
                 tokens = np.zeros(len(ids), dtype=np.int64)
             logprobs = self._label_logprobs(contexts, encoder)
             bar.update(len(ids))
-        return Judgements(explanations, label_probabilities(logprobs), forced, tokens)
+        return Judgements.of(explanations, label_probabilities(logprobs), forced, tokens,
+                             [int(mode == "explain")] * len(ids))
 
     def _explain(self, ids: list[list[int]], encoder: PromptEncoder, max_new_tokens: int, temperature: float,
                  seed: int) -> list:
@@ -199,6 +188,11 @@ distributed state with the others, which its destruction would tear down under t
 _STARTING = threading.Lock()
 _LORA_IDS = itertools.count(1)
 _LORA_REQUESTS: dict[str, LoRARequest] = {}
+
+
+def running_engines() -> list[tuple]:
+    """The keys (model, tokenizer, dtype, options, trust_remote_code) of the engines this process has started."""
+    return list(_ENGINES)
 
 
 def load(model: Optional[str], *, adapter: Optional[str] = None, dtype: Union[str, torch.dtype, None] = None,
