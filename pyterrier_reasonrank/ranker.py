@@ -304,14 +304,15 @@ class ReasonRanker(pt.Transformer):
         return {**self.__dict__, "_judge": None}
 
     def __repr__(self) -> str:
-        args = [repr(self.model)] if self.model is not None else []
-        if self.adapter is not None:
-            args.append(f"adapter={self.adapter!r}")
+        student = self._student  # a student's settings print as if given here: the same judge either way
+        args = [repr(student.model)] if student.model is not None else []
+        if student.adapter is not None:
+            args.append(f"adapter={student.adapter!r}")
         args.append(f"mode={self.mode!r}")
         if self.samples != 1:
             args.append(f"samples={self.samples}")
-        if self.backend != "transformers":
-            args.append(f"backend={self.backend!r}")
+        if student.backend != "transformers":
+            args.append(f"backend={student.backend!r}")
         return f"ReasonRanker({', '.join(args)})"
 
     def schematic(self, *, input_columns: Optional[list[str]] = None) -> dict[str, Any]:
