@@ -44,10 +44,11 @@ def format_reward(completions: Sequence[str], **kwargs) -> list[float]:
     The format is a non-empty explanation, then one ``Relevance:`` line with a label and nothing
     after it.
     """
-    return [1.0 if _well_formed(completion) else 0.0 for completion in completions]
+    return [1.0 if well_formed(completion) else 0.0 for completion in completions]
 
 
-def _well_formed(completion: str) -> bool:
+def well_formed(completion: str) -> bool:
+    """Whether a response is in the format: a non-empty explanation, then one label line and nothing after it."""
     head, marker, tail = completion.rpartition("\n" + prompts.LABEL_MARKER)
     # The prompt already holds "Explanation:", so a completion may start without it.
     explanation = head.strip().removeprefix(prompts.EXPLANATION_PREFIX).strip()
