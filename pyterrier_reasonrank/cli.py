@@ -79,6 +79,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     evaluate.add_argument("--output", default="reasonrank-evaluation", help="folder for the results")
     evaluate.add_argument("--report", action="store_true",
                           help="also write report.html: the explanations of the first re-ranked system")
+    evaluate.add_argument("--fusion", action="store_true",
+                          help="also evaluate each re-ranker fused with the first stage (per-query min-max "
+                               "normalised scores, interpolated at a weight from 0 to 1 by 0.1 chosen by nDCG@10 "
+                               "with 5-fold cross-validation over queries); writes fusion.csv")
     evaluate.add_argument("--calibration", action="store_true",
                           help="also write calibration.csv (expected calibration error against the graded qrels) "
                                "and a reliability diagram per dataset")
@@ -173,7 +177,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from .dataset import get_dataset
     from .display import write_report
-    from .evaluation import cascade, dataset_ids, evaluate, write_calibration, write_outputs
+    from .evaluation import cascade, dataset_ids, evaluate, fusion_table, write_calibration, write_outputs
     from .outputs import writable_folder
 
     # The cheap checks first: the datasets exist and the results can be written.
@@ -190,7 +194,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if isinstance(ranker, ReasonRanker):
             ranker.load()  # fail fast on a missing model, before any indexing
     evaluation = evaluate(args.dataset, rankers, k=args.k, num_queries=args.num_queries, query_field=args.query_field,
-                          verbose=args.verbose)
+                          fusion=args.fusion, verbose=args.verbose)
     files = write_outputs(evaluation, args.output)
     if args.calibration:
         files.update(write_calibration(evaluation, args.output))
@@ -199,6 +203,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         files["report"] = write_report(run, f"{args.output}/report.html", title=f"{name} on {dataset}")
     with pd.option_context("display.width", 220, "display.max_columns", 20):
         print(evaluation.table.to_string(index=False))
+        if args.fusion:
+            print("\nFusion weights of the first stage, each fold's chosen on the other folds' queries:")
+            print(fusion_table(evaluation).to_string(index=False))
     print("\n" + "\n".join(f"{kind}: {path}" for kind, path in files.items()))
     return 0
 
