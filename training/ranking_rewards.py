@@ -26,11 +26,9 @@ import numpy as np
 from pyterrier_reasonrank.errors import InputError
 from pyterrier_reasonrank.prompts import LABELS
 
-from .rewards import well_formed
+from .rewards import RANKING_REWARDS, well_formed
 
 TOP_LABEL = float(max(LABELS))
-RANKING_REWARDS = ("composite", "rr", "ndcg")
-"""The ranking-aware rewards, by the name a recipe gives them."""
 
 Scorer = Callable[[Sequence[Sequence[int]], Sequence[Sequence[int]]], np.ndarray]
 """Maps prompts and completions (token ids) to each rollout's score (see :class:`.rollouts.RolloutScorer`)."""
