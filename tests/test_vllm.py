@@ -227,3 +227,24 @@ def test_refinement_draws_its_candidates_with_the_engine(adapter, vocabulary, tm
     metrics = refine(config, StudentConfig(adapter=str(adapter), dtype="float32"))
     assert metrics["sampling"]["pairs"] == 6 and metrics["sampling"]["kept"] >= 6 and metrics["steps"] == 1
     assert (tmp_path / "refined" / "adapter_model.safetensors").exists()
+
+
+def test_an_escalated_pair_is_read_from_the_engines_prefix_cache(decisive_model):
+    """Format 2 shares a pair's prompt across modes, so vLLM's prefix cache serves the prompt of an escalated
+    pair's explanation from its direct judgement (the engine's own counters say so), and the scores are those of
+    the same policy on the transformers backend without any prompt reuse."""
+    from pyterrier_reasonrank import Escalation, Student
+
+    inp = pairs(2, 4)
+    inp["text"] = inp["text"] + " and the sun pulls the ocean too, less strongly" * 60  # prompts of ~500+ tokens
+    policy = dict(mode="adaptive", escalation=Escalation(entropy=None, cutoff=2, margin=1), max_new_tokens=8)
+    student = Student(str(decisive_model), backend="vllm", dtype="float32", engine_options=ENGINE)
+    engine = student.engine
+    before = len(engine.requests)
+    out = student.ranker(**policy)(inp)
+    assert (out.samples > 0).sum() == 4  # ranks 1 and 2 of each query
+    explained = list(engine.requests)[before + len(inp):]  # after one direct request per pair
+    assert len(explained) >= 8 and all(cached >= 0.75 * prompt for prompt, cached in explained), explained
+    reference = Student(str(decisive_model), prompt_cache_tokens=0).ranker(**policy)(inp)
+    assert list(out.docno) == list(reference.docno) and list(out.explanation) == list(reference.explanation)
+    assert out.score.to_numpy() == pytest.approx(reference.score.to_numpy(), abs=1e-4)
