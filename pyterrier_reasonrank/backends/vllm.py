@@ -79,9 +79,9 @@ class VLLMBackend:
         self.lora = lora
         self.end_ids = ends
         self.stop_ids = stop_ids(tokenizer, ends)
-        self.counts = {"prompt": 0, "cached": 0, "decoded": 0}
-        """Prompt tokens sent to the engine, those of them its prefix cache served (its own counters,
-        per request), and tokens decoded."""
+        self.counts = {"computed": 0, "cached": 0, "decoded": 0}
+        """Prompt tokens the engine computed, those its prefix cache served instead (the engine's own
+        counters, per request), and tokens decoded."""
         self.requests: collections.deque[tuple[int, int]] = collections.deque(maxlen=100_000)
         """(prompt tokens, of which cached) of the latest requests, from the engine's counters."""
 
@@ -189,7 +189,7 @@ class VLLMBackend:
         for prompt, request in zip(prompts, outputs):
             cached = request.num_cached_tokens or 0
             self.requests.append((len(prompt), cached))
-            self.counts["prompt"] += len(prompt)
+            self.counts["computed"] += len(prompt) - cached
             self.counts["cached"] += cached
             self.counts["decoded"] += sum(len(output.token_ids) for output in request.outputs)
         return outputs
