@@ -85,7 +85,7 @@ def test_a_missing_section_or_file_is_an_error(tmp_path, capsys):
     assert main(["refine", "--config", str(recipe)]) == 1
     assert "has no 'refine:' section" in capsys.readouterr().err
     assert main(["distill", "--config", str(tmp_path / "none.yaml")]) == 1
-    assert "No such file" in capsys.readouterr().err
+    assert "none.yaml: no such file, nor a bundled recipe; the bundled names: " in capsys.readouterr().err
 
 
 def test_usage(capsys):

@@ -13,14 +13,19 @@ A recipe looks like::
 
 Command-line options (``--learning_rate 1e-4``) override the recipe. A key or option that no
 config field has is an error that lists the valid ones.
+
+A recipe is a file, or the name of one that ships with the package (``paper-3b``,
+``recommended``, ``tiny-cpu``; ``reasonrank-train recipes`` lists them, and the accelerate
+configs): a file that exists wins over a bundled name.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import difflib
+import re
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import yaml
 from transformers import HfArgumentParser
@@ -55,6 +60,74 @@ COMMANDS = {
 """The commands of ``reasonrank-train``, by name."""
 
 
+BUNDLED = Path(__file__).resolve().parent / "configs"
+"""Where the bundled recipes (``*.yaml``) and accelerate configs (``accelerate/*.yaml``) are installed."""
+
+
+def bundled_files() -> dict[str, Path]:
+    """Every bundled recipe and accelerate config, by name: its path under :data:`BUNDLED` without ``.yaml``.
+
+    The names are ``paper-3b``, ``recommended``, ``tiny-cpu``, ``accelerate/ddp``...
+    """
+    names = {path.relative_to(BUNDLED).with_suffix("").as_posix(): path for path in BUNDLED.rglob("*.yaml")}
+    return {name: names[name] for name in sorted(names, key=lambda name: ("/" in name, name))}  # recipes first
+
+
+def bundled_recipes() -> dict[str, Path]:
+    """The bundled recipes (no accelerate configs), by name."""
+    return {name: path for name, path in bundled_files().items() if "/" not in name}
+
+
+def recipe_path(recipe: Union[str, Path]) -> Path:
+    """The file a recipe names: the path itself if it exists, else the bundled recipe of that name.
+
+    Args:
+        recipe: A path, or a bundled recipe's name with or without ``.yaml`` (``paper-3b``, ``tiny-cpu.yaml``).
+
+    Raises:
+        RecipeError: Neither a file nor a bundled name; the one line lists the bundled names.
+    """
+    path = Path(recipe)
+    return path if path.exists() else bundled_path(str(recipe), bundled_recipes(),
+                                                   missing="no such file, nor a bundled recipe")
+
+
+def bundled_path(name: str, bundled: Optional[dict[str, Path]] = None, *, missing: str = "not a bundled name") -> Path:
+    """The bundled file of that name (with or without ``.yaml``), e.g. ``accelerate/ddp``.
+
+    Args:
+        name: The bundled file's name.
+        bundled: The files to look in, by name; by default :func:`bundled_files`.
+        missing: What the error says the name is not.
+
+    Raises:
+        RecipeError: Not a bundled name; the one line lists them.
+    """
+    bundled = bundled_files() if bundled is None else bundled
+    key = name.removesuffix(".yaml")
+    if key in bundled:
+        return bundled[key]
+    close = difflib.get_close_matches(key, bundled, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise RecipeError(f"{name}: {missing}{hint}; the bundled names: {', '.join(bundled)}")
+
+
+def bundled_listing() -> str:
+    """What ``reasonrank-train recipes`` prints: each bundled file's name and what its first comment line says."""
+    files = bundled_files()
+    width = max(map(len, files))
+    lines = [f"  {name:<{width}}  {_summary(path)}" for name, path in files.items()]
+    return ("The bundled recipes (reasonrank-train COMMAND --config NAME) and accelerate configs\n"
+            "(accelerate launch --config_file \"$(reasonrank-train recipes --path accelerate/ddp)\" ...):\n"
+            + "\n".join(lines) + f"\nThey are in {BUNDLED}; copy one to change it.\n")
+
+
+def _summary(path: Path) -> str:
+    """The first line of a file's leading comment, up to its first colon or full stop."""
+    first = path.read_text().split("\n", 1)[0]
+    return re.split(r"[:.](?:\s|$)", first.lstrip("# "), maxsplit=1)[0] if first.startswith("#") else ""
+
+
 def config_types(command: str) -> tuple:
     """The dataclass configs a command takes."""
     if command not in COMMANDS:
@@ -67,13 +140,15 @@ def config_types(command: str) -> tuple:
 def read_recipe(command: str, path: Optional[str], overrides: Sequence[str] = ()) -> tuple:
     """The configs of ``command`` from its section of the recipe at ``path``, with ``overrides`` on top.
 
-    The overrides are written as on the command line (``["--learning_rate", "1e-4"]``).
+    ``path`` is a file or a bundled recipe's name (see :func:`recipe_path`). The overrides are
+    written as on the command line (``["--learning_rate", "1e-4"]``).
 
     .. code-block:: python
 
-        config, student = read_recipe("distill", "training/configs/tiny-cpu.yaml", ["--num_train_epochs", "1"])
+        config, student = read_recipe("distill", "tiny-cpu", ["--num_train_epochs", "1"])
         distill(config, student)
     """
+    path = str(recipe_path(path)) if path is not None else None
     where = f"the '{command}:' section of {path}" if path else "the command line"
     return parse_configs(config_types(command), recipe_section(path, command), overrides, where=where)
 
