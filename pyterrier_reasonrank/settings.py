@@ -32,7 +32,7 @@ from pyterrier_reasonrank.prompts import (
     QueryPromptEncoder,
     chat_template_sha256,
 )
-from pyterrier_reasonrank.version import __version__
+from pyterrier_reasonrank.versions import __version__
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -10,6 +10,9 @@ import importlib.metadata
 import sys
 from typing import Mapping, Optional
 
+__version__ = "0.1.0"
+"""This library's version (here, so that any module reads it without importing the package)."""
+
 LIBRARIES = {
     "pyterrier_reasonrank": ("pyterrier-reasonrank",),
     "torch": ("torch",),
