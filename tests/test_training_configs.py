@@ -64,10 +64,12 @@ def test_the_rwsft_config_has_no_option_of_grpo_but_the_shared_ones():
     assert names(RwsftConfig) - names(GrpoRefineConfig) == RWSFT_ONLY
     assert names(GrpoRefineConfig) >= names(GRPOConfig) | (names(RefineConfig) | {"algorithm"})
     assert not issubclass(RwsftConfig, GRPOConfig) and issubclass(RwsftConfig, TrainingArguments)
-    # the shared sampling options mean the same for both: GRPOConfig's defaults
+    # the shared sampling options mean the same for both: GRPOConfig's defaults; and rwsft trains by
+    # default as it did when GRPOConfig configured it (its collator needs the examples' unused columns)
+    same = SHARED_WITH_GRPO | {"learning_rate", "gradient_checkpointing", "logging_steps", "remove_unused_columns"}
     grpo_defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
-    assert {f.name: f.default for f in dataclasses.fields(RwsftConfig) if f.name in SHARED_WITH_GRPO} == \
-        {name: grpo_defaults[name] for name in SHARED_WITH_GRPO}
+    assert {f.name: f.default for f in dataclasses.fields(RwsftConfig) if f.name in same} == \
+        {name: grpo_defaults[name] for name in same}
 
 
 def one_line_error(capsys, argv) -> str:
@@ -113,6 +115,8 @@ def test_a_config_is_of_its_own_algorithm(tmp_path):
     with pytest.raises(InputError, match=r"num_generations must be at least 2 with algorithm grpo"):
         GrpoRefineConfig(output_dir=str(tmp_path), num_generations=1)
     assert RwsftConfig(output_dir=str(tmp_path), num_generations=1).num_generations == 1
+    with pytest.raises(InputError, match=r"^remove_unused_columns must be false with algorithm rwsft"):
+        RwsftConfig(output_dir=str(tmp_path), remove_unused_columns=True)
     # the checks of the shared settings hold for both
     for config_type in (RwsftConfig, GrpoRefineConfig):
         with pytest.raises(InputError, match=r"mix a reward model's scores"):

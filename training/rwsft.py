@@ -38,10 +38,18 @@ class RwsftConfig(RefineConfig, TrainingArguments):
 
     Those are the data, rewards and sampling both algorithms share (:class:`~.refine_config.RefineConfig`),
     and how responses are drawn, kept and weighted. Defaults differ from ``TrainingArguments`` in
-    bf16 (only on a GPU that supports it) and ``report_to`` (none).
+    bf16 (only on a GPU that supports it), ``report_to`` (none), and as GRPO's: ``learning_rate``
+    1e-6, ``gradient_checkpointing`` on, ``logging_steps`` 10 (what rwsft trained with when it was
+    configured by ``GRPOConfig``, so that a recipe trains as it did).
     """
 
     algorithm: str = field(default="rwsft", metadata={"help": ALGORITHM_HELP})
+    learning_rate: float = field(default=1e-6, metadata={"help": "The initial learning rate for AdamW."})
+    gradient_checkpointing: bool = field(default=True, metadata={
+        "help": "checkpoint activations: less memory, slower backward pass"})
+    logging_steps: float = field(default=10, metadata={"help": "log every this many steps (a fraction: of the run)"})
+    remove_unused_columns: bool = field(default=False, metadata={
+        "help": "must be false: the loss needs each example's completion_mask and weight"})
     keep_threshold: float = field(default=0.85, metadata={"help": "keep responses with normalised reward >= this"})
     weight_power: float = field(default=3.0, metadata={"help": "loss weight = normalised reward ** this"})
     include_teacher: bool = field(default=True, metadata={"help": "the teacher's response is a candidate too"})
@@ -54,6 +62,9 @@ class RwsftConfig(RefineConfig, TrainingArguments):
 
     def __post_init__(self):
         check_fields(self, {"keep_threshold": proportion, "weight_power": non_negative_number})
+        if self.remove_unused_columns:
+            raise InputError("remove_unused_columns must be false with algorithm rwsft: its loss needs each "
+                             "example's completion_mask and weight, which the model does not take")
         if self.sampling_backend not in SAMPLING_BACKENDS:
             raise InputError(f"sampling_backend must be one of {SAMPLING_BACKENDS}, got {self.sampling_backend!r}")
         if isinstance(self.sampling_engine_options, str):
