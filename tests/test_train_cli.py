@@ -97,7 +97,7 @@ def test_usage(capsys):
 
 def shipped(recipe: str) -> dict:
     """The configs of a shipped recipe, by section (a GPU recipe parsed with bf16 off, as on this CPU)."""
-    from pyterrier_reasonrank.training.recipes import config_types, parse_configs, recipe_section
+    from pyterrier_reasonrank.training.recipes import parse_command, recipe_section
 
     path = str(RECIPES / recipe)
     configs = {}
@@ -105,7 +105,7 @@ def shipped(recipe: str) -> dict:
         options = recipe_section(path, section)
         if options.get("bf16"):
             options = dict(options, bf16=False)
-        configs[section] = parse_configs(config_types(section), options, [])
+        configs[section] = parse_command(section, options, [])
     return configs
 
 

@@ -215,15 +215,16 @@ def test_the_engine_generates_queries_and_samples(decisive_model):
 
 def test_refinement_draws_its_candidates_with_the_engine(adapter, vocabulary, tmp_path):
     """rwsft samples with vLLM's engine (in a process of its own) from the adapter it starts from."""
-    from pyterrier_reasonrank.training.refinement import RefineConfig, refine
+    from pyterrier_reasonrank.training.refinement import refine
+    from pyterrier_reasonrank.training.rwsft import RwsftConfig
     from pyterrier_reasonrank.training.student import StudentConfig
     from synthetic import write_annotations
 
     data = write_annotations(vocabulary, tmp_path / "train.jsonl", 6)
-    config = RefineConfig(output_dir=str(tmp_path / "refined"), train_file=str(data), algorithm="rwsft",
-                          sampling_backend="vllm", sampling_engine_options={"max_model_len": 1024, **ENGINE},
-                          num_generations=2, temperature=1.0, max_completion_length=6, max_steps=1,
-                          per_device_train_batch_size=4, save_strategy="no", disable_tqdm=True)
+    config = RwsftConfig(output_dir=str(tmp_path / "refined"), train_file=str(data),
+                         sampling_backend="vllm", sampling_engine_options={"max_model_len": 1024, **ENGINE},
+                         num_generations=2, temperature=1.0, max_completion_length=6, max_steps=1,
+                         per_device_train_batch_size=4, save_strategy="no", disable_tqdm=True)
     metrics = refine(config, StudentConfig(adapter=str(adapter), dtype="float32"))
     assert metrics["sampling"]["pairs"] == 6 and metrics["sampling"]["kept"] >= 6 and metrics["steps"] == 1
     assert (tmp_path / "refined" / "adapter_model.safetensors").exists()

@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 from pyterrier_reasonrank.errors import debugging, run_command
 from pyterrier_reasonrank.redaction import SECRET_FIELDS, config_secrets, known_secrets, scrub
 
-from .recipes import COMMANDS, RecipeError, bundled_listing, bundled_path, read_recipe
+from .recipes import COMMANDS, RecipeError, bundled_listing, bundled_path, option_values, read_recipe
 
 
 def usage() -> str:
@@ -45,7 +45,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config_parser.add_argument("--config", default=None)
     known, rest = config_parser.parse_known_args(rest)
     # What a message may quote: the secrets on the command line until the configs are read, then theirs.
-    secrets = list(known_secrets(*_option_values(rest, SECRET_FIELDS)))
+    secrets = list(known_secrets(*option_values(rest, SECRET_FIELDS)))
 
     def run() -> int:
         configs = read_recipe(command, known.config, rest)
@@ -82,18 +82,6 @@ def recipes(argv: Sequence[str]) -> int:
 class _RecipesParser(argparse.ArgumentParser):
     def error(self, message: str):
         raise RecipeError(f"{message} (usage: reasonrank-train recipes [--path NAME])")
-
-
-def _option_values(argv: list[str], names: Iterable[str]) -> list[str]:
-    """The values given to the options ``--name value`` or ``--name=value`` in ``argv``."""
-    values = []
-    for i, arg in enumerate(argv):
-        for name in names:
-            if arg == f"--{name}" and i + 1 < len(argv):
-                values.append(argv[i + 1])
-            elif arg.startswith(f"--{name}="):
-                values.append(arg.split("=", 1)[1])
-    return values
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ A recipe looks like::
       algorithm: rwsft
 
 Command-line options (``--learning_rate 1e-4``) override the recipe. A key or option that no
-config field has is an error that lists the valid ones.
+config field has is an error that lists the valid ones. ``refine``'s ``algorithm`` (key or option)
+picks its config, :class:`~.rwsft.RwsftConfig` or :class:`~.grpo.GrpoRefineConfig`; an option of
+the other algorithm's is refused as such.
 
 A recipe is a file, or the name of one that ships with the package (``paper-3b``,
 ``recommended``, ``tiny-cpu``; ``reasonrank-train recipes`` lists them, and the accelerate
@@ -25,7 +27,7 @@ import dataclasses
 import difflib
 import re
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import yaml
 from transformers import HfArgumentParser
@@ -38,15 +40,26 @@ class RecipeError(InputError):
 
 
 @dataclasses.dataclass(frozen=True)
+class Choice:
+    """A key whose value picks a command's first config: refine's ``algorithm`` picks rwsft's or GRPO's."""
+
+    key: str
+    configs: dict[str, str]  # value -> the name of its config
+    default: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Command:
     """A command of ``reasonrank-train``: a function of :mod:`pyterrier_reasonrank.training` of the same name.
 
-    It holds the configs the command takes (by name, so that listing commands loads nothing) and
-    what it does.
+    It holds the configs the command takes (by name, so that listing commands loads nothing), what
+    it does, and the key that picks its first config, if any (the first name is then the configs'
+    shared base).
     """
 
     configs: tuple[str, ...]
     summary: str
+    choice: Optional[Choice] = None
 
 
 COMMANDS = {
@@ -55,7 +68,8 @@ COMMANDS = {
     "distill": Command(("DistillConfig", "StudentConfig"), "supervised fine-tuning of the student on the annotations "
                                                            "(LoRA / QLoRA / full)"),
     "refine": Command(("RefineConfig", "StudentConfig"), "reinforcement learning from the distilled student "
-                                                         "(rwsft or grpo)"),
+                                                         "(rwsft or grpo)",
+                      Choice("algorithm", {"rwsft": "RwsftConfig", "grpo": "GrpoRefineConfig"}, default="rwsft")),
 }
 """The commands of ``reasonrank-train``, by name."""
 
@@ -128,13 +142,23 @@ def _summary(path: Path) -> str:
     return re.split(r"[:.](?:\s|$)", first.lstrip("# "), maxsplit=1)[0] if first.startswith("#") else ""
 
 
-def config_types(command: str) -> tuple:
-    """The dataclass configs a command takes."""
+def config_types(command: str, chosen: Optional[str] = None) -> tuple:
+    """The dataclass configs a command takes; for a command with a :class:`Choice`, those of the value ``chosen``.
+
+    ``config_types("refine", "grpo")`` is ``(GrpoRefineConfig, StudentConfig)``; without ``chosen``,
+    the choice's default.
+    """
     if command not in COMMANDS:
         raise InputError(f"unknown command {command!r}; one of {list(COMMANDS)}")
     from pyterrier_reasonrank import training  # loads the (heavy) training stack on use
 
-    return tuple(getattr(training, name) for name in COMMANDS[command].configs)
+    names, choice = COMMANDS[command].configs, COMMANDS[command].choice
+    if choice is not None:
+        chosen = choice.default if chosen is None else chosen
+        if chosen not in choice.configs:
+            raise InputError(f"{choice.key} {chosen!r} is not one of {', '.join(choice.configs)}")
+        names = (choice.configs[chosen], *names[1:])
+    return tuple(getattr(training, name) for name in names)
 
 
 def read_recipe(command: str, path: Optional[str], overrides: Sequence[str] = ()) -> tuple:
@@ -150,7 +174,43 @@ def read_recipe(command: str, path: Optional[str], overrides: Sequence[str] = ()
     """
     path = str(recipe_path(path)) if path is not None else None
     where = f"the '{command}:' section of {path}" if path else "the command line"
-    return parse_configs(config_types(command), recipe_section(path, command), overrides, where=where)
+    return parse_command(command, recipe_section(path, command), overrides, where=where)
+
+
+def parse_command(command: str, section: dict, argv: Sequence[str], *, where: str = "the recipe") -> tuple:
+    """The configs of ``command`` from a recipe section, overridden by command-line options.
+
+    For a command with a :class:`Choice` (refine's ``algorithm``), the option, else the section's
+    key, else the default picks the configs; a key of another choice's configs is refused as such.
+
+    Raises:
+        RecipeError: As :func:`parse_configs`, or a choice that is not one of the configs'.
+    """
+    choice = COMMANDS[command].choice if command in COMMANDS else None
+    if choice is None:
+        return parse_configs(config_types(command), section, argv, where=where)
+    given = option_values(argv, [choice.key])
+    chosen = given[-1] if given else section.get(choice.key, choice.default)
+    if chosen not in choice.configs:
+        source = f"the command line: --{choice.key}" if given else f"{where}: {choice.key}"
+        raise RecipeError(f"{source}: {chosen!r} is not one of {', '.join(choice.configs)}")
+    types = config_types(command, chosen)
+    keys = set(valid_keys(types))
+    elsewhere = {key: f"an option of {choice.key} {other}, not {chosen}" for other in choice.configs
+                 if other != chosen for key in valid_keys(config_types(command, other)) if key not in keys}
+    return parse_configs(types, section, argv, where=where, elsewhere=elsewhere)
+
+
+def option_values(argv: Sequence[str], names: Iterable[str]) -> list[str]:
+    """The values given to the options ``--name value`` or ``--name=value`` in ``argv``, in order."""
+    values = []
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == f"--{name}" and i + 1 < len(argv):
+                values.append(argv[i + 1])
+            elif arg.startswith(f"--{name}="):
+                values.append(arg.split("=", 1)[1])
+    return values
 
 
 def valid_keys(config_types: Sequence[type]) -> list[str]:
@@ -183,17 +243,26 @@ def recipe_section(path: Optional[str], section: str) -> dict:
 
 
 def parse_configs(config_types: Sequence[type], section: dict, argv: Sequence[str], *,
-                  where: str = "the recipe") -> tuple:
+                  where: str = "the recipe", elsewhere: Optional[dict[str, str]] = None) -> tuple:
     """Build the configs from a recipe section, overridden by command-line options.
+
+    Args:
+        config_types: The configs' dataclasses.
+        section: The recipe's keys and values.
+        argv: Command-line options on top (``["--learning_rate", "1e-4"]``).
+        where: Where the section comes from, in errors.
+        elsewhere: Keys these configs do not take but others do, each with what to say of it
+            (``{"beta": "an option of algorithm grpo, not rwsft"}``).
 
     Raises:
         RecipeError: A key or option that no config takes (the valid ones are listed), a value of
             the wrong type, or a combination the configs refuse.
     """
     keys = valid_keys(config_types)
+    elsewhere = elsewhere or {}
     unknown = sorted(set(section) - set(keys))
     if unknown:
-        raise RecipeError(_unknown_message(f"unknown key(s) in {where}", unknown, keys, ""))
+        raise RecipeError(_unknown_message(f"unknown key(s) in {where}", unknown, keys, "", elsewhere))
     parser = _Parser(config_types)
     parser.allow_abbrev = False  # "--lora_alph" is a typo to report, not lora_alpha
     options = {action.dest: action for action in parser._actions if f"--{action.dest}" in action.option_strings}
@@ -207,7 +276,7 @@ def parse_configs(config_types: Sequence[type], section: dict, argv: Sequence[st
         raise RecipeError(f"the {names} configuration: {error}") from None
     if remaining:
         options = [arg for arg in remaining if arg.startswith("--")] or remaining
-        raise RecipeError(_unknown_message("unknown command-line option(s)", options, keys, "--"))
+        raise RecipeError(_unknown_message("unknown command-line option(s)", options, keys, "--", elsewhere))
     return tuple(configs)
 
 
@@ -271,11 +340,15 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
-def _unknown_message(what: str, unknown: Sequence[str], keys: Sequence[str], prefix: str) -> str:
+def _unknown_message(what: str, unknown: Sequence[str], keys: Sequence[str], prefix: str,
+                     elsewhere: dict[str, str]) -> str:
     hints = []
     for name in unknown:
-        close = difflib.get_close_matches(name.lstrip("-").split("=")[0], keys, n=1)
-        if close:
+        key = name.lstrip("-").split("=")[0]
+        close = difflib.get_close_matches(key, keys, n=1)
+        if key in elsewhere:
+            hints.append(f"{name} ({elsewhere[key]})")
+        elif close:
             hints.append(f"{name} (did you mean {prefix}{close[0]}?)")
         else:
             hints.append(name)
