@@ -115,17 +115,18 @@ def _distil(work: Path, model: Path, task: GradedLists, setup: dict) -> Path:
 
 def _refine(work: Path, distilled: Path, arm: str, seed: int, setup: dict) -> Path:
     """The distilled student refined with GRPO under one reward and seed."""
-    from pyterrier_reasonrank.training.refinement import RefineConfig, refine
+    from pyterrier_reasonrank.training.grpo import GrpoRefineConfig
+    from pyterrier_reasonrank.training.refinement import refine
     from pyterrier_reasonrank.training.student import StudentConfig
 
     output = work / f"{arm}-{seed}"
     generations = setup["generations"]
-    refine(RefineConfig(output_dir=str(output), algorithm="grpo", train_file=str(work / "refine.jsonl"),
-                        rewards=[arm], num_generations=generations, temperature=1.0,
-                        max_completion_length=EXPLANATION_BUDGET, per_device_train_batch_size=10 * generations,
-                        max_steps=setup["steps"], learning_rate=setup["learning_rate"], lr_scheduler_type="constant",
-                        save_strategy="no", logging_steps=max(1, setup["steps"] // 4), disable_tqdm=True,
-                        report_to="none", seed=seed),
+    refine(GrpoRefineConfig(output_dir=str(output), train_file=str(work / "refine.jsonl"), rewards=[arm],
+                            num_generations=generations, temperature=1.0, max_completion_length=EXPLANATION_BUDGET,
+                            per_device_train_batch_size=10 * generations, max_steps=setup["steps"],
+                            learning_rate=setup["learning_rate"], lr_scheduler_type="constant", save_strategy="no",
+                            logging_steps=max(1, setup["steps"] // 4), disable_tqdm=True, report_to="none",
+                            seed=seed),
            StudentConfig(adapter=str(distilled)))
     return output
 

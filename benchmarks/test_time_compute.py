@@ -15,8 +15,18 @@ then re-ranks the same held-out queries (nine documents each, one per depth word
 It reports nDCG@10, tokens generated per query, the share of pairs explained and the time, as a
 Markdown table, and plots tokens against nDCG@10 (PNG).
 
+``--part cost`` measures what the policies cost as users pay it, on long documents: BRIGHT's real
+queries (../shared/data/bright) with documents of 512-1,024 tokens, a model of real shape (random
+weights: Qwen2.5-0.5B's), on the transformers backend and vLLM's engine. Per policy — direct,
+explain, adaptive (the pairs around a cut-off explained) and explain with k samples — the wall time
+after a warm-up, and the model's work: prompt tokens computed, prompt tokens served from a cache
+(the transformers backend's prompt cache, vLLM's prefix cache, by its own counters) and tokens
+decoded. Each policy starts from an empty cache.
+
     python benchmarks/test_time_compute.py --output results.md --plot benchmarks/test-time-compute.png
+    python benchmarks/test_time_compute.py --part cost --output cost.md --plot benchmarks/test-time-cost.png
     python benchmarks/test_time_compute.py --quick      # a minute: checks that the script runs
+    python benchmarks/test_time_compute.py --part cost --quick
 """
 from __future__ import annotations
 
@@ -40,6 +50,12 @@ LORA = dict(lora_r=16, lora_alpha=32, lora_dropout=0.0, lora_target_modules=["al
 FULL = {"pairs": 600, "epochs": 6, "direct_fraction": 0.25, "queries_per_topic": 20, "samples": 4,
         "thresholds": (0.1, 0.3, 0.5, 0.7)}
 QUICK = {"pairs": 160, "epochs": 1, "direct_fraction": 1.0, "queries_per_topic": 2, "samples": 2, "thresholds": (0.5,)}
+COST = {"model": "qwen2.5-0.5b", "domain": "biology", "queries": 2, "docs": 10, "doc_words": 700,
+        "max_doc_tokens": 768, "max_new_tokens": 32, "batch_size": 20, "samples": 4, "cutoff": 3, "margin": 1,
+        "backends": ("transformers", "vllm")}
+COST_QUICK = {**COST, "model": None, "queries": 1, "docs": 4, "doc_words": 150, "max_doc_tokens": 128,
+              "max_new_tokens": 8, "batch_size": 4, "samples": 2, "cutoff": 2, "backends": ("transformers",)}
+SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -51,7 +67,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--direct-fraction", type=float, default=None,
                         help=f"share of the pairs also trained in direct mode (default: {FULL['direct_fraction']})")
     parser.add_argument("--quick", action="store_true", help="a small student and task: checks that the script runs")
+    parser.add_argument("--part", choices=("quality", "cost"), default="quality",
+                        help="quality: nDCG@10 against tokens on the synthetic task; cost: time and model work on "
+                             "long documents, on both backends")
+    parser.add_argument("--backends", nargs="+", default=None, help="cost: the backends (default: transformers vllm)")
     args = parser.parse_args(argv)
+    if args.part == "cost":
+        setup = dict(COST_QUICK if args.quick else COST)
+        setup["backends"] = tuple(args.backends or setup["backends"])
+        rows = cost(setup)
+        report = _cost_report(rows, setup)
+        print(report)
+        if args.output:
+            Path(args.output).write_text(report + "\n")
+        if args.plot:
+            _cost_plot(rows, args.plot)
+        return
     setup = dict(QUICK if args.quick else FULL)
     if args.epochs is not None:
         setup["epochs"] = args.epochs
@@ -99,6 +130,113 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         Path(args.output).write_text(report + "\n")
     if args.plot:
         _plot(rows, args.plot)
+
+
+def cost(setup: dict) -> list[dict]:
+    """Each policy's wall time and model work, per backend, on BRIGHT queries with long documents."""
+    import gzip
+    import random
+
+    import pandas as pd
+
+    from pyterrier_reasonrank import Escalation, Student
+    from pyterrier_reasonrank.testing import build_random_model, build_tiny_model
+
+    work = Path(tempfile.mkdtemp(prefix="reasonrank-cost-"))
+    model = build_tiny_model(work / "model") if setup["model"] is None else \
+        build_random_model(work / "model", setup["model"], dtype="float32")
+    topics = SHARED / "data" / "bright" / f"topics.bright-{setup['domain']}-original.jsonl.gz"
+    with gzip.open(topics, "rt") as file:
+        queries = [json.loads(line) for line in file][:setup["queries"]]
+    words = "moon ocean tide gravity cell protein gene enzyme river glacier climate orbit energy mass".split()
+    draw = random.Random(0)
+    frame = pd.DataFrame([{"qid": str(q["id"]), "query": q["query"], "docno": f"{q['id']}-{d}",
+                           "text": " ".join(draw.choice(words) for _ in range(setup["doc_words"]))}
+                          for q in queries for d in range(setup["docs"])])
+    k = setup["samples"]
+    options = dict(max_new_tokens=setup["max_new_tokens"], max_doc_tokens=setup["max_doc_tokens"],
+                   batch_size=setup["batch_size"])
+    policies = {"direct": dict(mode="direct"), "explain": {},
+                "adaptive": dict(mode="adaptive", escalation=Escalation(entropy=None, cutoff=setup["cutoff"],
+                                                                        margin=setup["margin"])),
+                f"explain, {k} samples": dict(samples=k, temperature=1.0)}
+    rows = []
+    for backend in setup["backends"]:
+        engine_options = {"enforce_eager": True, "max_model_len": 4096} if backend == "vllm" else None
+        student = Student(str(model), backend=backend, dtype="float32", engine_options=engine_options)
+        student.ranker(mode="direct", **options)(frame.head(2))  # warm-up: kernels, allocations
+        for name, policy in policies.items():
+            ranker = student.ranker(**options, **policy)
+            _forget(student)
+            before = dict(student.engine.counts)
+            start = time.perf_counter()
+            ranked = ranker(frame)
+            seconds = time.perf_counter() - start
+            spent = {key: student.engine.counts[key] - before[key] for key in before}
+            rows.append({"backend": backend, "policy": name, "seconds": seconds, **spent,
+                         "explained": int((ranked["samples"] > 0).sum()), "pairs": len(ranked),
+                         "generated": int(ranked["tokens"].sum())})
+            print("measured:", json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def _forget(student: object) -> None:
+    """Empty the student's prompt (or prefix) cache, so that each policy starts as a first run would."""
+    engine = student.engine
+    if hasattr(engine, "prompt_cache"):
+        engine.prompt_cache.clear()
+    else:
+        engine.engine.reset_prefix_cache()
+
+
+def _cost_report(rows: list[dict], setup: dict) -> str:
+    lines = [f"# What test-time compute costs on long documents ({machine('cpu')})", "",
+             f"{setup['queries']} BRIGHT {setup['domain']} queries x {setup['docs']} documents of "
+             f"{setup['doc_words']} words (cut at {setup['max_doc_tokens']} tokens); model: "
+             f"{setup['model'] or 'tiny'} shape, random weights, float32; explanation budget "
+             f"{setup['max_new_tokens']} tokens; adaptive explains the pairs within {setup['margin']} of rank "
+             f"{setup['cutoff']}; each policy from an empty cache, after a warm-up.", "",
+             "| backend | policy | seconds | of explain's | prompt tokens computed | served from cache | "
+             "tokens decoded | pairs explained |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        explain = next(r for r in rows if r["backend"] == row["backend"] and r["policy"] == "explain")
+        lines.append(f"| {row['backend']} | {row['policy']} | {row['seconds']:.1f} | "
+                     f"{row['seconds'] / explain['seconds']:.0%} | {row['computed']} | {row['cached']} | "
+                     f"{row['decoded']} | {row['explained']} of {row['pairs']} |")
+    for backend in dict.fromkeys(row["backend"] for row in rows):
+        by = {row["policy"]: row["seconds"] for row in rows if row["backend"] == backend}
+        if {"direct", "explain", "adaptive"} <= set(by) and by["explain"] > by["direct"]:
+            share = (by["adaptive"] - by["direct"]) / (by["explain"] - by["direct"])
+            lines.append(f"\n{backend}: adaptive costs direct + {share:.0%} of explain's extra time.")
+    return "\n".join(lines)
+
+
+def _cost_plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backends = list(dict.fromkeys(row["backend"] for row in rows))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for backend, offset in zip(backends, (-0.2, 0.2)):
+        mine = [row for row in rows if row["backend"] == backend]
+        x = [i + offset for i in range(len(mine))]
+        axes[0].bar(x, [row["seconds"] for row in mine], width=0.4, label=backend)
+        axes[1].bar(x, [row["computed"] for row in mine], width=0.4, label=f"{backend}: prompt computed")
+        axes[1].bar(x, [row["decoded"] for row in mine], width=0.4, bottom=[row["computed"] for row in mine],
+                    label=f"{backend}: decoded", alpha=0.6)
+    names = [row["policy"] for row in rows if row["backend"] == backends[0]]
+    for axis, title, unit in ((axes[0], "Wall time per policy", "seconds"),
+                              (axes[1], "Model work per policy", "tokens")):
+        axis.set_xticks(range(len(names)), names, rotation=15)
+        axis.set_title(title)
+        axis.set_ylabel(unit)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def _distil(work: Path, model: Path, vocabulary: Vocabulary, setup: dict) -> tuple[Path, dict]:

@@ -8,7 +8,7 @@ from .query_generator import QueryGenerator
 from .ranker import ReasonRanker
 from .store import JudgementStore
 from .student import Student
-from .version import __version__
+from .versions import __version__
 
 __all__ = ["Student", "ReasonRanker", "QueryGenerator", "JudgementStore", "Escalation", "ReasonRankResults",
            "explanations_html", "write_report", "DEFAULT_MODEL", "UserError", "InputError", "EndpointError",

@@ -26,7 +26,7 @@ import json
 from typing import TYPE_CHECKING, Optional
 
 from .loading import fingerprint, model_name, resolve_device, resolve_dtype
-from .prompts import FORMAT_VERSION, Mode, PromptEncoder, chat_template_sha256
+from .prompts import Mode, PromptEncoder, chat_template_sha256
 
 if TYPE_CHECKING:
     from .judging import Sampling
@@ -67,7 +67,7 @@ def provenance(identity: dict, encoder: PromptEncoder, mode: Mode, sampling: Sam
     sampled = mode == "explain" and any(temperature > 0 for temperature, _ in draws)
     shared = not sampled and identity.get("dtype") == "torch.float32"  # backends agree: see the module docstring
     fields = {name: value for name, value in identity.items() if name != "backend" or not shared}
-    fields.update(format_version=FORMAT_VERSION, mode=mode, max_query_tokens=encoder.max_query_tokens,
+    fields.update(format_version=encoder.format_version, mode=mode, max_query_tokens=encoder.max_query_tokens,
                   max_doc_tokens=encoder.max_doc_tokens, template_variables=encoder.template_variables,
                   chat_template_sha256=chat_template_sha256(encoder.tokenizer))
     if mode == "explain":

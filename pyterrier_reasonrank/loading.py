@@ -18,6 +18,7 @@ from pyterrier_reasonrank.errors import InputError, ModelNotFoundError, PickleCh
 from pyterrier_reasonrank.settings import FILENAME
 
 if TYPE_CHECKING:
+    from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
@@ -43,19 +44,49 @@ def load_causal_lm(model: Optional[str], adapter: Optional[str] = None, *, dtype
         ModelNotFoundError: The model or adapter could not be found (locally, in the cache or on the Hub).
         PickleCheckpointError: Its weights are pickle files only.
     """
-    from transformers import AutoModelForCausalLM
-
     name = model_name(model, adapter)
-    with clear_load_errors("model", name):
-        lm = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                  use_safetensors=True)
+    lm = load_model(name, dtype=dtype, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(tokenizer_source(name, adapter), trust_remote_code=trust_remote_code)
     if adapter is not None:
-        from peft import PeftModel
-
-        with clear_load_errors("adapter", adapter):
-            lm = PeftModel.from_pretrained(lm, adapter).merge_and_unload()
+        lm = load_adapter(lm, adapter).merge_and_unload()
     return lm, tokenizer
+
+
+def load_model(name: str, *, dtype: Union[torch.dtype, str], trust_remote_code: bool = False,
+               model_class: Optional[type] = None, what: str = "model", **options: object) -> PreTrainedModel:
+    """The model at ``name`` (a Hub id or directory), from its safetensors weights.
+
+    Args:
+        name: Hub id or local directory.
+        dtype: Its dtype (a ``torch.dtype``, a name such as ``"bfloat16"``, or ``"auto"``: the checkpoint's).
+        trust_remote_code: Allow the model's own code to run.
+        model_class: The transformers auto class (default: ``AutoModelForCausalLM``).
+        what: What it is, in the error when it cannot be loaded (``"reward model"``...).
+        **options: Further arguments of ``from_pretrained`` (``revision``, ``attn_implementation``,
+            ``quantization_config``, ``device_map``...).
+
+    Raises:
+        ModelNotFoundError: It could not be found (locally, in the cache or on the Hub).
+        PickleCheckpointError: Its weights are pickle files only.
+    """
+    from transformers import AutoModelForCausalLM
+
+    with clear_load_errors(what, name):
+        return (model_class or AutoModelForCausalLM).from_pretrained(
+            name, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **options)
+
+
+def load_adapter(model: PreTrainedModel, adapter: str, *, trainable: bool = False) -> PeftModel:
+    """``model`` with the PEFT adapter at ``adapter`` (a Hub id or directory) on it; its weights trainable if asked.
+
+    Raises:
+        ModelNotFoundError: The adapter could not be found, or its directory holds no weights.
+        PickleCheckpointError: Its weights are pickle files only.
+    """
+    from peft import PeftModel
+
+    with clear_load_errors("adapter", adapter):
+        return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
 
 
 def fingerprint(source: str) -> str:

@@ -34,10 +34,19 @@ from .tokenization import TextTokenizer
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-FORMAT_VERSION = 1
-"""The version of the prompt and response format. A trained student records the version it was
-trained with (see :mod:`pyterrier_reasonrank.settings`); a version this library does not know is
-refused rather than served with another format."""
+FORMAT_VERSION = 2
+"""The version of the prompt and response format that students are trained with now. A trained
+student records the version it was trained with (see :mod:`pyterrier_reasonrank.settings`) and is
+served with it; a version this library does not know is refused rather than served with another.
+
+- Version 2: one prompt for every mode — the same instructions and user turn — and the mode chosen
+  by how the response starts: ``Explanation:`` (explain) or ``Relevance:`` (direct), after the
+  template's (empty) think block where it has one. A pair's prompt is then read once for all of its
+  judgements: the direct one, the explanation it is escalated to, the samples drawn.
+- Version 1: explain and direct modes had instructions of their own (the explain prompt is the same
+  as version 2's)."""
+FORMAT_VERSIONS: tuple[int, ...] = (1, 2)
+"""The prompt format versions this library serves."""
 
 Mode = Literal["explain", "direct"]
 MODES: tuple[str, ...] = ("explain", "direct")
@@ -126,11 +135,18 @@ def hint_text(label: int) -> str:
     return f"Hint: human assessors judged this document {label} ({LABEL_NAMES[label]})."
 
 
-def messages(query: str, document: str, mode: Mode = "explain", hint: Optional[str] = None) -> list[dict[str, str]]:
-    """The chat messages (system, user) for one query-document pair."""
+def messages(query: str, document: str, mode: Mode = "explain", hint: Optional[str] = None, *,
+             format_version: int = FORMAT_VERSION) -> list[dict[str, str]]:
+    """The chat messages (system, user) for one query-document pair.
+
+    In format version 2 they are the same for every mode (the response's start chooses it); in
+    version 1 each mode had its own instructions.
+    """
     _check_mode(mode)
+    _check_format_version(format_version)
+    instructions = INSTRUCTIONS["explain" if format_version >= 2 else mode]
     return [
-        {"role": "system", "content": INSTRUCTIONS[mode]},
+        {"role": "system", "content": instructions},
         {"role": "user", "content": user_message(query, document, hint)},
     ]
 
@@ -296,7 +312,7 @@ class PromptEncoder(_TemplateEncoder):
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, mode: Mode = "explain", *,
                  max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS, max_doc_tokens: int = DEFAULT_MAX_DOC_TOKENS,
-                 template_variables: Optional[Mapping[str, object]] = None):
+                 template_variables: Optional[Mapping[str, object]] = None, format_version: int = FORMAT_VERSION):
         """Check the tokenizer's label tokens and render the prompt template for ``mode`` once.
 
         Args:
@@ -306,25 +322,32 @@ class PromptEncoder(_TemplateEncoder):
             max_doc_tokens: The document is cut to this many tokens.
             template_variables: Chat-template variables besides the conversation (default:
                 :data:`TEMPLATE_VARIABLES`).
+            format_version: The prompt format (:data:`FORMAT_VERSION`; a student is served with the
+                one it was trained with).
 
         Raises:
             ValueError: An unknown ``mode``.
             InputError: A limit below 1, or a tokenizer that does not write each label as one token.
         """
         _check_mode(mode)
+        _check_format_version(format_version)
         for name, value in (("max_query_tokens", max_query_tokens), ("max_doc_tokens", max_doc_tokens)):
             if value < 1:
                 raise InputError(f"{name} must be at least 1, got {value}")
         self.mode = mode
         self.max_query_tokens = max_query_tokens
         self.max_doc_tokens = max_doc_tokens
+        self.format_version = format_version
         self.marker_ids, self.forced_marker_ids, self.label_ids = _label_tokens(tokenizer)
+        super().__init__(tokenizer, messages(_QUERY_SLOT, _DOCUMENT_SLOT, mode, format_version=format_version),
+                         [_QUERY_SLOT, _DOCUMENT_SLOT], "", template_variables)
         # The explain prompt ends with the explanation prefix; the direct prompt with the marker,
         # as the model writes it before a label.
-        super().__init__(tokenizer, messages(_QUERY_SLOT, _DOCUMENT_SLOT, mode), [_QUERY_SLOT, _DOCUMENT_SLOT],
-                         EXPLANATION_PREFIX if mode == "explain" else "", template_variables)
-        if mode == "direct":
-            self._pieces[-1] += self.marker_ids
+        self.response_start_ids: list[int] = \
+            self._tokens.template(EXPLANATION_PREFIX) if mode == "explain" else list(self.marker_ids)
+        """The tokens that start the response and choose the mode: what follows the prompt that every
+        mode shares (in format version 2)."""
+        self._pieces[-1] += self.response_start_ids
 
     def encode(self, query: str, document: str, hint: Optional[str] = None, *,
                max_doc_tokens: Optional[int] = None) -> list[int]:
@@ -531,6 +554,11 @@ def _common_prefix(sequences: Sequence[Sequence[int]]) -> list[int]:
     while n < len(first) and all(len(s) > n and s[n] == first[n] for s in sequences):
         n += 1
     return list(first[:n])
+
+
+def _check_format_version(version: object) -> None:
+    if version not in FORMAT_VERSIONS:
+        raise InputError(f"prompt format version {version!r} is not one this library serves: {list(FORMAT_VERSIONS)}")
 
 
 def _check_mode(mode: str) -> None:

@@ -23,6 +23,7 @@ from pyterrier_reasonrank.prompts import (
     DEFAULT_MAX_QUERY_TOKENS,
     DEFAULT_MAX_QUESTION_TOKENS,
     FORMAT_VERSION,
+    FORMAT_VERSIONS,
     LABEL_NAMES,
     MODES,
     TEMPLATE_VARIABLES,
@@ -31,7 +32,7 @@ from pyterrier_reasonrank.prompts import (
     QueryPromptEncoder,
     chat_template_sha256,
 )
-from pyterrier_reasonrank.version import __version__
+from pyterrier_reasonrank.versions import __version__
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -75,7 +76,8 @@ class StudentSettings:
     def encoder(self, tokenizer: PreTrainedTokenizerBase, mode: Mode = "explain") -> PromptEncoder:
         """The judging prompt encoder these settings describe."""
         return PromptEncoder(tokenizer, mode, max_query_tokens=self.max_query_tokens,
-                             max_doc_tokens=self.max_doc_tokens, template_variables=self.template_variables)
+                             max_doc_tokens=self.max_doc_tokens, template_variables=self.template_variables,
+                             format_version=self.format_version)
 
     def query_encoder(self, tokenizer: PreTrainedTokenizerBase) -> QueryPromptEncoder:
         """The query-generation prompt encoder these settings describe."""
@@ -107,10 +109,10 @@ class StudentSettings:
             warnings.warn(f"{source} was saved by pyterrier-reasonrank {saved_by}, newer than this {__version__}; "
                           "upgrade pyterrier-reasonrank if it is not served as it was trained", stacklevel=3)
         version = values.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in FORMAT_VERSIONS:
             raise InputError(f"{source} was trained with prompt format version {version!r}, and this "
-                             f"pyterrier-reasonrank knows version {FORMAT_VERSION}: install the version it was "
-                             "trained with (its model card says which)")
+                             f"pyterrier-reasonrank knows versions {list(FORMAT_VERSIONS)}: install the version it "
+                             "was trained with (its model card says which)")
         known = {f.name for f in dataclasses.fields(cls)}
         settings = cls(**{k: v for k, v in values.items() if k in known})
         if settings.labels != cls().labels:

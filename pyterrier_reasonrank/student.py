@@ -26,7 +26,7 @@ from .backends import BACKENDS, load_local, openai
 from .errors import InputError
 from .identity import student_identity
 from .loading import DEFAULT_MODEL
-from .numeric import positive_int
+from .numeric import non_negative_int, positive_int
 from .settings import StudentSettings, serving_settings
 
 if TYPE_CHECKING:
@@ -46,7 +46,8 @@ class Student:
     def __init__(self, model: Optional[str] = None, *, adapter: Optional[str] = None, backend: str = "transformers",
                  engine_options: Optional[dict] = None, device: Union[str, torch.device, None] = None,
                  dtype: Union[str, torch.dtype, None] = None, base_url: Optional[str] = None,
-                 tokenizer: Optional[str] = None, concurrency: int = 32, trust_remote_code: bool = False):
+                 tokenizer: Optional[str] = None, concurrency: int = 32, trust_remote_code: bool = False,
+                 prompt_cache_tokens: Optional[int] = None):
         """Check and keep the settings; nothing is loaded yet.
 
         Args:
@@ -70,6 +71,11 @@ class Student:
             concurrency: For ``backend="openai"``: requests in flight.
             trust_remote_code: Allow the model's own code from its repository to run. Off unless you
                 trust the repository.
+            prompt_cache_tokens: For ``backend="transformers"``: the most prompt tokens whose keys and
+                values are kept, so that a prompt read once serves every judgement of its pair (direct,
+                the explanation it is escalated to, the samples, a cascade's next ranker); 0 keeps none.
+                Default: 32768 (see :data:`~pyterrier_reasonrank.backends.hf.DEFAULT_PROMPT_CACHE_TOKENS`).
+                vLLM's engine and server keep their own prefix caches.
 
         Raises:
             InputError: An unknown backend, or an option the backend does not take.
@@ -88,6 +94,10 @@ class Student:
         self.tokenizer = tokenizer
         self.concurrency = positive_int("concurrency", concurrency)
         self.trust_remote_code = trust_remote_code
+        if prompt_cache_tokens is not None and backend != "transformers":
+            raise InputError(f"prompt_cache_tokens is an option of the transformers backend; the {backend} backend "
+                             "keeps its own prefix cache")
+        self.prompt_cache_tokens = non_negative_int("prompt_cache_tokens", prompt_cache_tokens, optional=True)
         self._engine: Optional[Backend] = None
         self._identity: Optional[dict] = None
         self._loading = threading.Lock()
@@ -122,7 +132,8 @@ class Student:
                 else:
                     self._engine = load_local(self.backend, self.model, adapter=self.adapter, device=self.device,
                                               dtype=self.dtype, engine_options=self.engine_options,
-                                              trust_remote_code=self.trust_remote_code)
+                                              trust_remote_code=self.trust_remote_code,
+                                              prompt_cache_tokens=self.prompt_cache_tokens)
         return self
 
     @property
@@ -167,7 +178,8 @@ class Student:
 
     def __repr__(self) -> str:
         args = [repr(self.model)] if self.model is not None else []
-        for name in ("adapter", "backend", "engine_options", "device", "dtype", "base_url", "tokenizer"):
+        for name in ("adapter", "backend", "engine_options", "device", "dtype", "base_url", "tokenizer",
+                     "prompt_cache_tokens"):
             value = getattr(self, name)
             if value != _DEFAULTS[name]:
                 args.append(f"{name}={value!r}")
@@ -175,7 +187,7 @@ class Student:
 
 
 _DEFAULTS = {"adapter": None, "backend": "transformers", "engine_options": None, "device": None, "dtype": None,
-             "base_url": None, "tokenizer": None}
+             "base_url": None, "tokenizer": None, "prompt_cache_tokens": None}
 
 
 def student_of(model: Union[str, Student, None], who: str, **options: Any) -> Student:

@@ -12,7 +12,9 @@ from pyterrier_reasonrank import QueryGenerator, ReasonRanker
 from pyterrier_reasonrank.training.annotation import AnnotateConfig, annotate
 from pyterrier_reasonrank.training.distillation import DistillConfig, distill
 from pyterrier_reasonrank.training.records import read_jsonl
-from pyterrier_reasonrank.training.refinement import RefineConfig, refine
+from pyterrier_reasonrank.training.grpo import GrpoRefineConfig
+from pyterrier_reasonrank.training.refinement import refine
+from pyterrier_reasonrank.training.rwsft import RwsftConfig
 from pyterrier_reasonrank.training.student import StudentConfig
 from synthetic import make_pairs, ranking_task, teacher_answer
 
@@ -71,20 +73,20 @@ def test_the_distilled_adapter_writes_queries(distilled, vocabulary):
         [vocabulary.queries(question) for question in topics["query"]]
 
 
-@pytest.mark.parametrize("algorithm, options", [
-    ("rwsft", dict(learning_rate=5e-4, num_generations=4, per_device_train_batch_size=8)),
-    ("grpo", dict(learning_rate=3e-4, num_generations=8, per_device_train_batch_size=32)),
+@pytest.mark.parametrize("algorithm, config_type, options", [
+    ("rwsft", RwsftConfig, dict(learning_rate=5e-4, num_generations=4, per_device_train_batch_size=8)),
+    ("grpo", GrpoRefineConfig, dict(learning_rate=3e-4, num_generations=8, per_device_train_batch_size=32)),
 ])
-def test_refinement_raises_the_held_out_reward(work, distilled, algorithm, options):
+def test_refinement_raises_the_held_out_reward(work, distilled, algorithm, config_type, options):
     # From the student after 1 of its 6 epochs (a checkpoint of the distillation): partly trained,
     # so that there is reward left to gain.
     checkpoints = sorted(distilled[0].glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
     assert len(checkpoints) == 6
-    metrics = refine(RefineConfig(output_dir=str(work / algorithm), algorithm=algorithm,
-                                  train_file=str(work / "refine.jsonl"), eval_file=str(work / "held_out.jsonl"),
-                                  temperature=1.0, max_completion_length=24, lr_scheduler_type="constant",
-                                  num_train_epochs=1, save_strategy="no", logging_steps=10, eval_samples=8,
-                                  disable_tqdm=True, **options),
+    metrics = refine(config_type(output_dir=str(work / algorithm),
+                                 train_file=str(work / "refine.jsonl"), eval_file=str(work / "held_out.jsonl"),
+                                 temperature=1.0, max_completion_length=24, lr_scheduler_type="constant",
+                                 num_train_epochs=1, save_strategy="no", logging_steps=10, eval_samples=8,
+                                 disable_tqdm=True, **options),
                      StudentConfig(adapter=str(checkpoints[0])))
     # label reward + format reward (each 0..1), averaged over 8 samples per held-out pair
     assert metrics["eval_reward_after"] >= metrics["eval_reward_before"] + 0.05

@@ -260,7 +260,7 @@ def test_grpo_with_one_generation_is_one_line_and_nothing_else(tmp_path):
                          capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert run.returncode == 1 and run.stdout == ""
     assert run.stderr.strip().splitlines() == [
-        "reasonrank-train refine: the RefineConfig + StudentConfig configuration: num_generations must be at least "
+        "reasonrank-train refine: the GrpoRefineConfig + StudentConfig configuration: num_generations must be at least "
         "2 with algorithm grpo (its advantages compare the responses to one prompt), got 1"]
 
 

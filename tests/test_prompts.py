@@ -64,8 +64,25 @@ def test_prompt_is_the_chat_template_with_the_response_started(tokenizer):
                                              add_generation_prompt=True)
     assert tokenizer.decode(explain) == expected + "Explanation:"
     direct = PromptEncoder(tokenizer, "direct").encode("what causes tides", "The moon.")
-    assert tokenizer.decode(direct).endswith("<|im_start|>assistant\nRelevance:")
-    assert prompts.INSTRUCTIONS["direct"] in tokenizer.decode(direct)
+    assert tokenizer.decode(direct) == expected + "Relevance:"
+
+
+def test_every_mode_shares_the_prompt_up_to_the_response_in_format_2_not_1(tokenizer):
+    """Format 2: one prompt, the mode chosen by the response's start, so a pair's prompt is read once.
+    Format 1 (students trained before it are served with it): each mode had its own instructions."""
+    explain, direct = (PromptEncoder(tokenizer, mode) for mode in ("explain", "direct"))
+    assert explain.format_version == direct.format_version == prompts.FORMAT_VERSION == 2
+    for (prefix, suffix), (direct_prefix, direct_suffix) in zip(explain.prompts(["q", "q"], ["d", "e"]),
+                                                                  direct.prompts(["q", "q"], ["d", "e"])):
+        assert prefix == direct_prefix
+        assert suffix[:-len(explain.response_start_ids)] == direct_suffix[:-len(direct.response_start_ids)]
+    assert tokenizer.decode(explain.response_start_ids) == "Explanation:"
+    assert direct.response_start_ids == direct.marker_ids
+    old = PromptEncoder(tokenizer, "direct", format_version=1).encode("q", "d")
+    assert prompts.INSTRUCTIONS["direct"] in tokenizer.decode(old)
+    assert PromptEncoder(tokenizer, "explain", format_version=1).encode("q", "d") == explain.encode("q", "d")
+    with pytest.raises(ValueError, match=r"prompt format version 3 is not one this library serves: \[1, 2\]"):
+        PromptEncoder(tokenizer, format_version=3)
 
 
 def test_special_tokens_in_user_text_stay_plain_text(tokenizer):

@@ -310,7 +310,8 @@ def test_cascade_of_direct_then_explain(tiny_model):
 def test_prefix_reuse_gives_the_same_scores_with_less_prefill(tiny_model, mode):
     inp = pairs(3, 5)
     inp["query"] = inp["query"] + " and why the moon matters so much for the sea level at the coast"
-    shared = ReasonRanker(str(tiny_model), mode=mode, batch_size=8, max_new_tokens=6).load()
+    # No prompt cache: it would serve the second run's prompts whole (see test_test_time_compute.py).
+    shared = Student(str(tiny_model), prompt_cache_tokens=0).ranker(mode=mode, batch_size=8, max_new_tokens=6).load()
     computed = []
     hook = shared.student.engine.model.register_forward_pre_hook(
         lambda module, args, kwargs: computed.append(kwargs["input_ids"].numel()), with_kwargs=True)

@@ -77,7 +77,8 @@ def test_grpo_batches_hold_whole_query_groups(distilled, monkeypatch, capsys):
 @pytest.mark.parametrize("options, message", [
     (["--algorithm", "grpo", "--rewards", "composite", "--query_group_size", "3", "--num_generations", "2",
       "--per_device_train_batch_size", "4"], r"\(4 x 1 = 4\) must be a multiple of query_group_size x num_generations"),
-    (["--rewards", "ndcg", "--query_group_size", "1"], "query_group_size must be at least 2"),
+    (["--algorithm", "grpo", "--rewards", "ndcg", "--query_group_size", "1"], "query_group_size must be at least 2"),
+    (["--rewards", "ndcg", "--query_group_size", "3"], "query_group_size .an option of algorithm grpo, not rwsft"),
     (["--rewards", "rr", "--rr_positive_label", "3"], "rr_positive_label must be 1 or 2"),
     (["--rewards", "composite", "--composite_alpha", "1.5"], "composite_alpha"),
 ])

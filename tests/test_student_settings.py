@@ -117,8 +117,24 @@ def test_an_unknown_prompt_format_is_refused(student, tmp_path):
     settings = json.loads((copy / FILENAME).read_text())
     (copy / FILENAME).write_text(json.dumps({**settings, "format_version": FORMAT_VERSION + 1}))
     with pytest.raises(ValueError, match=rf"trained with prompt format version {FORMAT_VERSION + 1}, and this "
-                                         rf"pyterrier-reasonrank knows version {FORMAT_VERSION}"):
+                                         r"pyterrier-reasonrank knows versions \[1, 2\]"):
         ReasonRanker(adapter=str(copy)).load()
+
+
+def test_a_student_trained_with_format_1_is_served_with_format_1(student, tmp_path):
+    import shutil
+
+    from pyterrier_reasonrank.prompts import INSTRUCTIONS
+
+    path, _ = student
+    copy = shutil.copytree(path, tmp_path / "v1", ignore=shutil.ignore_patterns("checkpoint-*"))
+    settings = json.loads((copy / FILENAME).read_text())
+    (copy / FILENAME).write_text(json.dumps({**settings, "format_version": 1}))
+    old, new = (ReasonRanker(adapter=str(folder), mode="direct").encoder for folder in (copy, path))
+    assert old.format_version == 1 and new.format_version == FORMAT_VERSION == 2
+    tokenizer = old.tokenizer
+    assert INSTRUCTIONS["direct"] in tokenizer.decode(old.encode("q", "d"))
+    assert INSTRUCTIONS["direct"] not in tokenizer.decode(new.encode("q", "d"))
 
 
 def test_a_model_without_settings_gets_the_library_defaults(tiny_model):

@@ -124,3 +124,39 @@ def test_adaptive_token_budget_and_cutoff_on_a_scripted_model(explaining, sample
     assert out[out.samples > 0].docno.tolist() == [f"d{q}-{d}" for q in range(3) for d in (1, 2)]
     assert out.tokens.tolist() == [samples * EXPLANATION_TOKENS if s else 0 for s in out.samples]
     assert out.score.tolist() == pytest.approx([expected_score(LABEL_LOGITS)] * 12, abs=1e-6)
+
+
+def computed(student, ranker, inp):
+    """The ranker's output and the tokens its student's model computed keys and values for (a fresh prompt cache)."""
+    student.engine.prompt_cache.clear()
+    before = student.engine.counts["computed"]
+    out = ranker(inp)
+    return out, student.engine.counts["computed"] - before
+
+
+@pytest.mark.parametrize("policy", [
+    dict(mode="adaptive", escalation=Escalation(entropy=None, cutoff=2, margin=1)),  # explains ranks 1 and 2
+    dict(samples=4, temperature=1.0),
+    "cascade",
+])
+def test_a_pairs_prompt_is_read_once_for_every_judgement_of_it(tiny_model, policy):
+    """Format 2 shares a pair's prompt across modes, so the escalated explanation, the samples and a cascade's
+    next ranker continue from the prompt's cache: the prompt is read once, and the scores are those without it."""
+    from pyterrier_reasonrank import Student
+
+    inp = pairs(3, 4)
+    inp["text"] = inp["text"] + " and the sun pulls too, less" * 6  # long prompts, as documents are
+    reusing, reading = Student(str(tiny_model)), Student(str(tiny_model), prompt_cache_tokens=0)
+
+    def ranker(student):
+        if policy == "cascade":
+            return student.ranker(mode="direct") % 2 >> student.ranker(max_new_tokens=6)
+        return student.ranker(max_new_tokens=6, **policy)
+
+    _, one_pass = computed(reading, reading.ranker(mode="direct"), inp)  # every prompt read once
+    reused, spent = computed(reusing, ranker(reusing), inp)
+    read, spent_without = computed(reading, ranker(reading), inp)
+    assert spent <= 1.1 * one_pass < spent_without
+    assert list(reused.docno) == list(read.docno) and list(reused.explanation) == list(read.explanation)
+    assert reused.score.to_numpy() == pytest.approx(read.score.to_numpy(), abs=1e-4)
+    assert reusing.engine.counts["cached"] > 0 and reading.engine.counts["cached"] == 0

@@ -85,7 +85,7 @@ def test_a_missing_section_or_file_is_an_error(tmp_path, capsys):
     assert main(["refine", "--config", str(recipe)]) == 1
     assert "has no 'refine:' section" in capsys.readouterr().err
     assert main(["distill", "--config", str(tmp_path / "none.yaml")]) == 1
-    assert "No such file" in capsys.readouterr().err
+    assert "none.yaml: no such file, nor a bundled recipe; the bundled names: " in capsys.readouterr().err
 
 
 def test_usage(capsys):
@@ -97,7 +97,7 @@ def test_usage(capsys):
 
 def shipped(recipe: str) -> dict:
     """The configs of a shipped recipe, by section (a GPU recipe parsed with bf16 off, as on this CPU)."""
-    from pyterrier_reasonrank.training.recipes import config_types, parse_configs, recipe_section
+    from pyterrier_reasonrank.training.recipes import parse_command, recipe_section
 
     path = str(RECIPES / recipe)
     configs = {}
@@ -105,7 +105,7 @@ def shipped(recipe: str) -> dict:
         options = recipe_section(path, section)
         if options.get("bf16"):
             options = dict(options, bf16=False)
-        configs[section] = parse_configs(config_types(section), options, [])
+        configs[section] = parse_command(section, options, [])
     return configs
 
 

@@ -13,9 +13,8 @@ from pyterrier_reasonrank.settings import StudentSettings
 from pyterrier_reasonrank.testing import build_tiny_reward_model
 from pyterrier_reasonrank.training.distillation import DistillConfig, training_examples
 from pyterrier_reasonrank.training.recipes import RecipeError, parse_configs, recipe_section
-from pyterrier_reasonrank.training.refinement import RefineConfig
 from pyterrier_reasonrank.training.rewards import RewardModelReward, format_reward, label_reward, reward_functions
-from pyterrier_reasonrank.training.rwsft import RewardWeightedTrainer, min_max, weighted_examples
+from pyterrier_reasonrank.training.rwsft import RwsftConfig, RwsftTrainer, min_max, weighted_examples
 from pyterrier_reasonrank.training.student import StudentConfig, load_student
 
 JUDGEMENT = {"query": "what causes tides", "text": "The moon pulls the ocean.", "explanation": "It names the cause.",
@@ -98,10 +97,10 @@ def test_a_reward_of_your_own_by_its_import_path():
 
 def test_a_reward_model_mixed_with_other_rewards_needs_explicit_weights(tmp_path):
     with pytest.raises(ValueError, match=r"mix a reward model's scores .* give reward_weights"):
-        RefineConfig(output_dir=str(tmp_path), rewards=["label", "reward_model"], reward_model="rm")
-    assert RefineConfig(output_dir=str(tmp_path), rewards=["reward_model"], reward_model="rm").rewards == ["reward_model"]
-    assert RefineConfig(output_dir=str(tmp_path), rewards=["label", "reward_model"], reward_model="rm",
-                        reward_weights=[1.0, 0.1]).reward_weights == [1.0, 0.1]
+        RwsftConfig(output_dir=str(tmp_path), rewards=["label", "reward_model"], reward_model="rm")
+    assert RwsftConfig(output_dir=str(tmp_path), rewards=["reward_model"], reward_model="rm").rewards == ["reward_model"]
+    assert RwsftConfig(output_dir=str(tmp_path), rewards=["label", "reward_model"], reward_model="rm",
+                       reward_weights=[1.0, 0.1]).reward_weights == [1.0, 0.1]
 
 
 def test_reward_model_reward_scores_each_response(tmp_path):
@@ -134,8 +133,8 @@ def test_reward_weighted_loss_is_the_weighted_response_nll(tiny_model, tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     examples = [{"input_ids": [5, 6, 7, 8, 9], "completion_mask": [0, 0, 1, 1, 1], "weight": 0.5},
                 {"input_ids": [10, 11, 12], "completion_mask": [0, 1, 1], "weight": 1.0}]
-    trainer = RewardWeightedTrainer(model=model, args=RefineConfig(output_dir=str(tmp_path)),
-                                    train_dataset=Dataset.from_list(examples), pad_token_id=tokenizer.pad_token_id)
+    trainer = RwsftTrainer(model=model, args=RwsftConfig(output_dir=str(tmp_path)),
+                           train_dataset=Dataset.from_list(examples), pad_token_id=tokenizer.pad_token_id)
     batch = trainer.data_collator(examples)
     loss = trainer.compute_loss(model, batch)
     expected = []

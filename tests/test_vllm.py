@@ -215,15 +215,37 @@ def test_the_engine_generates_queries_and_samples(decisive_model):
 
 def test_refinement_draws_its_candidates_with_the_engine(adapter, vocabulary, tmp_path):
     """rwsft samples with vLLM's engine (in a process of its own) from the adapter it starts from."""
-    from pyterrier_reasonrank.training.refinement import RefineConfig, refine
+    from pyterrier_reasonrank.training.refinement import refine
+    from pyterrier_reasonrank.training.rwsft import RwsftConfig
     from pyterrier_reasonrank.training.student import StudentConfig
     from synthetic import write_annotations
 
     data = write_annotations(vocabulary, tmp_path / "train.jsonl", 6)
-    config = RefineConfig(output_dir=str(tmp_path / "refined"), train_file=str(data), algorithm="rwsft",
-                          sampling_backend="vllm", sampling_engine_options={"max_model_len": 1024, **ENGINE},
-                          num_generations=2, temperature=1.0, max_completion_length=6, max_steps=1,
-                          per_device_train_batch_size=4, save_strategy="no", disable_tqdm=True)
+    config = RwsftConfig(output_dir=str(tmp_path / "refined"), train_file=str(data),
+                         sampling_backend="vllm", sampling_engine_options={"max_model_len": 1024, **ENGINE},
+                         num_generations=2, temperature=1.0, max_completion_length=6, max_steps=1,
+                         per_device_train_batch_size=4, save_strategy="no", disable_tqdm=True)
     metrics = refine(config, StudentConfig(adapter=str(adapter), dtype="float32"))
     assert metrics["sampling"]["pairs"] == 6 and metrics["sampling"]["kept"] >= 6 and metrics["steps"] == 1
     assert (tmp_path / "refined" / "adapter_model.safetensors").exists()
+
+
+def test_an_escalated_pair_is_read_from_the_engines_prefix_cache(decisive_model):
+    """Format 2 shares a pair's prompt across modes, so vLLM's prefix cache serves the prompt of an escalated
+    pair's explanation from its direct judgement (the engine's own counters say so), and the scores are those of
+    the same policy on the transformers backend without any prompt reuse."""
+    from pyterrier_reasonrank import Escalation, Student
+
+    inp = pairs(2, 4)
+    inp["text"] = inp["text"] + " and the sun pulls the ocean too, less strongly" * 60  # prompts of ~500+ tokens
+    policy = dict(mode="adaptive", escalation=Escalation(entropy=None, cutoff=2, margin=1), max_new_tokens=8)
+    student = Student(str(decisive_model), backend="vllm", dtype="float32", engine_options=ENGINE)
+    engine = student.engine
+    before = len(engine.requests)
+    out = student.ranker(**policy)(inp)
+    assert (out.samples > 0).sum() == 4  # ranks 1 and 2 of each query
+    explained = list(engine.requests)[before + len(inp):]  # after one direct request per pair
+    assert len(explained) >= 8 and all(cached >= 0.75 * prompt for prompt, cached in explained), explained
+    reference = Student(str(decisive_model), prompt_cache_tokens=0).ranker(**policy)(inp)
+    assert list(out.docno) == list(reference.docno) and list(out.explanation) == list(reference.explanation)
+    assert out.score.to_numpy() == pytest.approx(reference.score.to_numpy(), abs=1e-4)

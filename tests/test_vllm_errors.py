@@ -96,9 +96,9 @@ def test_an_adapter_without_weights_is_the_same_error_from_every_backend(tiny_mo
 
 
 def test_sampling_engine_options_that_are_not_json_are_named(tmp_path):
-    from pyterrier_reasonrank.training.refinement import RefineConfig
+    from pyterrier_reasonrank.training.rwsft import RwsftConfig
 
     with pytest.raises(InputError, match=r"^sampling_engine_options is not JSON \(Expecting property name .*\): give "
                                          r"the options of vllm\.LLM as a JSON object"):
-        RefineConfig(output_dir=str(tmp_path), train_file="train.jsonl", algorithm="rwsft", sampling_backend="vllm",
-                     sampling_engine_options="{gpu_memory_utilization: 0.5}")
+        RwsftConfig(output_dir=str(tmp_path), train_file="train.jsonl", sampling_backend="vllm",
+                    sampling_engine_options="{gpu_memory_utilization: 0.5}")

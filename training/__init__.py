@@ -3,6 +3,7 @@
 .. code-block:: python
 
     from pyterrier_reasonrank.training import AnnotateConfig, annotate, DistillConfig, distill, StudentConfig
+    from pyterrier_reasonrank.training import RwsftConfig, GrpoRefineConfig, refine  # a config per algorithm
 
 The stages' modules load trl, datasets and the teachers' clients on first use, not on import.
 """
@@ -26,7 +27,8 @@ _EXPORTS = {
     "OpenAITeacher": "teachers", "LocalTeacher": "teachers",
     "StudentConfig": "student", "load_student": "student",
     "DistillConfig": "distillation", "distill": "distillation",
-    "RefineConfig": "refinement", "refine": "refinement",
+    "RefineConfig": "refine_config", "refine": "refinement",
+    "RwsftConfig": "rwsft", "RwsftTrainer": "rwsft", "GrpoRefineConfig": "grpo", "GrpoRefineTrainer": "grpo",
     "label_reward": "rewards", "format_reward": "rewards", "RewardModelReward": "rewards",
     "label_accuracy": "evaluation", "mean_reward": "evaluation",
     "read_recipe": "recipes",

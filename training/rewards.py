@@ -85,16 +85,14 @@ class RewardModelReward:
         Raises:
             ModelNotFoundError: The reward model could not be found.
         """
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        from pyterrier_reasonrank.loading import clear_load_errors, resolve_device, resolve_dtype
+        from pyterrier_reasonrank.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
 
         device = resolve_device(device)
-        with clear_load_errors("reward model", model):
-            self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                model, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code,
-                use_safetensors=True).to(device).eval()
+        self.model = load_model(model, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code,
+                                model_class=AutoModelForSequenceClassification, what="reward model").to(device).eval()
+        self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.model.config.pad_token_id is None:

@@ -10,9 +10,9 @@ from typing import Sequence
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-import pyterrier_reasonrank
 from pyterrier_reasonrank.redaction import config_secrets, scrub
 from pyterrier_reasonrank.settings import StudentSettings
+from pyterrier_reasonrank.versions import library_versions
 
 from .model_card import model_card
 
@@ -85,10 +85,6 @@ def write_run_card(output_dir: str, *, stage: str, configs: Sequence, data: dict
     path = Path(output_dir) / "run_card.json"
     if not is_main_process():
         return path
-    import torch
-    import transformers
-    import trl
-
     card = {
         "stage": stage,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -96,8 +92,7 @@ def write_run_card(output_dir: str, *, stage: str, configs: Sequence, data: dict
         "data": data,
         "metrics": metrics,
         "processes": PartialState().num_processes,
-        "versions": {"pyterrier_reasonrank": pyterrier_reasonrank.__version__, "transformers": transformers.__version__,
-                     "trl": trl.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "versions": {**library_versions(), "python": platform.python_version()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(scrub(json.dumps(card, indent=2, default=str), config_secrets(*configs)) + "\n")

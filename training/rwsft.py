@@ -11,20 +11,70 @@ are zero there).
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 
 from pyterrier_reasonrank.backends import Completion
+from pyterrier_reasonrank.errors import InputError
+from pyterrier_reasonrank.numeric import check_fields, non_negative_number, proportion
 from pyterrier_reasonrank.prompts import PromptEncoder
 
 from .evaluation import total_rewards
+from .refine_config import ALGORITHM_HELP, RefineConfig
 from .rewards import reward_columns
+from .sampling import SAMPLING_BACKENDS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+
+@dataclass
+class RwsftConfig(RefineConfig, TrainingArguments):
+    """The reward-weighted fine-tuning's config: transformers' ``TrainingArguments`` plus the refinement's settings.
+
+    Those are the data, rewards and sampling both algorithms share (:class:`~.refine_config.RefineConfig`),
+    and how responses are drawn, kept and weighted. Defaults differ from ``TrainingArguments`` in
+    bf16 (only on a GPU that supports it), ``report_to`` (none), and as GRPO's: ``learning_rate``
+    1e-6, ``gradient_checkpointing`` on, ``logging_steps`` 10 (what rwsft trained with when it was
+    configured by ``GRPOConfig``, so that a recipe trains as it did).
+    """
+
+    algorithm: str = field(default="rwsft", metadata={"help": ALGORITHM_HELP})
+    learning_rate: float = field(default=1e-6, metadata={"help": "The initial learning rate for AdamW."})
+    gradient_checkpointing: bool = field(default=True, metadata={
+        "help": "checkpoint activations: less memory, slower backward pass"})
+    logging_steps: float = field(default=10, metadata={"help": "log every this many steps (a fraction: of the run)"})
+    remove_unused_columns: bool = field(default=False, metadata={
+        "help": "must be false: the loss needs each example's completion_mask and weight"})
+    keep_threshold: float = field(default=0.85, metadata={"help": "keep responses with normalised reward >= this"})
+    weight_power: float = field(default=3.0, metadata={"help": "loss weight = normalised reward ** this"})
+    include_teacher: bool = field(default=True, metadata={"help": "the teacher's response is a candidate too"})
+    keep_ties: bool = field(default=True, metadata={
+        "help": "a pair whose candidates all tie keeps them at weight 1 (the paper), or is left out"})
+    sampling_backend: str = field(default="transformers", metadata={
+        "help": "draw the responses with transformers, or vllm (its engine, in a process of its own)"})
+    sampling_engine_options: Union[dict, str, None] = field(default=None, metadata={
+        "help": "with vllm: options of vllm.LLM, e.g. '{\"gpu_memory_utilization\": 0.5}'"})
+
+    def __post_init__(self):
+        check_fields(self, {"keep_threshold": proportion, "weight_power": non_negative_number})
+        if self.remove_unused_columns:
+            raise InputError("remove_unused_columns must be false with algorithm rwsft: its loss needs each "
+                             "example's completion_mask and weight, which the model does not take")
+        if self.sampling_backend not in SAMPLING_BACKENDS:
+            raise InputError(f"sampling_backend must be one of {SAMPLING_BACKENDS}, got {self.sampling_backend!r}")
+        if isinstance(self.sampling_engine_options, str):
+            try:
+                self.sampling_engine_options = json.loads(self.sampling_engine_options)
+            except json.JSONDecodeError as error:
+                raise InputError(f"sampling_engine_options is not JSON ({error}): give the options of vllm.LLM as "
+                                 "a JSON object, e.g. '{\"gpu_memory_utilization\": 0.5}'") from None
+        super().__post_init__()
 
 
 def min_max(rewards: np.ndarray) -> Optional[np.ndarray]:
@@ -100,7 +150,7 @@ def weighted_examples(draw: Callable[[list[list[int]]], list[list[Completion]]],
     return examples, statistics
 
 
-class RewardWeightedTrainer(Trainer):
+class RwsftTrainer(Trainer):
     """A ``Trainer`` whose loss is ``mean(weight * mean response-token NLL)`` over the sequences of a batch.
 
     Examples carry ``input_ids``, ``completion_mask`` (1 on response tokens) and ``weight``; the

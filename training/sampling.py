@@ -16,13 +16,13 @@ from pyterrier_reasonrank.backends.hf import HFBackend
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from .refinement import RefineConfig
+    from .rwsft import RwsftConfig
     from .student import StudentConfig
 
 SAMPLING_BACKENDS = ("transformers", "vllm")
 
 
-def draw(prompts: list[list[int]], config: RefineConfig, student: StudentConfig, model: PreTrainedModel,
+def draw(prompts: list[list[int]], config: RwsftConfig, student: StudentConfig, model: PreTrainedModel,
          tokenizer: PreTrainedTokenizerBase) -> list[list[Completion]]:
     """``config.num_generations`` responses per prompt, at ``config.temperature``, from the student.
 

@@ -8,7 +8,15 @@ import torch
 from trl import ModelConfig, get_quantization_config
 
 from pyterrier_reasonrank.errors import InputError
-from pyterrier_reasonrank.loading import base_model, clear_load_errors, tokenizer_source
+from pyterrier_reasonrank.loading import (
+    base_model,
+    load_adapter,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+    tokenizer_source,
+)
 
 from .packages import require_packages
 
@@ -44,35 +52,38 @@ def load_student(config: StudentConfig, *, trust_remote_code: bool = False, grad
                  ) -> tuple[Union[PreTrainedModel, PeftModel], PreTrainedTokenizerBase]:
     """The student model (with its adapter, trainable, when one is given) and its tokenizer.
 
+    They load as everywhere in the library (:mod:`pyterrier_reasonrank.loading`): safetensors
+    weights only, one clear error for a model or adapter that cannot be found, the tokenizer the
+    adapter saved (else the model's). On top of that, training needs the model quantized for QLoRA
+    (on this process's GPU), prepared for k-bit training as the paper's code does (peft's
+    ``prepare_model_for_kbit_training``: norms in float32, input gradients for checkpointing), and
+    the adapter's weights trainable.
+
     Args:
-        config: Which model and adapter.
+        config: Which model and adapter, its dtype (``auto``: the checkpoint's), revision, attention
+            and quantization.
         trust_remote_code: Allow the model's own code to run (the trainer configuration's setting).
         gradient_checkpointing: Whether the trainer checkpoints activations (its setting of that name).
 
-    A quantized (QLoRA) model is prepared for k-bit training as the paper's code does (peft's
-    ``prepare_model_for_kbit_training``: norms in float32, input gradients for checkpointing).
-
     Raises:
-        InputError: QLoRA / 8-bit loading was asked for without a CUDA GPU or bitsandbytes.
+        InputError: QLoRA / 8-bit loading was asked for without a CUDA GPU or bitsandbytes, or the
+            dtype is not a torch dtype name.
         ModelNotFoundError: The model or adapter could not be found.
+        PickleCheckpointError: Its weights are pickle files only.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     quantization = None
     if config.load_in_4bit or config.load_in_8bit:
         if not torch.cuda.is_available():
             raise InputError("QLoRA (load_in_4bit / load_in_8bit) needs a CUDA GPU, and none is available; "
-                               "train LoRA in full precision instead (load_in_4bit: false).")
+                             "train LoRA in full precision instead (load_in_4bit: false).")
         require_packages(config)
         quantization = get_quantization_config(config)
     name = config.base_model_name()
-    with clear_load_errors("model", name):
-        model = AutoModelForCausalLM.from_pretrained(
-            name, revision=config.model_revision, dtype=config.dtype, trust_remote_code=trust_remote_code,
-            attn_implementation=config.attn_implementation, quantization_config=quantization,
-            device_map=_local_gpu() if quantization is not None else None, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(name, config.adapter),
-                                                  trust_remote_code=trust_remote_code)
+    dtype = "auto" if config.dtype == "auto" else resolve_dtype(config.dtype, resolve_device(None))
+    model = load_model(name, dtype=dtype, trust_remote_code=trust_remote_code, revision=config.model_revision,
+                       attn_implementation=config.attn_implementation, quantization_config=quantization,
+                       device_map=_local_gpu() if quantization is not None else None)
+    tokenizer = load_tokenizer(tokenizer_source(name, config.adapter), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # batches need one; masked, so its value does not matter
     if quantization is not None:
@@ -80,10 +91,7 @@ def load_student(config: StudentConfig, *, trust_remote_code: bool = False, grad
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     if config.adapter is not None:
-        from peft import PeftModel
-
-        with clear_load_errors("adapter", config.adapter):
-            model = PeftModel.from_pretrained(model, config.adapter, is_trainable=True)
+        model = load_adapter(model, config.adapter, trainable=True)
     return model, tokenizer
 
 

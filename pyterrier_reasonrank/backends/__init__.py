@@ -15,7 +15,8 @@ BACKENDS = (*LOCAL_BACKENDS, "openai")
 
 def load_local(backend: str, model: Optional[str], *, adapter: Optional[str] = None,
                device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
-               engine_options: Optional[dict] = None, trust_remote_code: bool = False) -> Backend:
+               engine_options: Optional[dict] = None, trust_remote_code: bool = False,
+               prompt_cache_tokens: Optional[int] = None) -> Backend:
     """Load (or reuse) a model in an engine of this process: ``"transformers"`` or ``"vllm"``.
 
     Args:
@@ -26,6 +27,8 @@ def load_local(backend: str, model: Optional[str], *, adapter: Optional[str] = N
         dtype: ``torch.dtype`` or its name.
         engine_options: For vLLM: options of ``vllm.LLM``.
         trust_remote_code: Allow the model's own code from its repository to run.
+        prompt_cache_tokens: For transformers: the most prompt tokens whose keys and values are kept
+            for reuse (``None``: its default; vLLM's engine has its own prefix cache).
 
     Raises:
         InputError: An unknown backend, or options it does not take.
@@ -43,7 +46,8 @@ def load_local(backend: str, model: Optional[str], *, adapter: Optional[str] = N
         raise InputError("engine_options are options of the vllm backend; the transformers backend takes none")
     from . import hf
 
-    return hf.load(model, adapter=adapter, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    cache = {} if prompt_cache_tokens is None else {"prompt_cache_tokens": prompt_cache_tokens}
+    return hf.load(model, adapter=adapter, device=device, dtype=dtype, trust_remote_code=trust_remote_code, **cache)
 
 
 __all__ = ["Backend", "Batching", "Completion", "BACKENDS", "LOCAL_BACKENDS", "load_local"]

