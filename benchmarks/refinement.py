@@ -55,6 +55,9 @@ FULL = {"distill_queries": 40, "distill_epochs": 6, "refine_queries": 24, "held_
 QUICK = {"distill_queries": 6, "distill_epochs": 1, "refine_queries": 2, "held_out_queries": 3, "seeds": (0,),
          "generations": 2, "steps": 1, "learning_rate": 3e-4}
 EXPLANATION_BUDGET = 24
+RESPONSE_BUDGET = EXPLANATION_BUDGET + 8
+"""Refinement's rollouts are whole responses: the explanation, then the marker, the label and the end of turn
+(a teacher's response on this task is 23 to 25 tokens with them; at 24, a rollout was cut before its label)."""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -122,7 +125,7 @@ def _refine(work: Path, distilled: Path, arm: str, seed: int, setup: dict) -> Pa
     output = work / f"{arm}-{seed}"
     generations = setup["generations"]
     refine(GrpoRefineConfig(output_dir=str(output), train_file=str(work / "refine.jsonl"), rewards=[arm],
-                            num_generations=generations, temperature=1.0, max_completion_length=EXPLANATION_BUDGET,
+                            num_generations=generations, temperature=1.0, max_completion_length=RESPONSE_BUDGET,
                             per_device_train_batch_size=10 * generations, max_steps=setup["steps"],
                             learning_rate=setup["learning_rate"], lr_scheduler_type="constant", save_strategy="no",
                             logging_steps=max(1, setup["steps"] // 4), disable_tqdm=True, report_to="none",
