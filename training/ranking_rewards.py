@@ -161,7 +161,9 @@ def list_ndcg(scores: np.ndarray, documents: np.ndarray, targets: np.ndarray, *,
     with the target label as the gain (as trec_eval's ``ndcg_cut``, the measure the benchmarks
     report), and 0 when no document has a positive label. Ties are ranked pessimistically (the
     lower label first), so that scores that collapse together earn nothing. No paper's formula:
-    this is the ranking measure itself, made per rollout in the same pool.
+    this is the ranking measure itself, made per rollout in the same pool. (ERank's appendix I
+    defines a different ``r_nDCG``, each positive rollout's share of the pooled nDCG with
+    ``r_RR``'s penalties; its display equation could not be retrieved either.)
     """
     scores, targets = np.asarray(scores, dtype=float), np.asarray(targets, dtype=float)
     rows = _rows_by(documents)
