@@ -12,5 +12,5 @@ from .student import Student
 from .versions import __version__
 
 __all__ = ["Student", "ReasonRanker", "QueryGenerator", "JudgementStore", "Escalation", "FirstStageFusion",
-           "ReasonRankResults", "explanations_html", "write_report", "DEFAULT_MODEL", "UserError", "InputError", "EndpointError",
-           "ModelNotFoundError", "PickleCheckpointError", "StoreError", "prompts", "__version__"]
+           "ReasonRankResults", "explanations_html", "write_report", "DEFAULT_MODEL", "UserError", "InputError",
+           "EndpointError", "ModelNotFoundError", "PickleCheckpointError", "StoreError", "prompts", "__version__"]
