@@ -51,7 +51,7 @@ FULL = {"pairs": 600, "epochs": 6, "direct_fraction": 0.25, "queries_per_topic":
         "thresholds": (0.1, 0.3, 0.5, 0.7)}
 QUICK = {"pairs": 160, "epochs": 1, "direct_fraction": 1.0, "queries_per_topic": 2, "samples": 2, "thresholds": (0.5,)}
 COST = {"model": "qwen2.5-0.5b", "domain": "biology", "queries": 2, "docs": 10, "doc_words": 700,
-        "max_doc_tokens": 768, "max_new_tokens": 32, "batch_size": 20, "samples": 4, "cutoff": 3, "margin": 1,
+        "max_doc_tokens": 512, "max_new_tokens": 32, "batch_size": 20, "samples": 4, "cutoff": 3, "margin": 1,
         "backends": ("transformers", "vllm")}
 COST_QUICK = {**COST, "model": None, "queries": 1, "docs": 4, "doc_words": 150, "max_doc_tokens": 128,
               "max_new_tokens": 8, "batch_size": 4, "samples": 2, "cutoff": 2, "backends": ("transformers",)}
