@@ -38,12 +38,12 @@ def signature_repr(instance: object, values: dict[str, Any]) -> str:
     """``Class('m', name=value, ...)``: the constructor's parameters whose ``values`` are not their defaults.
 
     In signature order; a parameter that may be given by position is shown by position while all
-    before it are shown.
+    before it are shown. ``verbose`` is left out, as pyterrier-alpha's ``transformer_repr`` does.
     """
     shown, positional = [], True
     for name, parameter in parameters(type(instance)).items():
         value = values[name]
-        if _is_default(value, parameter.default):
+        if name == "verbose" or _is_default(value, parameter.default):  # (verbose changes no output, as in pta)
             positional = False
             continue
         by_position = positional and parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
@@ -54,6 +54,8 @@ def signature_repr(instance: object, values: dict[str, Any]) -> str:
 def _is_default(value: Any, default: Any) -> bool:
     if default is inspect.Parameter.empty:
         return False
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (value, default)):
+        return value == default  # 1 and 1.0 alike (a checked option is converted); True is not 1
     try:
         return type(value) is type(default) and bool(value == default)
     except (TypeError, ValueError):  # a value whose == is not a truth value (an array)

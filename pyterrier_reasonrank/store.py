@@ -434,11 +434,21 @@ class JudgementStore(pt.Artifact):
                                        [(identity, provenances[identity]) for identity in sorted(used)])
                 return new
 
-    def snapshot(self, path: Union[str, Path]) -> Path:
+    def revision(self) -> int:
+        """A number that grows with each judgement added: what :meth:`snapshot` takes as ``since``."""
+        with self._failing("could not read it"):
+            return self._connection().execute("SELECT COALESCE(MAX(rowid), 0) FROM judgements").fetchone()[0]
+
+    def snapshot(self, path: Union[str, Path], *, since: int = 0) -> Path:
         """Write a consistent copy of the store, as it is now, to a new store directory ``path``.
 
         Others may write to the store meanwhile. The copy is one self-contained SQLite file (no
         write-ahead log) beside its ``pt_meta.json``, ready to package or to send elsewhere.
+
+        Args:
+            path: The new directory.
+            since: Only the judgements added after this :meth:`revision` (with every provenance),
+                e.g. to send what a worker judged to be merged elsewhere.
 
         Raises:
             StoreError: ``path`` exists already, or the store could not be read.
@@ -452,6 +462,10 @@ class JudgementStore(pt.Artifact):
         try:
             with self._failing("could not copy it"):
                 self._connection().backup(destination)
+            if since:
+                destination.execute("DELETE FROM judgements WHERE rowid <= ?", (since,))
+                destination.commit()
+                destination.execute("VACUUM")
             destination.execute("PRAGMA journal_mode=DELETE")  # a reader needs no -wal or -shm beside it
         finally:
             destination.close()
