@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -100,17 +101,21 @@ class RayParallel(pt.Transformer):
         """Stop the workers (and free their GPUs); the next call starts new ones."""
         import ray
 
-        for actor in self._actors or []:
+        actors, self._actors = self._actors or [], None
+        ray.get([actor.close.remote() for actor in actors])
+        for actor in actors:
             ray.kill(actor)
-        self._actors = None
 
     def _started(self) -> list:
         import ray
 
         if self._actors is None:
-            # Put once, read by every worker (an argument that is an object reference arrives as its value).
-            seeds = ray.put({key: _database_bytes(store) for key, store in _stores(self.pipeline).items()}
-                            if self.per_worker_stores else {})
+            seeds = {}
+            if self.per_worker_stores:
+                # Each ranker's store by its place in the pipeline: a relative path may not name it on a worker.
+                seeds = {"keys": [None if r.store is None else _key(r.store) for r in _rankers(self.pipeline)],
+                         "databases": {key: _database_bytes(store) for key, store in _stores(self.pipeline).items()}}
+            seeds = ray.put(seeds)  # put once, read by every worker (a reference argument arrives as its value)
             worker = ray.remote(num_gpus=self.gpus_per_worker, num_cpus=self.cpus_per_worker)(_Worker)
             pipeline = ray.put(self.pipeline)
             self._actors = [worker.remote(pipeline, seeds) for _ in range(self.workers)]
@@ -143,17 +148,18 @@ class _Worker:
     def __init__(self, pipeline: pt.Transformer, seeds: dict[str, Any]):
         self.pipeline = pipeline
         self.copies: dict[str, JudgementStore] = {}
-        self.exported: dict[str, int] = {}  # the last row of each copy sent back (or seeded)
+        self.exported: dict[str, int] = {}  # the revision of each copy sent back (or seeded)
+        self.folder = None
         if seeds:
-            folder = Path(tempfile.mkdtemp(prefix="reasonrank-worker-"))
-            for k, (key, data) in enumerate(seeds.items()):
+            folder = self.folder = Path(tempfile.mkdtemp(prefix="reasonrank-worker-"))
+            for k, (key, data) in enumerate(seeds["databases"].items()):
                 (folder / str(k)).mkdir()
                 (folder / str(k) / DATABASE).write_bytes(data)
                 self.copies[key] = JudgementStore(folder / str(k))
                 self.exported[key] = self.copies[key].revision()
-            for ranker in _rankers(pipeline):
-                if ranker.store is not None:
-                    ranker.set_parameter("store", self.copies[_key(ranker.store)])
+            for ranker, key in zip(_rankers(pipeline), seeds["keys"]):
+                if key is not None:
+                    ranker.set_parameter("store", self.copies[key])
 
     def run(self, frame: pd.DataFrame) -> pd.DataFrame:
         return self.pipeline(frame)
@@ -167,6 +173,12 @@ class _Worker:
                 added[key] = _database_bytes(store, since=self.exported[key])
                 self.exported[key] = revision
         return added
+
+    def close(self) -> None:
+        """Remove the store copies (the actor is killed next, and would leave them)."""
+        self.copies.clear()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def info(self) -> dict:
         import socket

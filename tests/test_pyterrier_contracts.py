@@ -397,7 +397,8 @@ def ray_cluster():
     import ray
 
     started = time.monotonic()
-    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    # "local": a cluster of its own, not one that `ray start` left running on this machine
+    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
     print(f"Ray started in {time.monotonic() - started:.1f} s")
     yield ray
     ray.shutdown()
