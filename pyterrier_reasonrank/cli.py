@@ -44,7 +44,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     model.add_argument("--backend", choices=BACKENDS, default="transformers", help="where the model runs")
     model.add_argument("--store", default=None,
-                       help="a judgement store (SQLite file): pairs judged before are read, not judged again")
+                       help="a judgement store (its directory): pairs judged before are read, not judged again")
     model.add_argument("--verbose", action="store_true",
                        help="show BM25's indexing log and the model's loading progress (quiet otherwise)")
 

@@ -52,6 +52,7 @@ class DropExcluded(pt.Transformer):
         Args:
             qrels: The dataset's qrels (``qid, docno, label``).
         """
+        self.qrels = qrels  # as given: PyTerrier rebuilds a transformer from its constructor's parameters
         excluded = qrels[qrels["label"] == EXCLUDED]
         self.excluded = frozenset(zip(excluded["qid"].astype(str), excluded["docno"].astype(str)))
 
