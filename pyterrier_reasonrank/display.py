@@ -36,34 +36,36 @@ EXPANDED = 3
 
 # Contrast of every text colour against its background is at least 4.5:1 (WCAG AA); the bar's at least 3:1.
 _STYLE = """<style>
-.rr{font:14px/1.45 system-ui,sans-serif;color:#1f1f1f;max-width:90ch;overflow-wrap:anywhere}
-.rr h1{font-size:20px;margin:0 0 8px}.rr h2{font-size:15px;margin:20px 0 4px}
-.rr ol{list-style:none;margin:2px 0 6px;padding:0}
-.rr li{border-top:1px solid #e0e0e0;padding:5px 0 3px}
-.rr code{font-size:13px}
-.rr .m{color:#555}
-.rr .b{border-radius:3px;padding:0 5px;font-weight:600;white-space:nowrap;color:#fff}
-.rr .j{background:#fff;border:1.5px solid;padding:0 4px}
-.rr .l0{background:#5c5c5c}.rr .l1{background:#9c4a00}.rr .l2{background:#1d6b35}.rr .lx{background:#b3261e}
-.rr .j.l0{color:#5c5c5c;background:#fff}.rr .j.l1{color:#9c4a00;background:#fff}
-.rr .j.l2{color:#1d6b35;background:#fff}.rr .j.lx{color:#b3261e;background:#fff}
-.rr .pb{display:inline-flex;width:66px;height:11px;vertical-align:middle;background:#e0e0e0;overflow:hidden}
-.rr .pb i{display:block;height:100%}
-.rr .p0{background:#5c5c5c}.rr .p1{background:#d97a00}.rr .p2{background:#1d6b35}
-.rr .fc{color:#b3261e;font-weight:600}
-.rr .e{margin:2px 0;white-space:pre-line}
-.rr .o{color:#555;font-size:13px}
-.rr details.more>summary,.rr summary{cursor:pointer;color:#0b57d0;margin:2px 0 6px}
-.rr .hd{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:1px 14px;margin:0 0 8px}
-.rr .hd dt{color:#555}.rr .hd dd{margin:0}
-.rr .lg ul{margin:4px 0;padding-left:20px}
-.rr nav ol{columns:2;column-gap:24px}.rr nav li{border:0;padding:1px 0;break-inside:avoid}
-.rr.only-x li.d:not(.x),.rr.only-x section.q:not(.hx),.rr.only-x details.more>summary{display:none}
+.reasonrank{font:14px/1.45 system-ui,sans-serif;color:#1f1f1f;max-width:90ch;overflow-wrap:anywhere}
+.reasonrank h1{font-size:20px;margin:0 0 8px}.reasonrank h2{font-size:15px;margin:20px 0 4px}
+.reasonrank ol{list-style:none;margin:2px 0 6px;padding:0}
+.reasonrank li{border-top:1px solid #e0e0e0;padding:5px 0 3px}
+.reasonrank code{font-size:13px}
+.reasonrank .m{color:#555}
+.reasonrank .b{border-radius:3px;padding:0 5px;font-weight:600;white-space:nowrap;color:#fff}
+.reasonrank .j{background:#fff;border:1.5px solid;padding:0 4px}
+.reasonrank .l0{background:#5c5c5c}.reasonrank .l1{background:#9c4a00}
+.reasonrank .l2{background:#1d6b35}.reasonrank .lx{background:#b3261e}
+.reasonrank .j.l0{color:#5c5c5c;background:#fff}.reasonrank .j.l1{color:#9c4a00;background:#fff}
+.reasonrank .j.l2{color:#1d6b35;background:#fff}.reasonrank .j.lx{color:#b3261e;background:#fff}
+.reasonrank .pb{display:inline-flex;width:66px;height:11px;vertical-align:middle;background:#e0e0e0;overflow:hidden}
+.reasonrank .pb i{display:block;height:100%}
+.reasonrank .p0{background:#5c5c5c}.reasonrank .p1{background:#d97a00}.reasonrank .p2{background:#1d6b35}
+.reasonrank .fc{color:#b3261e;font-weight:600}
+.reasonrank .e{margin:2px 0;white-space:pre-line}
+.reasonrank .o{color:#555;font-size:13px}
+.reasonrank details.more>summary,.reasonrank summary{cursor:pointer;color:#0b57d0;margin:2px 0 6px}
+.reasonrank .hd{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:1px 14px;margin:0 0 8px}
+.reasonrank .hd dt{color:#555}.reasonrank .hd dd{margin:0}
+.reasonrank .lg ul{margin:4px 0;padding-left:20px}.reasonrank .lg li{border:0;padding:1px 0}
+.reasonrank nav ol{display:flex;flex-wrap:wrap;gap:2px 12px}.reasonrank nav li{border:0;padding:0}
+.reasonrank.only-x li.d:not(.x),.reasonrank.only-x section.q:not(.hx),
+.reasonrank.only-x details.more>summary{display:none}
 </style>"""
 
 _FILTER_SCRIPT = """<script>
 document.getElementById("rr-x").addEventListener("change", function (event) {
-  var root = document.querySelector(".rr");
+  var root = document.querySelector(".reasonrank");
   root.classList.toggle("only-x", event.target.checked);
   if (event.target.checked) root.querySelectorAll("details.more").forEach(function (d) { d.open = true; });
 });
@@ -122,7 +124,7 @@ def explanations_html(results: pd.DataFrame, *, max_queries: Optional[int] = 10,
         InputError: A column it needs is missing (named).
     """
     frame, judged = _prepared(results, qrels)
-    return "\n".join(['<div class="rr">', _STYLE, *_queries(frame, judged, max_queries, max_docs, text_field,
+    return "\n".join(['<div class="reasonrank">', _STYLE, *_queries(frame, judged, max_queries, max_docs, text_field,
                                                               opening_chars, expanded, anchors=False), "</div>"])
 
 
@@ -158,7 +160,7 @@ def write_report(results: pd.DataFrame, path: Union[str, Path], *, qrels: Option
                                                                  if name in facts])
     parts = [f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
              f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>{_esc(title)}</title></head>',
-             '<body style="margin:16px"><div class="rr">', _STYLE, f"<header><h1>{_esc(title)}</h1>",
+             '<body style="margin:16px"><div class="reasonrank">', _STYLE, f"<header><h1>{_esc(title)}</h1>",
              '<dl class="hd">' + "".join(f"<dt>{_esc(n)}</dt><dd>{_esc(v)}</dd>" for n, v in facts.items()) + "</dl>",
              "</header>", _LEGEND, _index(frame, judged)]
     if judged is not None:
@@ -241,7 +243,8 @@ def _facts(frame: pd.DataFrame, judged: Optional[dict], ranker: Any, dataset: Op
     if dataset is not None:
         facts["dataset"] = dataset
     per_query = frame.groupby("qid", sort=False).size()
-    facts["k"] = str(k) if k is not None else f"up to {per_query.max() if len(per_query) else 0} documents per query"
+    facts["k"] = f"{k} (the first stage's depth)" if k is not None \
+        else f"up to {per_query.max() if len(per_query) else 0} documents per query"
     facts["pairs"] = f"{len(frame):,} ({len(per_query):,} queries)"
     if judged is not None:
         known = sum((qid, str(docno)) in judged for qid, docno in zip(frame["qid"], frame["docno"]))
@@ -268,14 +271,18 @@ def _mode_of(frame: pd.DataFrame) -> str:
 
 
 def _index(frame: pd.DataFrame, judged: Optional[dict]) -> str:
-    """The list of queries, each a link to its section, with its size and disagreements."""
+    """The queries' ids, each a link to its section (the query and its size on hover), with its disagreements."""
     disagree = _disagreeing(frame, judged) if judged is not None else None
     items = []
     for number, (qid, group) in enumerate(frame.groupby("qid", sort=False)):
-        query = _opening(group["query"].iloc[0], 90) if "query" in group.columns else ""
-        note = f"{len(group)} docs" + (f", {int(disagree[group.index].sum())} disagree" if disagree is not None else "")
-        items.append(f'<li><a href="#q{number}">{_esc(qid)}</a> {_esc(query)} <span class="m">{note}</span></li>')
-    return f"<nav><h2>Queries ({len(items)})</h2><ol>{''.join(items)}</ol></nav>"
+        query = _opening(group["query"].iloc[0], 200) if "query" in group.columns else ""
+        wrong = int(disagree[group.index].sum()) if disagree is not None else 0
+        about = f"{query} · {len(group)} docs" + (f", {wrong} disagree" if disagree is not None else "")
+        items.append(f'<li><a href="#q{number}" title="{_esc(about)}">{_esc(qid)}</a>'
+                     + (f'<sup class="fc">{wrong}</sup>' if wrong else "") + "</li>")
+    note = "Hover over a query id for its query" + ("; in red, how many of its pairs disagree with the qrels"
+                                                    if disagree is not None else "")
+    return f'<nav><h2>Queries ({len(items)})</h2><p class="m">{note}.</p><ol>{"".join(items)}</ol></nav>'
 
 
 def _queries(frame: pd.DataFrame, judged: Optional[dict], max_queries: Optional[int], max_docs: Optional[int],

@@ -330,7 +330,7 @@ def results_markdown(evaluation: Evaluation, *, model: Optional[str] = None, k: 
     adjusted = f"p ({short})"
     queries = evaluation.per_query.groupby("dataset", sort=False)["qid"].nunique()
     lines = ["# Results", "", "On " + ", ".join(f"{dataset} ({count} queries)" for dataset, count in queries.items())
-             + ". " + f"{named[baseline]}: the first stage" + (f", its top {k} documents per query re-ranked" if k else "")
+             + f". {named[baseline]}: the first stage" + (f", its top {k} documents per query re-ranked" if k else "")
              + (f" by {model} in each mode named" if model else "") + ". Δ: the difference from the first stage; "
              "p: paired t-test over the queries; "
              + (f"{adjusted}: corrected for the {comparisons} comparisons per dataset with {method}; "

@@ -47,8 +47,8 @@ def test_lines_keep_a_readable_measure(browser, tmp_path):
     try:
         frame, qrels = hostile_results(queries=2)
         wide.load(write_report(frame, tmp_path / "report.html", qrels=qrels))
-        measure = wide.evaluate("[document.querySelector('.rr').getBoundingClientRect().width, "
-                                "parseFloat(getComputedStyle(document.querySelector('.rr')).fontSize)]")
+        measure = wide.evaluate("[document.querySelector('.reasonrank').getBoundingClientRect().width, "
+                                "parseFloat(getComputedStyle(document.querySelector('.reasonrank')).fontSize)]")
     finally:
         wide.close()
     width, font = measure
