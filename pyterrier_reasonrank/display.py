@@ -41,7 +41,7 @@ _STYLE = """<style>
 .reasonrank ol{list-style:none;margin:2px 0 6px;padding:0}
 .reasonrank li{border-top:1px solid #e0e0e0;padding:5px 0 3px}
 .reasonrank code{font-size:13px}
-.reasonrank .m{color:#555}
+.reasonrank .m{color:#555}.reasonrank .nw{white-space:nowrap}
 .reasonrank .b{border-radius:3px;padding:0 5px;font-weight:600;white-space:nowrap;color:#fff}
 .reasonrank .j{background:#fff;border:1.5px solid;padding:0 4px}
 .reasonrank .l0{background:#5c5c5c}.reasonrank .l1{background:#9c4a00}
@@ -321,9 +321,11 @@ def _item(row: dict, judged: Optional[dict], disagrees: bool, text_field: str, o
     if judged is not None:
         truth = judged.get((row["qid"], str(row["docno"])))
         facts.append(_badge(truth, judged=True) if truth is not None else '<i class="m">unjudged</i>')
-    facts.append("most probable " + _badge(row["label"], judged=False) + " " + _bar(row.get("probabilities")))
+    facts.append('<span class="nw">most probable ' + _badge(row["label"], judged=False) + " "
+                 + _bar(row.get("probabilities")) + "</span>")
     score = _finite(row["score"])
-    facts.append(f"score {score:.2f} / {TOP_LABEL}" if score is not None else '<span class="m">score missing</span>')
+    facts.append(f'<span class="nw">score {score:.2f} / {TOP_LABEL}</span>' if score is not None
+                 else '<span class="m">score missing</span>')
     if _whole(row.get("forced")) == 1:
         facts.append('<span class="fc" title="label forced: see the legend">forced</span>')
     item = [f'<li class="d{" x" if disagrees else ""}"><div>{" · ".join(f for f in facts if f)}</div>',
@@ -355,7 +357,8 @@ def _badge(value: object, *, judged: bool) -> str:
     prefix = "judged " if judged else ""
     if label in LABEL_NAMES:
         return f'<span class="b{" j" if judged else ""} l{label}">{prefix}{label} {LABEL_NAMES[label]}</span>'
-    shown = "label missing" if _missing(value) else f"label {value} (outside 0–{TOP_LABEL})"
+    # Cut: a badge does not wrap, and a label column may hold anything.
+    shown = "label missing" if _missing(value) else f"label {_opening(str(value), 30)} (outside 0–{TOP_LABEL})"
     return f'<span class="b{" j" if judged else ""} lx">{prefix}{_esc(shown)}</span>'
 
 

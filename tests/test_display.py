@@ -51,12 +51,13 @@ def test_each_document_has_one_line_of_facts_then_its_explanation_and_opening():
 @pytest.mark.parametrize("column, value, shown", [
     ("label", -1, "label -1 (outside 0–2)"), ("label", 7, "label 7 (outside 0–2)"), ("label", np.nan, "label missing"),
     ("label", None, "label missing"), ("label", "<b>2</b>", "label &lt;b&gt;2&lt;/b&gt; (outside 0–2)"),
+    ("label", "x" * 500, f"label {'x' * 30}… (outside 0–2)"),
     ("score", np.nan, "score missing"), ("score", None, "score missing"), ("explanation", None, "(no explanation)"),
     ("explanation", np.nan, "(no explanation)"), ("probabilities", None, "(no distribution)"),
     ("probabilities", (0.5, 0.5), "(distribution invalid)"), ("probabilities", (np.nan, 0.5, 0.5),
                                                                 "(distribution invalid)"),
     ("probabilities", (2.0, -1.0, 0.0), "(distribution invalid)"), ("rank", np.nan, "<b>#?</b>"),
-    ("first_stage_rank", None, "<b>#1</b> · <code>d2</code>"), ("forced", np.nan, "score 1.80 / 2</div>"),
+    ("first_stage_rank", None, "<b>#1</b> · <code>d2</code>"), ("forced", np.nan, "score 1.80 / 2</span></div>"),
     ("docno", None, "<code>None</code>"), ("text", b"bytes \xff", "bytes \ufffd"), ("qid", 7, "<code>7</code>"),
 ])
 def test_a_missing_or_out_of_range_value_is_shown_as_such(column, value, shown):
