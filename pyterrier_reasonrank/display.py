@@ -191,7 +191,7 @@ def model_label(model: str, adapter: Optional[str] = None) -> str:
     """A model's short name for a table: a Hub id as it is, a local directory by its folder's name, plus the adapter's.
 
     ``model_label("Qwen/Qwen2.5-1.5B-Instruct", "runs/paper-3b/refine")`` is
-    ``"Qwen/Qwen2.5-1.5B-Instruct + refine"``.
+    ``"Qwen/Qwen2.5-1.5B-Instruct + refine"`` where that adapter is a local directory.
     """
     def short(name: str) -> str:
         return Path(name).name if Path(name).is_dir() else name
