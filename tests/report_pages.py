@@ -33,17 +33,17 @@ def vaswani_scale(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(seed)
     words = np.array(["microwave", "dielectric", "constant", "measurement", "of", "the", "liquids", "transistor",
                       "amplifier", "noise", "circuit", "frequency", "and", "in", "a"])
-    rows = []
-    for q in range(93):
-        for rank in range(100):
-            p = rng.dirichlet([1, 1, 1])
-            rows.append({"qid": str(q + 1), "query": "measurement of dielectric constant of liquids by the use of "
-                                                     "microwave techniques",
-                         "docno": str(q * 100 + rank + 1), "text": " ".join(rng.choice(words, 260))[:2000],
-                         "explanation": " ".join(rng.choice(words, 30))[:200], "label": int(p.argmax()),
-                         "score": float(p @ [0, 1, 2]), "probabilities": tuple(p), "forced": rank % 17 == 0,
-                         "tokens": 40, "samples": 1, "rank": rank, "first_stage_rank": int(rng.integers(100)),
-                         "first_stage_score": float(rng.normal(10))})
-    frame = pd.DataFrame(rows)
+    pairs = 93 * 100
+    p = rng.dirichlet([1, 1, 1], size=pairs)
+    texts = [" ".join(row)[:2000] for row in rng.choice(words, size=(400, 260))]  # drawn from 400 documents
+    explanations = [" ".join(row)[:200] for row in rng.choice(words, size=(400, 30))]
+    frame = pd.DataFrame({
+        "qid": np.repeat(np.arange(1, 94), 100).astype(str),
+        "query": "measurement of dielectric constant of liquids by the use of microwave techniques",
+        "docno": np.arange(1, pairs + 1).astype(str), "text": [texts[i % 400] for i in range(pairs)],
+        "explanation": [explanations[i % 400] for i in range(pairs)], "label": p.argmax(axis=1),
+        "score": p @ [0, 1, 2], "probabilities": list(map(tuple, p)), "forced": np.arange(pairs) % 17 == 0,
+        "tokens": 40, "samples": 1, "rank": np.tile(np.arange(100), 93),
+        "first_stage_rank": rng.integers(0, 100, pairs), "first_stage_score": rng.normal(10, 1, pairs)})
     qrels = frame.sample(frac=0.05, random_state=seed)[["qid", "docno"]].assign(label=1)
     return frame, qrels
