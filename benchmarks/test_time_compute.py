@@ -98,7 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="reasonrank-ttc-"))
     model = build_tiny_model(work / "tiny")
     vocabulary = Vocabulary.of(AutoTokenizer.from_pretrained(model))
-    student, accuracy = _distil(work, model, vocabulary, setup)
+    student, accuracy = distil_student(work, model, vocabulary, setup)
     candidates, qrels = ranking_task(vocabulary, seed=2, queries_per_topic=setup["queries_per_topic"])
 
     k = setup["samples"]
@@ -239,7 +239,7 @@ def _cost_plot(rows: list[dict], path: str) -> None:
     plt.close(figure)
 
 
-def _distil(work: Path, model: Path, vocabulary: Vocabulary, setup: dict) -> tuple[Path, dict]:
+def distil_student(work: Path, model: Path, vocabulary: Vocabulary, setup: dict) -> tuple[Path, dict]:
     """The student: distilled in explain and direct mode on rule-annotated pairs; its held-out label accuracy."""
     from pyterrier_reasonrank.training.distillation import DistillConfig, distill
     from pyterrier_reasonrank.training.student import StudentConfig

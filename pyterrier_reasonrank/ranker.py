@@ -236,7 +236,8 @@ class ReasonRanker(StudentTransformer):
             inp: A result frame with ``qid``, ``query``, ``docno`` and the text field.
 
         Returns:
-            The input columns (a previous score and rank replaced) plus ``explanation``, ``label``, ``score``,
+            The input columns (a previous score and rank replaced, the first stage's kept as
+            ``first_stage_score`` and ``first_stage_rank``) plus ``explanation``, ``label``, ``score``,
             ``probabilities`` (of the labels 0, 1, 2), ``forced``, ``tokens`` (decoded for the pair:
             explanations and markers), ``samples`` (explanations drawn) and ``rank``, sorted by qid,
             then rank. Ties keep the input order. The
@@ -248,8 +249,14 @@ class ReasonRanker(StudentTransformer):
             ValueError: A query is missing or empty, or one qid has two query texts (the qids are named).
         """
         pt.validate.result_frame(inp, extra_columns=["query", self.text_field])
-        # A previous stage's judgement (score, rank, or a whole ReasonRanker's output) is replaced.
-        frame = inp.drop(columns=OUTPUT_COLUMNS, errors="ignore").reset_index(drop=True)
+        # A previous stage's judgement (score, rank, or a whole ReasonRanker's output) is replaced; the
+        # first stage's score and rank stay as first_stage_score and first_stage_rank (kept from the
+        # earliest stage that had them), so that a report can say where each document came from.
+        frame = inp.drop(columns=OUTPUT_COLUMNS, errors="ignore")
+        for column in ("score", "rank"):
+            if column in inp.columns and f"first_stage_{column}" not in inp.columns:
+                frame[f"first_stage_{column}"] = inp[column]
+        frame = frame.reset_index(drop=True)
         if len(frame) == 0:
             empty = frame.assign(explanation=pd.Series(dtype=object), label=pd.Series(dtype="int64"),
                                  score=pd.Series(dtype="float64"), probabilities=pd.Series(dtype=object),

