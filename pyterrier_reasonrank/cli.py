@@ -83,6 +83,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     evaluate.add_argument("--report-system", action="append", default=None, metavar="NAME",
                           help="write the report of this system instead (repeatable; e.g. explain, direct, or the "
                                "cascade's name); implies --report")
+    evaluate.add_argument("--fusion", action="store_true",
+                          help="also evaluate each re-ranker fused with the first stage (per-query min-max "
+                               "normalised scores, interpolated at a weight from 0 to 1 by 0.1 chosen by nDCG@10 "
+                               "with 5-fold cross-validation over queries); writes fusion.csv")
     evaluate.add_argument("--calibration", action="store_true",
                           help="also write calibration.csv (expected calibration error against the graded qrels) "
                                "and a reliability diagram per dataset")
@@ -177,7 +181,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from .dataset import get_dataset
     from .display import model_label, student_facts
-    from .evaluation import cascade, dataset_ids, evaluate, write_calibration, write_outputs, write_reports
+    from .evaluation import (
+        cascade,
+        dataset_ids,
+        evaluate,
+        fusion_table,
+        write_calibration,
+        write_outputs,
+        write_reports,
+    )
     from .outputs import writable_folder
 
     # The cheap checks first: the datasets exist and the results can be written.
@@ -195,7 +207,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if isinstance(ranker, ReasonRanker):
             ranker.load()  # fail fast on a missing model, before any indexing
     evaluation = evaluate(args.dataset, rankers, k=args.k, num_queries=args.num_queries, query_field=args.query_field,
-                          verbose=args.verbose)
+                          fusion=args.fusion, verbose=args.verbose)
     about = student_facts(student)
     files = write_outputs(evaluation, args.output, model=model_label(about["model"], student.adapter), k=args.k)
     if args.calibration:
@@ -204,6 +216,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         files.update(write_reports(evaluation, args.output, reported, about=about, k=args.k))
     with pd.option_context("display.width", 220, "display.max_columns", 20):
         print(evaluation.table.to_string(index=False))
+        if args.fusion:
+            print("\nFusion weights of the first stage, each fold's chosen on the other folds' queries:")
+            print(fusion_table(evaluation).to_string(index=False))
     print("\n" + "\n".join(f"{kind}: {path}" for kind, path in files.items()))
     return 0
 

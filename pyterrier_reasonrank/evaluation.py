@@ -17,6 +17,7 @@ from .calibration import calibration_table, expected_calibration_error, reliabil
 from .dataset import get_dataset
 from .display import write_report
 from .errors import InputError
+from .fusion import cross_validated_fusion
 from .indexing import bm25
 from .numeric import positive_int
 from .qrels import judged_labels
@@ -106,12 +107,15 @@ class Evaluation:
         per_query: Long format: ``dataset, name, qid, measure, value``.
         runs: Each system's ranking, by (dataset, name).
         judged: Each dataset's judged pairs as labels (``qid, docno, label``; see :mod:`~pyterrier_reasonrank.qrels`).
+        fusion: With fusion, the folds of each fused run by (dataset, name): the weight each fold's
+            queries were fused at, chosen on the other folds (see :mod:`~pyterrier_reasonrank.fusion`).
     """
 
     table: pd.DataFrame
     per_query: pd.DataFrame
     runs: dict = field(default_factory=dict)
     judged: dict = field(default_factory=dict)
+    fusion: dict = field(default_factory=dict)
 
     def judged_runs(self) -> dict[tuple[str, str], pd.DataFrame]:
         """Each re-ranker's judged pairs: its run joined with the dataset's labels, by (dataset, name).
@@ -144,8 +148,9 @@ class Evaluation:
 
 def evaluate(datasets: Sequence[str], rerankers: dict[str, pt.Transformer], *, k: int = 100,
              num_queries: Optional[int] = None, query_field: Optional[str] = None, text_field: str = "text",
-             metrics: Sequence = METRICS, first_stage_name: str = "BM25", verbose: bool = False) -> Evaluation:
-    """Evaluate BM25 alone and BM25 >> each re-ranker on each dataset.
+             metrics: Sequence = METRICS, first_stage_name: str = "BM25", fusion: bool = False,
+             fusion_folds: int = 5, verbose: bool = False) -> Evaluation:
+    """Evaluate BM25 alone and BM25 >> each re-ranker on each dataset (and each fused with BM25).
 
     Documents the qrels exclude (label -100) are removed from every ranking before scoring, and
     excluded pairs never count as judged.
@@ -159,6 +164,10 @@ def evaluate(datasets: Sequence[str], rerankers: dict[str, pt.Transformer], *, k
         text_field: The document field given to the re-rankers.
         metrics: ir_measures measures; the first is the headline.
         first_stage_name: The baseline's name in the tables.
+        fusion: Also evaluate each re-ranker fused with the first stage (``<name> + fusion``), at a
+            weight chosen by the headline measure with cross-validation over each dataset's queries
+            (:func:`~pyterrier_reasonrank.fusion.cross_validated_fusion`).
+        fusion_folds: The folds of that cross-validation.
         verbose: Show the first stage's indexing log (it is quiet otherwise).
 
     Raises:
@@ -166,7 +175,8 @@ def evaluate(datasets: Sequence[str], rerankers: dict[str, pt.Transformer], *, k
             (checked before any work).
     """
     k, num_queries = positive_int("k", k), positive_int("num_queries", num_queries, optional=True)
-    rows, per_query, runs, labels = [], [], {}, {}
+    fusion_folds = positive_int("fusion_folds", fusion_folds)
+    rows, per_query, runs, labels, folds = [], [], {}, {}, {}
     loaded = {dataset_id: get_dataset(dataset_id) for dataset_id in dataset_ids(datasets)}  # every id checked first
     for dataset_id, dataset in loaded.items():
         topics = load_topics(dataset, dataset_id, query_field)
@@ -180,9 +190,15 @@ def evaluate(datasets: Sequence[str], rerankers: dict[str, pt.Transformer], *, k
         text = pt.text.get_text(dataset, text_field)
         names = [first_stage_name] + [f"{first_stage_name} >> {name}" for name in rerankers]
         results = [baseline] + [(text >> reranker)(baseline) for reranker in rerankers.values()]
+        if fusion:
+            for name, result in zip(list(names[1:]), results[1:]):
+                fused, folds[(dataset_id, f"{name} + fusion")] = cross_validated_fusion(
+                    baseline, result, judged, folds=fusion_folds, measure=metrics[0])
+                names.append(f"{name} + fusion")
+                results.append(fused)
         runs.update({(dataset_id, name): result for name, result in zip(names, results)})
         table = pt.Experiment(results, topics, judged, list(metrics), names=names, baseline=0,
-                              correction=CORRECTION if len(rerankers) > 1 else None)
+                              correction=CORRECTION if len(results) > 2 else None)
         rows.append(table.assign(dataset=dataset_id))
         queries = pt.Experiment(results, topics, judged, list(metrics), names=names, perquery=True)
         per_query.append(queries.assign(dataset=dataset_id))
@@ -196,7 +212,7 @@ def evaluate(datasets: Sequence[str], rerankers: dict[str, pt.Transformer], *, k
                                      if c == m or c.startswith(f"{m} ")]
     table = table[columns]
     per_query = pd.concat(per_query, ignore_index=True)[["dataset", "name", "qid", "measure", "value"]]
-    return Evaluation(table, per_query, runs, labels)
+    return Evaluation(table, per_query, runs, labels, folds)
 
 
 def load_topics(dataset: pt.datasets.Dataset, dataset_id: str, query_field: Optional[str]) -> pd.DataFrame:
@@ -215,7 +231,8 @@ def write_outputs(evaluation: Evaluation, output: Union[str, Path], *, headline:
     """Write the tables, the runs and the plot of an evaluation into the folder ``output``.
 
     The files are ``results.csv``, ``results.md`` (see :func:`results_markdown`), ``per_query.csv``,
-    one TREC run per system and dataset (``runs/``), and ``differences.png`` (see :func:`differences_figure`).
+    one TREC run per system and dataset (``runs/``), ``differences.png`` (see :func:`differences_figure`),
+    and with fusion ``fusion.csv`` (each fold's weight).
 
     Args:
         evaluation: What :func:`evaluate` measured.
@@ -236,7 +253,16 @@ def write_outputs(evaluation: Evaluation, output: Union[str, Path], *, headline:
         name_slug = f"{slug(dataset_id)}_{slug(name)}"
         pt.io.write_results(run, str(output / "runs" / f"{name_slug}.run"), format="trec", run_name=name_slug)
     differences_figure(evaluation, headline=headline).savefig(files["plot"], dpi=110)
+    if evaluation.fusion:
+        files["fusion"] = output / "fusion.csv"
+        fusion_table(evaluation).to_csv(files["fusion"], index=False)
     return files
+
+
+def fusion_table(evaluation: Evaluation) -> pd.DataFrame:
+    """Each fused run's folds: ``dataset, name, fold, weight, queries, training`` (see :func:`evaluate`)."""
+    return pd.concat([folds.assign(dataset=dataset_id, name=name)[["dataset", "name", *folds.columns]]
+                      for (dataset_id, name), folds in evaluation.fusion.items()], ignore_index=True)
 
 
 def slug(text: str) -> str:

@@ -55,3 +55,15 @@ def test_the_test_time_compute_benchmark_runs(tmp_path):
     tokens = {row[0]: float(row[2]) for row in rows}
     assert tokens["| direct"] == 0 and 0 < tokens["| adaptive, entropy >= 0.5"] <= tokens["| explain"]
     assert (tmp_path / "plot.png").stat().st_size > 10_000
+
+
+def test_the_refinement_benchmark_runs(tmp_path):
+    run("refinement.py", "--quick", "--output", str(tmp_path / "report.md"), "--plot", str(tmp_path / "plot.png"))
+    rows = [line.split(" | ") for line in (tmp_path / "report.md").read_text().splitlines()
+            if line.startswith(("| distilled", "| label", "| composite", "| rr"))]
+    assert [row[0] for row in rows] == ["| distilled (before refinement)", "| label", "| composite", "| rr"]
+    for row in rows:
+        assert 0 <= float(row[1]) <= 1 and 0 <= float(row[2]) <= 1  # nDCG@10 and label accuracy, one seed
+    # the ranking rewards' paired differences against the label reward
+    assert all(row[3].endswith(")") and "(mean " in row[3] for row in rows[2:])
+    assert (tmp_path / "plot.png").stat().st_size > 10_000

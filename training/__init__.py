@@ -30,6 +30,7 @@ _EXPORTS = {
     "RefineConfig": "refine_config", "refine": "refinement",
     "RwsftConfig": "rwsft", "RwsftTrainer": "rwsft", "GrpoRefineConfig": "grpo", "GrpoRefineTrainer": "grpo",
     "label_reward": "rewards", "format_reward": "rewards", "RewardModelReward": "rewards",
+    "ListReward": "ranking_rewards", "RolloutScorer": "rollouts", "consensus": "consensus",
     "label_accuracy": "evaluation", "mean_reward": "evaluation",
     "read_recipe": "recipes",
 }

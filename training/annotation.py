@@ -5,6 +5,11 @@ Each line is one pair: ``qid, docno, query, text, label, explanation, teacher, g
 ``label: null``, is never trained on, and is counted in the summary). With ``task="queries"`` each
 line is one question with the ``queries`` the teacher wrote for it.
 
+With ``teacher_samples: k`` the teacher answers each pair ``k`` times at ``teacher_temperature``
+and the record is their consensus (:mod:`.consensus`: the majority label, all ``k`` answers kept in
+``samples``; a pair without a majority is marked ``disagreement`` and left out of training by
+default); the summary then reports how far the samples agreed.
+
 A rerun with the same output skips the pairs already written; a line torn by a crash is cut off
 and its pair asked again.
 """
@@ -31,6 +36,7 @@ from pyterrier_reasonrank.numeric import (
 )
 from pyterrier_reasonrank.redaction import config_secrets
 
+from .consensus import consensus
 from .packages import require_packages
 from .records import AnnotationStore, record_key, summarize
 from .sources import SourceConfig, candidate_pairs, own_pairs, questions, questions_of
@@ -55,6 +61,10 @@ class AnnotateConfig(SourceConfig):
     max_retries: int = field(default=6, metadata={"help": "retries per request (rate limits, server errors)"})
     timeout: float = field(default=120.0, metadata={"help": "seconds per request"})
     temperature: float = field(default=0.0, metadata={"help": "teacher sampling temperature"})
+    teacher_samples: int = field(default=1, metadata={
+        "help": "answers per pair: more than 1 labels each pair by the majority of that many sampled answers"})
+    teacher_temperature: Optional[float] = field(default=None, metadata={
+        "help": "with teacher_samples > 1: the temperature the answers are sampled at (default 1.0)"})
     max_tokens: int = field(default=512, metadata={"help": "longest endpoint answer"})
     max_doc_chars: int = field(default=8000, metadata={"help": "documents sent to an endpoint are cut here"})
     gold_hint: bool = field(default=False, metadata={"help": "tell the teacher the gold label when known"})
@@ -70,11 +80,23 @@ class AnnotateConfig(SourceConfig):
         check_fields(self, {"concurrency": positive_int, "max_retries": non_negative_int, "timeout": positive_number,
                             "temperature": non_negative_number, "max_tokens": positive_int,
                             "max_doc_chars": positive_int, "batch_size": positive_int, "max_new_tokens": positive_int,
-                            "max_doc_tokens": positive_int})
+                            "max_doc_tokens": positive_int, "teacher_samples": positive_int,
+                            "teacher_temperature": non_negative_number}, optional=("teacher_temperature",))
         for name, value, allowed in (("task", self.task, ("relevance", "queries")),
                                      ("teacher", self.teacher, ("openai", "local"))):
             if value not in allowed:
                 raise InputError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.teacher_samples == 1 and self.teacher_temperature is not None:
+            raise InputError("teacher_temperature is the temperature of the teacher_samples answers to a pair; with "
+                             "teacher_samples 1 the teacher answers at `temperature`")
+        if self.teacher_samples > 1:
+            if self.task != "relevance":
+                raise InputError("teacher_samples labels judgements by majority; the queries task takes one answer")
+            if self.teacher_temperature is None:
+                self.teacher_temperature = 1.0
+            if self.teacher_temperature == 0:
+                raise InputError(f"teacher_samples {self.teacher_samples} at teacher_temperature 0 would ask for "
+                                 "the same answer again: give a temperature above 0")
         if self.queries_output and self.task != "relevance":
             raise InputError("queries_output goes with task relevance (the queries are written to `output` when "
                              "the task is queries)")
@@ -85,15 +107,17 @@ Teacher = Union[LocalTeacher, OpenAITeacher]
 
 def make_teacher(config: AnnotateConfig) -> Teacher:
     """The teacher the configuration names."""
+    sampled = config.teacher_samples > 1
     if config.teacher == "local":
         return LocalTeacher(config.teacher_model, adapter=config.teacher_adapter, device=config.device,
                             dtype=config.dtype, trust_remote_code=config.trust_remote_code,
                             batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
-                            max_doc_tokens=config.max_doc_tokens, temperature=config.temperature)
+                            max_doc_tokens=config.max_doc_tokens, temperature=config.temperature,
+                            judge_temperature=config.teacher_temperature if sampled else 0.0)
     return OpenAITeacher(config.teacher_model, base_url=config.base_url, api_key=config.api_key,
                          concurrency=config.concurrency, max_retries=config.max_retries, timeout=config.timeout,
-                         temperature=config.temperature, max_tokens=config.max_tokens,
-                         max_doc_chars=config.max_doc_chars)
+                         temperature=config.teacher_temperature if sampled else config.temperature,
+                         max_tokens=config.max_tokens, max_doc_chars=config.max_doc_chars)
 
 
 def annotate(config: AnnotateConfig, pairs: Optional[pd.DataFrame] = None) -> dict:
@@ -134,20 +158,38 @@ def annotate(config: AnnotateConfig, pairs: Optional[pd.DataFrame] = None) -> di
 def _annotate(store: AnnotationStore, config: AnnotateConfig, teacher: Callable[[], Teacher], task: str,
               todo: pd.DataFrame) -> dict:
     """Annotate what ``todo`` lists and is not in the store yet; the summary of the whole file."""
+    samples = config.teacher_samples if task == "relevance" else 1
+    _check_samples(store, samples)
     frame = todo[[record_key(row) not in store.done for row in todo.to_dict("records")]].reset_index(drop=True)
     if len(frame):
         if task == "relevance":
             hints = [prompts.hint_text(g) if config.gold_hint and g is not None else None for g in frame.gold_label]
-            answers = teacher().judge(frame["query"].tolist(), frame["text"].tolist(), hints)
+            answers = teacher().judge(frame["query"].tolist(), frame["text"].tolist(), hints, samples=samples)
         else:
             answers = teacher().write_queries(frame["query"].tolist())
         rows = frame.to_dict("records")
         unit = "pair" if task == "relevance" else "question"
-        for index, fields in pt.tqdm(answers, total=len(rows), desc=f"annotate {task} ({teacher().name})", unit=unit):
+        pending: dict[int, list[dict]] = {}  # a pair's answers until all of its samples are in
+        for index, fields in pt.tqdm(answers, total=len(rows) * samples, desc=f"annotate {task} ({teacher().name})",
+                                     unit=unit if samples == 1 else "answer"):
+            if samples > 1:
+                pending.setdefault(index, []).append(fields)
+                if len(pending[index]) < samples:
+                    continue
+                answered = sorted(pending.pop(index), key=lambda answer: answer["sample"])
+                fields = consensus([{k: v for k, v in answer.items() if k != "sample"} for answer in answered])
             store.append(_record(rows[index], fields, teacher().name))
     summary = summarize(store.records, new=len(frame))
     Path(f"{store.path}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _check_samples(store: AnnotationStore, samples: int) -> None:
+    """A file resumed with the answers per pair it was started with, so that its records are alike."""
+    written = {len(r.get("samples", [None])) for r in store.records if "docno" in r}
+    if written and written != {samples}:
+        raise InputError(f"{store.path} holds pairs annotated with teacher_samples {sorted(written)[0]}, not "
+                         f"{samples}: resume it with the same teacher_samples, or write to another output")
 
 
 def _record(item: dict, fields: dict, teacher: str) -> dict:

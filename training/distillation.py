@@ -65,6 +65,8 @@ class DistillConfig(TrainerDefaults, SFTConfig):
     completion_only_loss: Optional[bool] = field(default=True, metadata={"help": "loss on the response only"})
     max_length: Optional[int] = field(default=None, metadata={
         "help": "longest example: a longer one has its document (or question) cut to fit, and is counted"})
+    include_disagreements: bool = field(default=False, metadata={
+        "help": "also train on pairs whose teacher samples had no majority label (annotate's teacher_samples)"})
 
     def __post_init__(self):
         check_fields(self, dict.fromkeys(("explain_fraction", "direct_fraction", "query_fraction"), proportion))
@@ -146,7 +148,8 @@ def distill(config: DistillConfig, student: StudentConfig) -> dict:
         raise InputError("no train_file: the annotated JSONL written by `reasonrank-train annotate`")
     records = read_jsonl(config.train_file, required=PAIR_FIELDS)
     # In key order: the file's order depends on when the teacher's answers arrived.
-    judgements = sorted(usable_judgements(records), key=record_key)
+    judgements = sorted(usable_judgements(records, include_disagreements=config.include_disagreements),
+                        key=record_key)
     if not judgements:
         raise InputError(f"{config.train_file} holds no usable judgements ({len(records)} records, "
                          f"{sum(bool(r.get('error')) for r in records)} with errors)")

@@ -13,6 +13,7 @@ from pyterrier_reasonrank.prompts import PromptEncoder
 from pyterrier_reasonrank.scoring import most_probable_label
 
 from .records import target_label
+from .rewards import reward_columns
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -45,15 +46,20 @@ def label_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, r
 def mean_reward(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: Sequence[dict],
                 reward_funcs: Sequence[Callable], encoder: PromptEncoder, *, label_source: str = "gold_or_teacher",
                 num_samples: int = 4, temperature: float = 1.0, max_new_tokens: int = 128, batch_size: int = 16,
-                reward_weights: Optional[Sequence[float]] = None) -> float:
-    """The mean (weighted) reward of ``num_samples`` responses sampled per held-out pair."""
-    samples = HFBackend(model, tokenizer).sample([encoder.encode(r["query"], r["text"]) for r in records],
-                                                 num_samples=num_samples, temperature=temperature,
+                reward_weights: Optional[Sequence[float]] = None,
+                references: Optional[Sequence[float]] = None) -> float:
+    """The mean (weighted) reward of ``num_samples`` responses sampled per held-out pair.
+
+    The responses of all pairs are rewarded together, so that a ranking-aware reward compares a
+    query's pairs; ``references`` are the starting model's scores of the pairs (for ``rr``).
+    """
+    prompts = [encoder.encode(r["query"], r["text"]) for r in records]
+    samples = HFBackend(model, tokenizer).sample(prompts, num_samples=num_samples, temperature=temperature,
                                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
+    pairs = reward_columns(records, [target_label(r, label_source) for r in records], prompts, references)
+    columns = {key: [row[key] for row in pairs for _ in range(num_samples)] for key in pairs[0]}
+    columns["completion_ids"] = [c.ids for per_pair in samples for c in per_pair]
     completions = [c.text for per_pair in samples for c in per_pair]
-    columns = {"target_label": [target_label(r, label_source) for r in records for _ in range(num_samples)],
-               "query": [r["query"] for r in records for _ in range(num_samples)],
-               "text": [r["text"] for r in records for _ in range(num_samples)]}
     return float(np.mean(total_rewards(completions, columns, reward_funcs, reward_weights)))
 
 

@@ -2,16 +2,20 @@
 
 The policy is rewarded on its own current samples (``num_generations`` per prompt), with the same
 reward functions as the reward-weighted algorithm (:mod:`.rewards`); its prompts are the project's
-prompt encoder's, token for token.
+prompt encoder's, token for token. With a ranking reward its batches hold whole query groups
+(:mod:`.query_groups`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from trl import GRPOConfig, GRPOTrainer
 
 from pyterrier_reasonrank.errors import InputError
+from pyterrier_reasonrank.numeric import check_fields, positive_int
 
+from .query_groups import QueryGroupSampler
 from .refine_config import ALGORITHM_HELP, RefineConfig
 
 
@@ -26,11 +30,18 @@ class GrpoRefineConfig(RefineConfig, GRPOConfig):
     """
 
     algorithm: str = field(default="grpo", metadata={"help": ALGORITHM_HELP})
+    query_group_size: Optional[int] = field(default=None, metadata={
+        "help": "with a ranking reward: candidates of a query per batch, drawn with a relevant and a "
+                "non-relevant one (default: all of a query's)"})
 
     def __post_init__(self):
         if isinstance(self.num_generations, int) and self.num_generations < 2:
             raise InputError(f"num_generations must be at least 2 with algorithm grpo (its advantages compare the "
                              f"responses to one prompt), got {self.num_generations}")
+        check_fields(self, {"query_group_size": positive_int}, optional=("query_group_size",))
+        if self.query_group_size is not None and self.query_group_size < 2:
+            raise InputError(f"query_group_size must be at least 2 (a relevant and a non-relevant candidate), got "
+                             f"{self.query_group_size}")
         super().__post_init__()
 
 
@@ -38,19 +49,27 @@ class GrpoRefineTrainer(GRPOTrainer):
     """``GRPOTrainer`` that feeds the policy the prompt token ids made by the project's prompt encoder.
 
     These are token for token what ``ReasonRanker`` feeds it; the prompt text is not re-tokenized.
+    With a sampler of query groups, its batches hold whole query groups.
     """
 
-    def __init__(self, *args, prompt_ids: dict[str, list[int]], **kwargs):
+    def __init__(self, *args, prompt_ids: dict[str, list[int]], sampler: Optional[QueryGroupSampler] = None,
+                 **kwargs):
         """Keep the encoded prompts, then set up ``GRPOTrainer`` with the other arguments.
 
         Args:
             *args: ``GRPOTrainer``'s positional arguments.
             prompt_ids: Token ids of each prompt, keyed by the prompt text in the dataset.
+            sampler: Draws the training batches instead of trl's sampler (for ranking rewards).
             **kwargs: ``GRPOTrainer``'s keyword arguments.
         """
         self._prompt_ids = prompt_ids
+        self._sampler = sampler
         super().__init__(*args, **kwargs)
 
     def _tokenize_prompts(self, prompts: list[str]):
         # trl's hook for turning prompts into ids (returns ids, images, multimodal fields).
         return [self._prompt_ids[prompt] for prompt in prompts], None, {}
+
+    def _get_train_sampler(self, dataset=None):  # noqa: ANN001, ANN202
+        # trl has no public hook for what a batch holds; this is where its own RepeatSampler comes from.
+        return self._sampler if self._sampler is not None else super()._get_train_sampler(dataset)

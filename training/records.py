@@ -15,6 +15,8 @@ from pyterrier_reasonrank.errors import InputError
 from pyterrier_reasonrank.prompts import LABELS
 from pyterrier_reasonrank.redaction import scrub
 
+from .consensus import agreement_summary
+
 if TYPE_CHECKING:
     from types import TracebackType
 
@@ -161,23 +163,31 @@ def target_label(record: dict, source: str = "gold_or_teacher") -> Optional[int]
     return gold if gold is not None else teacher
 
 
-def labelled_pairs(path: Union[str, Path], label_source: str = "gold_or_teacher") -> list[dict]:
+def labelled_pairs(path: Union[str, Path], label_source: str = "gold_or_teacher", *,
+                   include_disagreements: bool = False) -> list[dict]:
     """The pairs of a JSONL file that have a target label (see :func:`target_label`), in key order.
 
-    Key order, because a file's order depends on when the teacher's answers arrived.
+    Key order, because a file's order depends on when the teacher's answers arrived. Pairs whose
+    teacher samples disagreed (see :mod:`.consensus`) are left out unless ``include_disagreements``.
 
     Raises:
         InputError: The file holds none, or a record is not a pair (see :func:`read_jsonl`).
     """
-    records = [r for r in read_jsonl(path, required=PAIR_FIELDS) if target_label(r, label_source) is not None]
+    records = [r for r in read_jsonl(path, required=PAIR_FIELDS) if target_label(r, label_source) is not None
+               and (include_disagreements or not r.get("disagreement"))]
     if not records:
         raise InputError(f"{path} holds no pairs with a {label_source.replace('_', ' ')} label")
     return sorted(records, key=record_key)
 
 
-def usable_judgements(records: Iterable[dict]) -> list[dict]:
-    """The judgements a student can learn from: no ``error``, a label of 0, 1 or 2, an explanation."""
-    return [r for r in records if not r.get("error") and r.get("label") in LABELS and r.get("explanation")]
+def usable_judgements(records: Iterable[dict], *, include_disagreements: bool = False) -> list[dict]:
+    """The judgements a student can learn from: no ``error``, a label of 0, 1 or 2, an explanation.
+
+    A judgement whose teacher samples disagreed (see :mod:`.consensus`) is one only with
+    ``include_disagreements``.
+    """
+    return [r for r in records if not r.get("error") and r.get("label") in LABELS and r.get("explanation")
+            and (include_disagreements or not r.get("disagreement"))]
 
 
 def usable_query_lists(records: Iterable[dict]) -> list[dict]:
@@ -186,17 +196,24 @@ def usable_query_lists(records: Iterable[dict]) -> list[dict]:
 
 
 def summarize(records: Iterable[dict], *, new: Optional[int] = None) -> dict:
-    """Counts of an annotation file: records, usable ones, errors by kind, labels, forced labels."""
+    """Counts of an annotation file: records, usable ones, errors by kind, labels, forced labels.
+
+    A file annotated by teacher consensus also gets ``consensus``: how far the samples agreed (see
+    :func:`.consensus.agreement_summary`); its disagreements are not counted usable.
+    """
     records = list(records)
     errors = Counter(_error_kind(r["error"]) for r in records if r.get("error"))
+    disagreements = sum(bool(r.get("disagreement")) for r in records)
     summary = {
         "records": len(records),
-        "usable": len(records) - sum(errors.values()),
+        "usable": len(records) - sum(errors.values()) - disagreements,
         "errors": dict(sorted(errors.items())),
         "labels": {str(k): v for k, v in sorted(Counter(r["label"] for r in records
                                                         if r.get("label") is not None).items())},
         "forced": sum(bool(r.get("forced")) for r in records),
     }
+    if any("samples" in r for r in records):
+        summary["consensus"] = agreement_summary(records)
     if new is not None:
         summary["new"] = new
     return summary

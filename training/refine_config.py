@@ -14,7 +14,7 @@ from typing import Optional
 from transformers import TrainingArguments
 
 from pyterrier_reasonrank.errors import InputError
-from pyterrier_reasonrank.numeric import check_fields, positive_int, proportion
+from pyterrier_reasonrank.numeric import check_fields, non_negative_number, positive_int, proportion
 
 from .arguments import TrainerDefaults
 from .recipes import COMMANDS
@@ -55,6 +55,14 @@ class RefineConfig(TrainerDefaults):
     eval_samples: int = field(default=4, metadata={"help": "responses sampled per held-out pair for the mean reward"})
     trust_remote_code: bool = field(default=False, metadata={
         "help": "let the student's and the reward model's own code run"})
+    composite_alpha: float = field(default=0.75, metadata={
+        "help": "composite reward: weight of Retro*'s intra-document part (the paper's 0.75)"})
+    composite_threshold: float = field(default=0.4, metadata={
+        "help": "composite reward: the intra-document threshold tau on the 0-2 scale (the paper's 20 of 100)"})
+    rr_positive_label: int = field(default=1, metadata={"help": "rr reward: the least label of a positive document"})
+    ndcg_cutoff: int = field(default=10, metadata={"help": "ndcg reward: the rank cutoff"})
+    include_disagreements: bool = field(default=False, metadata={
+        "help": "also refine on pairs whose teacher samples had no majority label (annotate's teacher_samples)"})
 
     def __post_init__(self):
         configs = ", ".join(f"{algorithm}: {config}" for algorithm, config in ALGORITHMS.items())
@@ -67,10 +75,19 @@ class RefineConfig(TrainerDefaults):
                              f"algorithm has a config of its own ({configs})")
         check_fields(self, {"num_generations": positive_int, "max_completion_length": positive_int,
                             "partial_credit": proportion, "eval_samples": positive_int,
-                            "reward_model_max_length": positive_int})
+                            "reward_model_max_length": positive_int, "composite_alpha": proportion,
+                            "composite_threshold": non_negative_number, "ndcg_cutoff": positive_int})
+        if self.rr_positive_label not in (1, 2):
+            raise InputError(f"rr_positive_label must be 1 or 2 (the least label of a positive document), got "
+                             f"{self.rr_positive_label!r}")
         if self.label_source not in LABEL_SOURCES:
             raise InputError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
         if "reward_model" in self.rewards and len(self.rewards) > 1 and not self.reward_weights:
             raise InputError(f"rewards {self.rewards} mix a reward model's scores (unbounded logits) with rewards "
                              "in [0, 1]: give reward_weights, one per reward, to say how they add up")
         super().__post_init__()
+
+    def ranking_options(self) -> dict:
+        """The options of the ranking rewards (see :class:`.ranking_rewards.ListReward`)."""
+        return {"alpha": self.composite_alpha, "threshold": self.composite_threshold,
+                "positive_label": self.rr_positive_label, "cutoff": self.ndcg_cutoff}

@@ -5,8 +5,11 @@ columns as keyword arguments, and returns one float per completion::
 
     label_reward(completions, target_label=[2, 0]) -> [1.0, 0.0]
 
-A recipe names them: ``label``, ``format`` and ``reward_model`` are built in, and any other is an
-import path ``module.function`` (as trl's scripts do), so a reward of your own needs no change here.
+A recipe names them: ``label``, ``format`` and ``reward_model`` are built in, so are the
+ranking-aware ``composite``, ``rr`` and ``ndcg`` (:mod:`.ranking_rewards`: they reward a rollout
+against the other rollouts of its query), and any other is an import path ``module.function`` (as
+trl's scripts do), so a reward of your own needs no change here. Every reward function is given
+the columns of :func:`reward_columns` for each rollout.
 """
 from __future__ import annotations
 
@@ -44,10 +47,11 @@ def format_reward(completions: Sequence[str], **kwargs) -> list[float]:
     The format is a non-empty explanation, then one ``Relevance:`` line with a label and nothing
     after it.
     """
-    return [1.0 if _well_formed(completion) else 0.0 for completion in completions]
+    return [1.0 if well_formed(completion) else 0.0 for completion in completions]
 
 
-def _well_formed(completion: str) -> bool:
+def well_formed(completion: str) -> bool:
+    """Whether a response is in the format: a non-empty explanation, then one label line and nothing after it."""
     head, marker, tail = completion.rpartition("\n" + prompts.LABEL_MARKER)
     # The prompt already holds "Explanation:", so a completion may start without it.
     explanation = head.strip().removeprefix(prompts.EXPLANATION_PREFIX).strip()
@@ -116,38 +120,91 @@ class RewardModelReward:
         return rewards
 
 
-REWARDS = ("label", "format", "reward_model")
+RANKING_REWARDS = ("composite", "rr", "ndcg")
+"""The ranking-aware rewards (:mod:`.ranking_rewards`)."""
+REWARDS = ("label", "format", "reward_model", *RANKING_REWARDS)
 """The built-in rewards; any other name is an import path ``module.function``."""
 
 
+def reward_columns(records: Sequence[dict], targets: Sequence[Optional[int]], prompts: Sequence[Sequence[int]],
+                   references: Optional[Sequence[float]] = None) -> list[dict]:
+    """What a reward function is told of each pair, beside the rollout (``completions``, ``completion_ids``).
+
+    ``target_label``, ``query``, ``text``, ``qid``, ``docno``, the prompt's token ids
+    (``prompt_token_ids``), and with ``references`` the starting model's score of the pair
+    (``reference_score``, for ``rr``).
+    """
+    columns = [{"target_label": target, "query": r["query"], "text": r["text"], "qid": str(r.get("qid", "")),
+                "docno": str(r.get("docno", "")), "prompt_token_ids": list(prompt)}
+               for r, target, prompt in zip(records, targets, prompts)]
+    if references is not None:
+        for row, reference in zip(columns, references):
+            row["reference_score"] = float(reference)
+    return columns
+
+
 def reward_functions(names: Sequence[str], *, partial_credit: float = 0.5, reward_model: Optional[str] = None,
+                     scorer: Optional[Callable] = None, ranking_options: Optional[dict] = None,
                      **reward_model_options: object) -> list[Callable]:
     """The named reward functions, ready for refinement (and for trl's ``GRPOTrainer``).
 
     Args:
-        names: ``"label"``, ``"format"``, ``"reward_model"``, or the import path of a function of
-            your own, e.g. ``"my_rewards.brevity"`` (any callable in trl's reward convention).
+        names: ``"label"``, ``"format"``, ``"reward_model"``, ``"composite"``, ``"rr"``,
+            ``"ndcg"``, or the import path of a function of your own, e.g.
+            ``"my_rewards.brevity"`` (any callable in trl's reward convention).
         partial_credit: The label reward for a label off by one.
         reward_model: The reward model, when ``"reward_model"`` is named.
+        scorer: Scores each rollout (:class:`.rollouts.RolloutScorer`), for the ranking rewards.
+        ranking_options: The ranking rewards' options (``alpha``, ``threshold``,
+            ``positive_label``, ``cutoff``; see :class:`.ranking_rewards.ListReward`).
         reward_model_options: Passed to :class:`RewardModelReward`.
 
     Raises:
-        InputError: A name that is neither built in nor importable, or ``reward_model`` named without a model.
+        InputError: A name that is neither built in nor importable, ``reward_model`` named without a
+            model, or a ranking reward without a scorer.
     """
+    check_reward_names(names, reward_model=reward_model)
     functions: list[Callable] = []
     for name in names:
+        if name in RANKING_REWARDS:
+            from .ranking_rewards import ListReward  # it uses this module's format check
+
+            if scorer is None:
+                raise InputError(f"the {name} reward ranks rollouts by the student's score: give a scorer")
+            functions.append(ListReward(name, scorer, **(ranking_options or {})))
+            continue
         if name == "label":
             functions.append(functools.update_wrapper(functools.partial(label_reward, partial_credit=partial_credit),
                                                       label_reward))
         elif name == "format":
             functions.append(format_reward)
         elif name == "reward_model":
-            if not reward_model:
-                raise InputError("the reward_model reward needs `reward_model`: a sequence-classification model id")
             functions.append(RewardModelReward(reward_model, **reward_model_options))
         else:
             functions.append(imported_reward(name))
     return functions
+
+
+def check_reward_names(names: Sequence[str], records: Sequence[dict] = (), *,
+                       reward_model: Optional[str] = None) -> None:
+    """Check, before any model is loaded, that each reward can be built and the pairs have what it needs.
+
+    Raises:
+        InputError: A name that is neither built in nor importable, ``reward_model`` named without a
+            model, or a ranking reward with pairs that do not say their query and document
+            (``qid``, ``docno``).
+    """
+    for name in names:
+        if name not in REWARDS:
+            imported_reward(name)
+    if "reward_model" in names and not reward_model:
+        raise InputError("the reward_model reward needs `reward_model`: a sequence-classification model id")
+    if any(name in RANKING_REWARDS for name in names):
+        missing = next((r for r in records if r.get("qid") is None or r.get("docno") is None), None)
+        if missing is not None:
+            raise InputError(f"the ranking rewards compare a query's documents, so each pair needs its qid and docno; "
+                             f"a pair of query {str(missing['query'])[:40]!r} has "
+                             f"{'no qid' if missing.get('qid') is None else 'no docno'}")
 
 
 def imported_reward(path: str) -> Callable:

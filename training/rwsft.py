@@ -26,6 +26,7 @@ from pyterrier_reasonrank.prompts import PromptEncoder
 
 from .evaluation import total_rewards
 from .refine_config import ALGORITHM_HELP, RefineConfig
+from .rewards import reward_columns
 from .sampling import SAMPLING_BACKENDS
 
 if TYPE_CHECKING:
@@ -85,23 +86,29 @@ def min_max(rewards: np.ndarray) -> Optional[np.ndarray]:
 def weighted_examples(draw: Callable[[list[list[int]]], list[list[Completion]]], tokenizer: PreTrainedTokenizerBase,
                       records: Sequence[dict], targets: Sequence[int], encoder: PromptEncoder,
                       reward_funcs: Sequence[Callable], *, keep_threshold: float, weight_power: float,
-                      include_teacher: bool, keep_ties: bool = True,
-                      reward_weights: Optional[Sequence[float]] = None) -> tuple[list[dict], dict]:
+                      include_teacher: bool, keep_ties: bool = True, reward_weights: Optional[Sequence[float]] = None,
+                      references: Optional[Sequence[float]] = None) -> tuple[list[dict], dict]:
     """Sample, reward and select: the weighted training examples, and statistics of the draw.
+
+    Every pair's candidates are rewarded in one pool, so that a ranking-aware reward sees all the
+    rollouts of a query's candidates together (a pointwise reward is the same either way); the
+    rewards are then normalised within each pair.
 
     Args:
         draw: The student's responses to each prompt (token ids): ``k`` per prompt (see
             :mod:`.sampling`).
         tokenizer: The student's tokenizer.
-        records: The pairs (``query``, ``text``, and the teacher's ``explanation`` and ``label``).
+        records: The pairs (``query``, ``text``, ``qid``, ``docno``, and the teacher's
+            ``explanation`` and ``label``).
         targets: The target label of each pair.
         encoder: The student's prompt encoder.
         reward_funcs: The rewards, weighted by ``reward_weights``.
         keep_threshold: Responses whose normalised reward is at least this are kept.
         weight_power: A kept response's loss weight is its normalised reward to this power.
-        include_teacher: The teacher's response is a candidate too.
+        include_teacher: The teacher's response is a candidate too (one more rollout of its pair).
         keep_ties: A pair whose candidates all tie keeps them at weight 1, rather than being left out.
         reward_weights: One weight per reward (default: 1 each).
+        references: The starting model's score of each pair (for the ``rr`` reward).
 
     Returns:
         Examples with ``input_ids``, ``completion_mask`` and ``weight``; and ``mean_sample_reward``,
@@ -109,27 +116,36 @@ def weighted_examples(draw: Callable[[list[list[int]]], list[list[Completion]]],
     """
     prompts = [encoder.encode(r["query"], r["text"]) for r in records]
     samples = draw(prompts)
-    examples, sample_rewards, tied = [], [], 0
-    for record, target, prompt, completions in zip(records, targets, prompts, samples):
-        candidates = [(c.text, c.ids) for c in completions]
+    pair_columns = reward_columns(records, targets, prompts, references)
+    owner, texts, ids, sampled = [], [], [], []  # each candidate's pair, text, token ids, and whether it was drawn
+    for pair, (record, completions) in enumerate(zip(records, samples)):
+        candidates = [(c.text, c.ids, True) for c in completions]
         if include_teacher and record.get("explanation") and record.get("label") is not None:
-            ids = encoder.encode_response(record["explanation"], record["label"])
-            candidates.append((tokenizer.decode(ids, skip_special_tokens=True), ids))
-        columns = {"target_label": [target] * len(candidates), "query": [record["query"]] * len(candidates),
-                   "text": [record["text"]] * len(candidates)}
-        rewards = total_rewards([text for text, _ in candidates], columns, reward_funcs, reward_weights)
-        sample_rewards += rewards[:len(completions)].tolist()
-        normalised = min_max(rewards)
+            response = encoder.encode_response(record["explanation"], record["label"])
+            candidates.append((tokenizer.decode(response, skip_special_tokens=True), response, False))
+        for text, candidate_ids, drawn in candidates:
+            owner.append(pair)
+            texts.append(text)
+            ids.append(candidate_ids)
+            sampled.append(drawn)
+    columns = {key: [pair_columns[pair][key] for pair in owner] for key in pair_columns[0]}
+    rewards = total_rewards(texts, {**columns, "completion_ids": ids}, reward_funcs, reward_weights)
+    owner, sampled = np.array(owner), np.array(sampled)
+    examples, tied = [], 0
+    for pair, prompt in enumerate(prompts):
+        rows = np.flatnonzero(owner == pair)
+        normalised = min_max(rewards[rows])
         if normalised is None:
             tied += 1
             if not keep_ties:
                 continue
-            normalised = np.ones(len(candidates))
-        for (_, ids), r in zip(candidates, normalised):
+            normalised = np.ones(len(rows))
+        for row, r in zip(rows, normalised):
             if r >= keep_threshold:
-                examples.append({"input_ids": prompt + ids, "completion_mask": [0] * len(prompt) + [1] * len(ids),
+                examples.append({"input_ids": prompt + ids[row],
+                                 "completion_mask": [0] * len(prompt) + [1] * len(ids[row]),
                                  "weight": float(r) ** weight_power})
-    statistics = {"mean_sample_reward": float(np.mean(sample_rewards)), "pairs": len(records),
+    statistics = {"mean_sample_reward": float(np.mean(rewards[sampled])), "pairs": len(records),
                   "pairs_tied": tied, "kept": len(examples)}
     return examples, statistics
 

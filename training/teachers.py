@@ -84,18 +84,21 @@ class OpenAITeacher:
         self._template_kwargs: Optional[dict] = dict(prompts.TEMPLATE_VARIABLES)
         self._refused = threading.Lock()  # requests run in threads: the first to learn of a refusal says so
 
-    def judge(self, queries: Sequence[str], documents: Sequence[str],
-              hints: Sequence[Optional[str]]) -> Iterator[tuple[int, dict]]:
+    def judge(self, queries: Sequence[str], documents: Sequence[str], hints: Sequence[Optional[str]], *,
+              samples: int = 1) -> Iterator[tuple[int, dict]]:
         """Ask the endpoint for a judgement of each pair; yields ``(index, fields)`` as answers arrive.
 
         Args:
             queries: The query of each pair.
             documents: The document text of each pair (cut to ``max_doc_chars``).
             hints: The gold-label hint shown after each document, or ``None``.
+            samples: Answers per pair (each a request of its own, sampled at the teacher's
+                temperature); with more than one, each answer's fields say which ``sample`` it is.
         """
         conversations = [prompts.messages(q, d[:self.max_doc_chars], "explain", h)
-                         for q, d, h in zip(queries, documents, hints)]
-        return self._answers(conversations, judgement_fields)
+                         for q, d, h in zip(queries, documents, hints) for _ in range(samples)]
+        for index, fields in self._answers(conversations, judgement_fields):
+            yield index // samples, {**fields, "sample": index % samples} if samples > 1 else fields
 
     def write_queries(self, questions: Sequence[str]) -> Iterator[tuple[int, dict]]:
         """Ask the endpoint for search queries for each question; yields ``(index, fields)`` as answers arrive."""
@@ -156,7 +159,8 @@ class LocalTeacher:
 
     def __init__(self, model: str, *, adapter: Optional[str] = None, device: Union[str, torch.device, None] = None,
                  dtype: Union[str, torch.dtype, None] = None, trust_remote_code: bool = False, batch_size: int = 8,
-                 max_new_tokens: int = 256, max_doc_tokens: int = 2048, temperature: float = 0.0):
+                 max_new_tokens: int = 256, max_doc_tokens: int = 2048, temperature: float = 0.0,
+                 judge_temperature: float = 0.0):
         """Load the teacher model (and adapter) now, with the prompt encoder for its tokenizer.
 
         Args:
@@ -169,6 +173,7 @@ class LocalTeacher:
             max_new_tokens: Explanation (or query list) budget.
             max_doc_tokens: Documents are cut to this many tokens.
             temperature: For query generation; 0 decodes greedily.
+            judge_temperature: For judgements: the explanations are sampled at it (0: greedy).
 
         Raises:
             ModelNotFoundError: The model or adapter could not be found.
@@ -180,9 +185,10 @@ class LocalTeacher:
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
+        self.judge_temperature = judge_temperature
 
-    def judge(self, queries: Sequence[str], documents: Sequence[str],
-              hints: Sequence[Optional[str]]) -> Iterator[tuple[int, dict]]:
+    def judge(self, queries: Sequence[str], documents: Sequence[str], hints: Sequence[Optional[str]], *,
+              samples: int = 1) -> Iterator[tuple[int, dict]]:
         """Judge the pairs ``batch_size`` at a time in explain mode; yields ``(index, fields)`` in order.
 
         The label is the most probable label token after the explanation, so every answer has a
@@ -192,13 +198,22 @@ class LocalTeacher:
             queries: The query of each pair.
             documents: The document text of each pair (cut to ``max_doc_tokens`` tokens).
             hints: The gold-label hint shown after each document, or ``None``.
+            samples: Answers per pair, each explanation sampled at ``judge_temperature`` under a seed
+                of its own; with more than one, each answer's fields say which ``sample`` it is.
         """
+        for sample in range(samples):
+            for index, fields in self._judge(queries, documents, hints, seed=sample):
+                yield index, {**fields, "sample": sample} if samples > 1 else fields
+
+    def _judge(self, queries: Sequence[str], documents: Sequence[str], hints: Sequence[Optional[str]], *,
+               seed: int) -> Iterator[tuple[int, dict]]:
         for start in range(0, len(queries), self.batch_size):
             batch = range(start, min(start + self.batch_size, len(queries)))
             ids = self._encoder.prompts([queries[i] for i in batch], [documents[i] for i in batch],
                                         [hints[i] for i in batch])
             judged = self._backend.judge(ids, self._encoder, mode="explain", max_new_tokens=self.max_new_tokens,
-                                         batching=Batching(batch_size=self.batch_size))
+                                         batching=Batching(batch_size=self.batch_size),
+                                         temperature=self.judge_temperature, seed=seed)
             labels = most_probable_label(judged.probabilities)
             for k, i in enumerate(batch):
                 label = int(labels[k])
