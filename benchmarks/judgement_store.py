@@ -71,8 +71,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     names = [f"BM25 top {depth} >> ReasonRanker" for depth in setup["depths"]]
 
     runs, rankings = [], {}
-    for run, store in (("no store", None), ("store, first run", work / "experiment.sqlite"),
-                       ("store, second run", work / "experiment.sqlite")):
+    for run, store in (("no store", None), ("store, first run", work / "experiment-judgements"),
+                       ("store, second run", work / "experiment-judgements")):
         ranker = ReasonRanker(model, store=store, max_new_tokens=setup["max_new_tokens"], **RANKER)
         ranker.load()
         systems = [first_stage % depth >> ranker for depth in setup["depths"]]
@@ -89,7 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     candidates = _sorted((first_stage % deepest)(topics))
     writers = _two_writers(model, work, candidates, setup["max_new_tokens"])
-    store = JudgementStore(work / "writers.sqlite")
+    store = JudgementStore(work / "writers-judgements")
     ranker = ReasonRanker(model, store=store, max_new_tokens=setup["max_new_tokens"], **RANKER)
     with counting_judgements(ranker) as counted:
         after = _sorted(ranker(candidates))
@@ -132,7 +132,7 @@ def _two_writers(model: str, work: Path, candidates: pd.DataFrame, max_new_token
     for k, half in enumerate(shares):
         frame = work / f"writer{k}.parquet"
         candidates[candidates["qid"].isin(half)].to_parquet(frame)
-        job = {"model": model, "store": str(work / "writers.sqlite"), "frame": str(frame),
+        job = {"model": model, "store": str(work / "writers-judgements"), "frame": str(frame),
                "max_new_tokens": max_new_tokens}
         processes.append(subprocess.Popen([sys.executable, __file__, "--writer", json.dumps(job)],
                                           stdout=subprocess.PIPE, text=True, env=environment))

@@ -51,7 +51,7 @@ FULL = {"pairs": 600, "epochs": 6, "direct_fraction": 0.25, "queries_per_topic":
         "thresholds": (0.1, 0.3, 0.5, 0.7)}
 QUICK = {"pairs": 160, "epochs": 1, "direct_fraction": 1.0, "queries_per_topic": 2, "samples": 2, "thresholds": (0.5,)}
 COST = {"model": "qwen2.5-0.5b", "domain": "biology", "queries": 2, "docs": 10, "doc_words": 700,
-        "max_doc_tokens": 768, "max_new_tokens": 32, "batch_size": 20, "samples": 4, "cutoff": 3, "margin": 1,
+        "max_doc_tokens": 512, "max_new_tokens": 32, "batch_size": 20, "samples": 4, "cutoff": 3, "margin": 1,
         "backends": ("transformers", "vllm")}
 COST_QUICK = {**COST, "model": None, "queries": 1, "docs": 4, "doc_words": 150, "max_doc_tokens": 128,
               "max_new_tokens": 8, "batch_size": 4, "samples": 2, "cutoff": 2, "backends": ("transformers",)}
@@ -98,7 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="reasonrank-ttc-"))
     model = build_tiny_model(work / "tiny")
     vocabulary = Vocabulary.of(AutoTokenizer.from_pretrained(model))
-    student, accuracy = _distil(work, model, vocabulary, setup)
+    student, accuracy = distil_student(work, model, vocabulary, setup)
     candidates, qrels = ranking_task(vocabulary, seed=2, queries_per_topic=setup["queries_per_topic"])
 
     k = setup["samples"]
@@ -239,7 +239,7 @@ def _cost_plot(rows: list[dict], path: str) -> None:
     plt.close(figure)
 
 
-def _distil(work: Path, model: Path, vocabulary: Vocabulary, setup: dict) -> tuple[Path, dict]:
+def distil_student(work: Path, model: Path, vocabulary: Vocabulary, setup: dict) -> tuple[Path, dict]:
     """The student: distilled in explain and direct mode on rule-annotated pairs; its held-out label accuracy."""
     from pyterrier_reasonrank.training.distillation import DistillConfig, distill
     from pyterrier_reasonrank.training.student import StudentConfig

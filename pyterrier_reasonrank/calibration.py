@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,9 @@ import pandas as pd
 from .errors import InputError
 from .prompts import LABELS
 from .scoring import expected_label, tempered
+
+if TYPE_CHECKING:
+    import matplotlib.figure
 
 BINS = 10
 MIN_PAIRS = 30
@@ -123,29 +126,66 @@ def fittable(labels: np.ndarray, *, what: str) -> None:
                          "use more queries (num_queries) or a deeper first stage (k)")
 
 
-def reliability_diagram(tables: dict[str, pd.DataFrame], path: Union[str, Path]) -> Path:
-    """A PNG with, for each measure, each dataset's observed value against its predicted value per bin."""
-    import matplotlib
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+"""One marker per system in a reliability diagram, so that coinciding points stay visible."""
+_AXES = {"expected label": ("Expected label (score / 2)", "predicted: mean score / 2 of the bin's pairs",
+                            "observed: mean judged label / 2"),
+         "confidence": ("Most probable label", "confidence: mean probability of the most probable label",
+                        "observed: share whose most\nprobable label is the judged one")}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    measures = ("expected label", "confidence")
-    figure, axes = plt.subplots(1, len(measures), figsize=(9, 4.2), squeeze=False)
-    for axis, measure in zip(axes[0], measures):
+def reliability_figure(tables: dict[str, pd.DataFrame], *, dataset: str = "") -> "matplotlib.figure.Figure":
+    """The reliability diagram of several systems on one dataset, as a matplotlib Figure.
+
+    For each measure (the expected label and the confidence), a panel of each system's observed
+    value against its predicted value per bin (the diagonal is calibration), and beneath it the
+    pairs in each bin, so that a bin of one pair is not read like one of hundreds. Each system has
+    its own marker; the legend gives its expected calibration error and its number of pairs.
+
+    Args:
+        tables: Each system's :func:`calibration_table`, by name (e.g. ``"BM25 >> explain"``).
+        dataset: The dataset's name, for the title.
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 5.6), layout="constrained")
+    grid = figure.add_gridspec(2, len(_AXES), height_ratios=(3, 1))
+    systems = list(tables)
+    width = 1 / BINS / (len(systems) + 1)
+    for column, (measure, (title, xlabel, ylabel)) in enumerate(_AXES.items()):
+        axis = figure.add_subplot(grid[0, column])
+        counts = figure.add_subplot(grid[1, column], sharex=axis)
         axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
-        for name, table in tables.items():
+        for number, (name, table) in enumerate(tables.items()):
             rows = table[table["measure"] == measure]
-            error = expected_calibration_error(table)[measure]
-            axis.plot(rows["predicted"], rows["observed"], marker="o", label=f"{name} (ECE {error:.3f})")
-        axis.set_title(measure + (" / 2" if measure == "expected label" else ""))
-        axis.set_xlabel("predicted")
-        axis.set_ylabel("observed")
+            error = expected_calibration_error(table).get(measure, float("nan"))
+            pairs = int(rows["pairs"].sum())
+            line, = axis.plot(rows["predicted"], rows["observed"], marker=MARKERS[number % len(MARKERS)],
+                              markersize=8 - 1.5 * (number % 3), markerfacecolor="none", markeredgewidth=1.5,
+                              linewidth=1, clip_on=False, zorder=3 + number,
+                              label=f"{name} (ECE {error:.3f}, n = {pairs})")
+            # Each system's bars side by side within a bin: the bin spans (bin - 1 / BINS, bin].
+            lefts = rows["bin"] - 1 / BINS + width * (number + 0.5)
+            counts.bar(lefts, rows["pairs"], width=width, align="edge", color=line.get_color(), label=name)
+        axis.set_title(title)
+        axis.set_ylabel(ylabel)
         axis.set_xlim(0, 1)
         axis.set_ylim(0, 1)
-        axis.legend(fontsize=7)
+        axis.tick_params(labelbottom=False)
+        axis.legend(fontsize=7, loc="upper left")
         axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+        counts.set_xlabel(xlabel)
+        counts.set_ylabel("pairs per bin")
+        counts.set_xticks([b / BINS for b in range(BINS + 1)])
+        counts.grid(alpha=0.3, axis="y")
+    pairs = sorted({int(t[t["measure"] == "confidence"]["pairs"].sum()) for t in tables.values()})
+    judged = " or ".join(f"{n:,}" for n in pairs)
+    figure.suptitle(f"Reliability on {dataset or 'the judged pairs'}: {', '.join(systems)} "
+                    f"({judged} judged pairs, {BINS} bins)", fontsize=11)
+    return figure
+
+
+def reliability_diagram(tables: dict[str, pd.DataFrame], path: Union[str, Path], *, dataset: str = "") -> Path:
+    """Write :func:`reliability_figure` as a PNG."""
+    reliability_figure(tables, dataset=dataset).savefig(path, dpi=110)
     return Path(path)

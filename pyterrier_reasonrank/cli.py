@@ -44,7 +44,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     model.add_argument("--backend", choices=BACKENDS, default="transformers", help="where the model runs")
     model.add_argument("--store", default=None,
-                       help="a judgement store (SQLite file): pairs judged before are read, not judged again")
+                       help="a judgement store (its directory): pairs judged before are read, not judged again")
     model.add_argument("--verbose", action="store_true",
                        help="show BM25's indexing log and the model's loading progress (quiet otherwise)")
 
@@ -78,7 +78,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     evaluate.add_argument("--query-field", default=None, help="topics field used as the query (BRIGHT: text)")
     evaluate.add_argument("--output", default="reasonrank-evaluation", help="folder for the results")
     evaluate.add_argument("--report", action="store_true",
-                          help="also write report.html: the explanations of the first re-ranked system")
+                          help="also write an explanation report (report-<dataset>-<system>.html, with the qrels) "
+                               "for each re-ranked system that explains")
+    evaluate.add_argument("--report-system", action="append", default=None, metavar="NAME",
+                          help="write the report of this system instead (repeatable; e.g. explain, direct, or the "
+                               "cascade's name); implies --report")
     evaluate.add_argument("--fusion", action="store_true",
                           help="also evaluate each re-ranker fused with the first stage (per-query min-max "
                                "normalised scores, interpolated at a weight from 0 to 1 by 0.1 chosen by nDCG@10 "
@@ -176,8 +180,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .dataset import get_dataset
-    from .display import write_report
-    from .evaluation import cascade, dataset_ids, evaluate, fusion_table, write_calibration, write_outputs
+    from .display import model_label, student_facts
+    from .evaluation import (
+        cascade,
+        dataset_ids,
+        evaluate,
+        fusion_table,
+        write_calibration,
+        write_outputs,
+        write_reports,
+    )
     from .outputs import writable_folder
 
     # The cheap checks first: the datasets exist and the results can be written.
@@ -190,17 +202,18 @@ def _evaluate(args: argparse.Namespace) -> int:
         rankers[f"direct % {args.cascade} >> explain"] = cascade(
             rankers.get("direct") or _ranker(args, "direct", student),
             rankers.get("explain") or _ranker(args, "explain", student), args.cascade)
+    reported = _reported_systems(args, rankers)
     for ranker in rankers.values():
         if isinstance(ranker, ReasonRanker):
             ranker.load()  # fail fast on a missing model, before any indexing
     evaluation = evaluate(args.dataset, rankers, k=args.k, num_queries=args.num_queries, query_field=args.query_field,
                           fusion=args.fusion, verbose=args.verbose)
-    files = write_outputs(evaluation, args.output)
+    about = student_facts(student)
+    files = write_outputs(evaluation, args.output, model=model_label(about["model"], student.adapter), k=args.k)
     if args.calibration:
         files.update(write_calibration(evaluation, args.output))
-    if args.report:
-        (dataset, name), run = next((key, run) for key, run in evaluation.runs.items() if key[1] != "BM25")
-        files["report"] = write_report(run, f"{args.output}/report.html", title=f"{name} on {dataset}")
+    if reported:
+        files.update(write_reports(evaluation, args.output, reported, about=about, k=args.k))
     with pd.option_context("display.width", 220, "display.max_columns", 20):
         print(evaluation.table.to_string(index=False))
         if args.fusion:
@@ -208,6 +221,31 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(fusion_table(evaluation).to_string(index=False))
     print("\n" + "\n".join(f"{kind}: {path}" for kind, path in files.items()))
     return 0
+
+
+def _reported_systems(args: argparse.Namespace, rankers: dict) -> list[str]:
+    """The systems whose explanations ``--report`` writes: those named, else every one that explains.
+
+    Raises:
+        InputError: A named system is not evaluated, or ``--report`` has no explaining system to report
+            (a direct-mode report is written only when asked for by name).
+    """
+    if args.report_system:
+        # A system by the name --modes gives it, or by its name in the table ("BM25 >> explain").
+        named = [name if name in rankers else name.partition(" >> ")[2] for name in args.report_system]
+        for given, name in zip(args.report_system, named):
+            if name not in rankers:
+                raise InputError(f"--report-system {given!r}: no such re-ranked system; the systems are "
+                                 f"{list(rankers)}")
+        return named
+    if not args.report:
+        return []
+    explaining = [name for name in rankers if name != "direct"]
+    if not explaining:
+        raise InputError("--report: no re-ranked system writes explanations (--modes direct); add --modes explain "
+                         "(or adaptive, or --cascade N), or ask for the direct mode's report with --report-system "
+                         "direct")
+    return explaining
 
 
 if __name__ == "__main__":

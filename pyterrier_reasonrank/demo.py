@@ -100,5 +100,5 @@ def run_demo(ranker: ReasonRanker, *, dataset: Optional[str] = None, k: int = 10
     reranked = (pt.text.get_text(collection, "text") >> ranker)(baseline)
     seconds = time.perf_counter() - start
     table = pt.Experiment([baseline, reranked], topics, qrels, eval_metrics=[pt.measures.nDCG @ 10, pt.measures.AP],
-                          names=["BM25", f"BM25 >> {ranker!r}"])
+                          names=["BM25", f"BM25 >> {ranker.display_name(k)}"])
     return DemoResult(table, reranked, seconds)

@@ -15,6 +15,7 @@ import pyterrier as pt
 
 from .calibration import calibration_table, expected_calibration_error, reliability_diagram
 from .dataset import get_dataset
+from .display import write_report
 from .errors import InputError
 from .fusion import cross_validated_fusion
 from .indexing import bm25
@@ -22,6 +23,7 @@ from .numeric import positive_int
 from .qrels import judged_labels
 
 if TYPE_CHECKING:
+    import matplotlib.figure
     from ir_measures import Measure
 
 BRIGHT_DOMAINS = ("biology", "earth-science", "economics", "psychology", "robotics", "stackoverflow",
@@ -31,6 +33,12 @@ EXCLUDED = -100
 
 HEADLINE = pt.measures.nDCG @ 10
 METRICS = (pt.measures.nDCG @ 10, pt.measures.AP)
+CORRECTION = "holm"
+"""The multiple-testing correction of the p-values when several re-rankers are compared with the first stage."""
+CORRECTIONS = {"holm": ("Holm", "Holm's step-down (Holm-Bonferroni) method")}
+"""Each correction's short name (for a column) and its description."""
+SIGNIFICANCE = 0.05
+"""The level below which a (corrected) p-value marks a difference as significant (†)."""
 
 
 def dataset_ids(names: Sequence[str]) -> list[str]:
@@ -53,6 +61,7 @@ class DropExcluded(pt.Transformer):
         Args:
             qrels: The dataset's qrels (``qid, docno, label``).
         """
+        self.qrels = qrels  # as given: PyTerrier rebuilds a transformer from its constructor's parameters
         excluded = qrels[qrels["label"] == EXCLUDED]
         self.excluded = frozenset(zip(excluded["qid"].astype(str), excluded["docno"].astype(str)))
 
@@ -189,7 +198,7 @@ def evaluate(datasets: Sequence[str], rerankers: dict[str, pt.Transformer], *, k
                 results.append(fused)
         runs.update({(dataset_id, name): result for name, result in zip(names, results)})
         table = pt.Experiment(results, topics, judged, list(metrics), names=names, baseline=0,
-                              correction="holm" if len(results) > 2 else None)
+                              correction=CORRECTION if len(results) > 2 else None)
         rows.append(table.assign(dataset=dataset_id))
         queries = pt.Experiment(results, topics, judged, list(metrics), names=names, perquery=True)
         per_query.append(queries.assign(dataset=dataset_id))
@@ -217,25 +226,33 @@ def load_topics(dataset: pt.datasets.Dataset, dataset_id: str, query_field: Opti
     return topics[["qid", "query"]]
 
 
-def write_outputs(evaluation: Evaluation, output: Union[str, Path], *,
-                  headline: Measure = HEADLINE) -> dict[str, Path]:
+def write_outputs(evaluation: Evaluation, output: Union[str, Path], *, headline: Measure = HEADLINE,
+                  model: Optional[str] = None, k: Optional[int] = None) -> dict[str, Path]:
     """Write the tables, the runs and the plot of an evaluation into the folder ``output``.
 
-    The files are ``results.csv``, ``results.md``, ``per_query.csv``, one TREC run per system and
-    dataset (``runs/``), ``differences.png`` (per query, or per dataset when there are several),
+    The files are ``results.csv``, ``results.md`` (see :func:`results_markdown`), ``per_query.csv``,
+    one TREC run per system and dataset (``runs/``), ``differences.png`` (see :func:`differences_figure`),
     and with fusion ``fusion.csv`` (each fold's weight).
+
+    Args:
+        evaluation: What :func:`evaluate` measured.
+        output: The folder (made if missing).
+        headline: The measure of the plot.
+        model: The re-rankers' model, to name the systems in ``results.md`` (see
+            :func:`~pyterrier_reasonrank.display.model_label`).
+        k: The first stage's depth, to name the systems in ``results.md``.
     """
     output = Path(output)
     (output / "runs").mkdir(parents=True, exist_ok=True)
     files = {"csv": output / "results.csv", "markdown": output / "results.md", "per_query": output / "per_query.csv",
              "plot": output / "differences.png"}
     evaluation.table.to_csv(files["csv"], index=False)
-    files["markdown"].write_text(evaluation.table.to_markdown(index=False, floatfmt=".4f") + "\n")
+    files["markdown"].write_text(results_markdown(evaluation, model=model, k=k))
     evaluation.per_query.to_csv(files["per_query"], index=False)
     for (dataset_id, name), run in evaluation.runs.items():
-        slug = "_".join(re.sub(r"[^A-Za-z0-9]+", "-", part).strip("-") for part in (dataset_id, name))
-        pt.io.write_results(run, str(output / "runs" / f"{slug}.run"), format="trec", run_name=slug)
-    plot_differences(evaluation, files["plot"], headline=headline)
+        name_slug = f"{slug(dataset_id)}_{slug(name)}"
+        pt.io.write_results(run, str(output / "runs" / f"{name_slug}.run"), format="trec", run_name=name_slug)
+    differences_figure(evaluation, headline=headline).savefig(files["plot"], dpi=110)
     if evaluation.fusion:
         files["fusion"] = output / "fusion.csv"
         fusion_table(evaluation).to_csv(files["fusion"], index=False)
@@ -246,6 +263,11 @@ def fusion_table(evaluation: Evaluation) -> pd.DataFrame:
     """Each fused run's folds: ``dataset, name, fold, weight, queries, training`` (see :func:`evaluate`)."""
     return pd.concat([folds.assign(dataset=dataset_id, name=name)[["dataset", "name", *folds.columns]]
                       for (dataset_id, name), folds in evaluation.fusion.items()], ignore_index=True)
+
+
+def slug(text: str) -> str:
+    """A name as a file name's part: runs of other characters than letters and digits become ``-``."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
 
 
 def write_calibration(evaluation: Evaluation, output: Union[str, Path]) -> dict[str, Path]:
@@ -260,54 +282,185 @@ def write_calibration(evaluation: Evaluation, output: Union[str, Path]) -> dict[
     files = {"calibration": output / "calibration.csv"}
     table.to_csv(files["calibration"], index=False)
     for dataset_id, tables in bins.items():
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", dataset_id).strip("-")
-        files[f"reliability {dataset_id}"] = reliability_diagram(tables, output / f"reliability-{slug}.png")
+        files[f"reliability {dataset_id}"] = reliability_diagram(
+            tables, output / f"reliability-{slug(dataset_id)}.png", dataset=dataset_id)
     return files
 
 
-def plot_differences(evaluation: Evaluation, path: Union[str, Path], *, headline: Measure = HEADLINE) -> Path:
-    """Bars of each re-ranked system's difference from the first stage in the headline measure.
+def write_reports(evaluation: Evaluation, output: Union[str, Path], systems: Sequence[str], *,
+                  about: Optional[dict] = None, k: Optional[int] = None) -> dict[str, Path]:
+    """Write an explanation report (:func:`~pyterrier_reasonrank.display.write_report`) per dataset and system.
 
-    The bars are per query for one dataset, per dataset (with the average) for several.
+    Each is ``report-<dataset>-<system>.html`` in ``output``, with the dataset's judgements beside
+    the predicted labels.
+
+    Args:
+        evaluation: What :func:`evaluate` measured.
+        output: The folder.
+        systems: The re-rankers to report, by the names given to :func:`evaluate` (``"explain"``) or
+            in the table (``"BM25 >> explain"``).
+        about: Facts for each report's header (model, adapter...).
+        k: The first stage's depth.
+
+    Raises:
+        InputError: A system is not one of the evaluation's re-rankers (the known ones are named).
     """
-    import matplotlib
+    baseline = evaluation.table["name"].iloc[0]
+    known = [name for name in dict.fromkeys(name for _, name in evaluation.runs) if name != baseline]
+    wanted = {name if name in known else f"{baseline} >> {name}" for name in systems}
+    unknown = sorted(wanted - set(known))
+    if unknown:
+        raise InputError(f"no re-ranked system {unknown[0].removeprefix(f'{baseline} >> ')!r} to report; the "
+                         f"re-ranked systems are {[name.removeprefix(f'{baseline} >> ') for name in known]}")
+    files = {}
+    for (dataset_id, name), run in evaluation.runs.items():
+        if name not in wanted:
+            continue
+        mode = name.removeprefix(f"{baseline} >> ")
+        facts = {**(about or {}), "system": name, "mode": mode}
+        title = " · ".join(str(part) for part in (name, facts.get("model"), dataset_id) if part)
+        files[f"report {dataset_id} {name}"] = write_report(
+            run, Path(output) / f"report-{slug(dataset_id)}-{slug(mode)}.html", qrels=evaluation.judged[dataset_id],
+            dataset=dataset_id, k=k, title=title, about=facts)
+    return files
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def system_names(names: Sequence[str], baseline: str, *, model: Optional[str] = None,
+                 k: Optional[int] = None) -> dict[str, str]:
+    """The systems' names for a paper's table: the first stage with its depth, each re-ranker with its model.
+
+    ``"BM25 >> explain"`` becomes ``"BM25 top 100 >> Qwen/Qwen2.5-1.5B-Instruct (explain)"``.
+    """
+    first = f"{baseline} top {k}" if k is not None else baseline
+    named = {}
+    for name in names:
+        rest = name.removeprefix(f"{baseline} >> ")
+        named[name] = first if name == baseline else f"{first} >> {model} ({rest})" if model else f"{first} >> {rest}"
+    return named
+
+
+def results_markdown(evaluation: Evaluation, *, model: Optional[str] = None, k: Optional[int] = None) -> str:
+    """The evaluation as Markdown tables for a paper: per measure, each system's value, difference and tests.
+
+    Per measure, one row per dataset and system: the value, its difference from the first stage
+    (Δ), the paired t-test's p-value over the queries, the p-value corrected for the number of
+    re-rankers (named), and the queries won and lost (integers); † marks a significant difference.
+    """
+    table = evaluation.table
+    baseline = table["name"].iloc[0]
+    named = system_names(list(dict.fromkeys(table["name"])), baseline, model=model, k=k)
+    measures = [c for c in table.columns if c not in ("dataset", "name") and " " not in c]
+    corrected = any(c.endswith(" p-value corrected") for c in table.columns)
+    comparisons = len(named) - 1
+    several = table["dataset"].nunique() > 1
+    short, method = CORRECTIONS[CORRECTION]
+    adjusted = f"p ({short})"
+    queries = evaluation.per_query.groupby("dataset", sort=False)["qid"].nunique()
+    lines = ["# Results", "", "On " + ", ".join(f"{dataset} ({count} queries)" for dataset, count in queries.items())
+             + f". {named[baseline]}: the first stage" + (f", its top {k} documents per query re-ranked" if k else "")
+             + (f" by {model} in each mode named" if model else "") + ". Δ: the difference from the first stage; "
+             "p: paired t-test over the queries; "
+             + (f"{adjusted}: corrected for the {comparisons} comparisons per dataset with {method}; "
+                if corrected else "one comparison per dataset: no correction; ")
+             + "wins / losses: queries on which the system scores above / below the first stage; †: "
+             + (adjusted if corrected else "p") + f" < {SIGNIFICANCE}."
+             + (" The average rows are the means over the datasets (not tested)." if several else "")]
+    for measure in measures:
+        header = (["dataset"] if several else []) + ["system", measure, "Δ", "p"] + ([adjusted] if corrected else []) \
+            + ["wins", "losses"]
+        lines += ["", f"## {measure}", "", "| " + " | ".join(header) + " |",
+                  "|" + "|".join("---" if h in ("dataset", "system") else "---:" for h in header) + "|"]
+        reference = table[table["name"] == baseline].set_index("dataset")[measure]
+        for row in table.to_dict("records"):
+            tested = row["name"] != baseline and not pd.isna(row.get(f"{measure} p-value", float("nan")))
+            p = row.get(f"{measure} p-value corrected" if corrected else f"{measure} p-value")
+            mark = "†" if tested and p < SIGNIFICANCE else ""
+            cells = ([row["dataset"]] if several else []) + [named[row["name"]], f"{row[measure]:.4f}{mark}"]
+            if row["name"] == baseline:
+                cells += ["—"] * (len(header) - len(cells))
+            else:
+                cells.append(f"{row[measure] - reference[row['dataset']]:+.4f}")
+                values = [row.get(f"{measure} p-value")] + [row.get(f"{measure} p-value corrected")] * corrected
+                cells += [_p_value(v) if tested else "—" for v in values]
+                cells += [str(int(row[f"{measure} {sign}"])) if tested else "—" for sign in "+-"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _p_value(p: float) -> str:
+    return "< 0.0001" if p < 0.0001 else f"{p:.4f}"
+
+
+def differences_figure(evaluation: Evaluation, *, headline: Measure = HEADLINE) -> "matplotlib.figure.Figure":
+    """Bars of each re-ranked system's difference from the first stage in the headline measure, as a Figure.
+
+    For one dataset, the bars are per query, sorted by the first re-ranker's difference and labelled
+    with the query ids; for several, per dataset (with the average). Each re-ranker's mean difference
+    is a dashed line, and the legend gives it with its p-value; † marks a significant difference
+    (p, corrected when several re-rankers are compared, below :data:`SIGNIFICANCE`).
+    """
+    from matplotlib.figure import Figure
 
     measure = str(headline)
     table = evaluation.table
     baseline = table["name"].iloc[0]
     systems = [n for n in dict.fromkeys(table["name"]) if n != baseline]
     datasets = list(dict.fromkeys(table["dataset"]))
-    figure, axis = plt.subplots(figsize=(min(16.0, max(6.0, 0.35 * _bars(evaluation, datasets))), 3.8))
+    bars = len(datasets) if len(datasets) > 1 else evaluation.per_query["qid"].nunique()
+    figure = Figure(figsize=(min(16.0, max(7.0, 2.5 + 0.14 * bars * max(1, len(systems) / 2))), 4.6),
+                    layout="constrained")
+    axis = figure.add_subplot()
+    width = 0.8 / max(1, len(systems))
     if len(datasets) == 1:
         scores = evaluation.per_query[evaluation.per_query["measure"] == measure] \
             .pivot_table(index="qid", columns="name", values="value")
         # Queries in the order of the first system's difference, so that a group of bars is one query.
-        order = (scores[systems[0]] - scores[baseline]).sort_values(ascending=False).index
+        order = (scores[systems[0]] - scores[baseline]).sort_values(ascending=False, kind="stable").index
         for offset, system in enumerate(systems):
             delta = (scores[system] - scores[baseline]).reindex(order)
-            axis.bar([i + offset / (len(systems) + 1) for i in range(len(delta))], delta.to_numpy(),
-                     width=1 / (len(systems) + 1), label=system)
-        axis.set_xlabel(f"queries of {datasets[0]}, by {systems[0]}'s difference")
-        axis.set_xticks([])
+            drawn = axis.bar([i + offset * width for i in range(len(delta))], delta.to_numpy(), width=width,
+                             align="edge", label=system)
+            p, mark = _significance(table, datasets[0], system, measure)
+            axis.axhline(delta.mean(), color=drawn.patches[0].get_facecolor(), linestyle="--", linewidth=1.2,
+                         label=f"{system}: mean {delta.mean():+.4f}, {p}{mark}")
+        step = max(1, -(-len(order) // 150))  # at most 150 query ids under the bars
+        axis.set_xticks([i + 0.4 for i in range(0, len(order), step)])
+        axis.set_xticklabels([str(q) for q in order[::step]], rotation=90,
+                             fontsize=8 if len(order) <= 30 else 6 if len(order) <= 80 else 5)
+        axis.set_xlim(-0.2, len(order))
+        axis.set_xlabel(f"query id ({len(order)} queries of {datasets[0]}, by {systems[0]}'s difference)")
+        axis.set_title(f"{measure}: each re-ranker minus {baseline}, per query, on {datasets[0]}")
     else:
         means = table.pivot_table(index="dataset", columns="name", values=measure).reindex(datasets)
-        width = 0.8 / max(1, len(systems))
         for offset, system in enumerate(systems):
-            axis.bar([i + offset * width for i in range(len(datasets))], (means[system] - means[baseline]).to_numpy(),
-                     width=width, label=system)
-        axis.set_xticks([i + 0.4 - width / 2 for i in range(len(datasets))])
+            delta = (means[system] - means[baseline]).to_numpy()
+            drawn = axis.bar([i + offset * width for i in range(len(datasets))], delta, width=width, align="edge",
+                             label=system)
+            for i, dataset_id in enumerate(datasets):
+                if _significance(table, dataset_id, system, measure)[1]:
+                    axis.annotate("†", (i + (offset + 0.5) * width, delta[i]), ha="center",
+                                  va="bottom" if delta[i] >= 0 else "top", fontsize=10)
+            average = float(np.nanmean(delta[[d != "average" for d in datasets]]))
+            axis.axhline(average, color=drawn.patches[0].get_facecolor(), linestyle="--", linewidth=1.2,
+                         label=f"{system}: mean over datasets {average:+.4f}")
+        axis.set_xticks([i + 0.4 for i in range(len(datasets))])
         axis.set_xticklabels([d.removeprefix("irds:") for d in datasets], rotation=45, ha="right")
+        axis.set_xlabel("dataset (†: significant on it)")
+        axis.set_title(f"{measure}: each re-ranker minus {baseline}, per dataset")
     axis.axhline(0, color="black", linewidth=0.8)
     axis.set_ylabel(f"{measure} minus {baseline}")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return Path(path)
+    axis.grid(alpha=0.3, axis="y")
+    return figure
 
 
-def _bars(evaluation: Evaluation, datasets: list) -> int:
-    return len(datasets) if len(datasets) > 1 else evaluation.per_query["qid"].nunique()
+def _significance(table: pd.DataFrame, dataset_id: str, system: str, measure: str) -> tuple[str, str]:
+    """The p-value of a system on a dataset as text (corrected when it was), and ``"†"`` when significant."""
+    row = table[(table["dataset"] == dataset_id) & (table["name"] == system)]
+    corrected = f"{measure} p-value corrected"
+    column = corrected if corrected in table.columns else f"{measure} p-value"
+    if not len(row) or column not in table.columns or pd.isna(row[column].iloc[0]):
+        return "not tested", ""
+    p = float(row[column].iloc[0])
+    name = f"p ({CORRECTIONS[CORRECTION][0]})" if column == corrected else "p"
+    return f"{name} = {_p_value(p)}", "†" if p < SIGNIFICANCE else ""

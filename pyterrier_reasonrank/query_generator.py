@@ -9,6 +9,7 @@ import pyterrier as pt
 import torch
 
 from .backends import LOCAL_BACKENDS
+from .contracts import StudentTransformer
 from .errors import InputError
 from .numeric import positive_int
 from .prompts import QUERIES_PREFIX, QueryPromptEncoder, parse_queries
@@ -18,7 +19,7 @@ from .validation import as_text, require_text
 COMBINATIONS = ("join", "question+join")
 
 
-class QueryGenerator(pt.Transformer):
+class QueryGenerator(StudentTransformer):
     r"""Rewrites each query (a long question) into the search queries the model writes for it.
 
     It follows PyTerrier's query-rewriting convention: the original query moves to ``query_0``
@@ -138,16 +139,11 @@ class QueryGenerator(pt.Transformer):
         joined = " ".join(queries)
         return joined if self.combine == "join" else f"{question} {joined}"
 
-    def __repr__(self) -> str:
-        student = self._student  # a student's settings print as if given here: the same judge either way
-        args = [repr(student.model)] if student.model is not None else []
-        if student.adapter is not None:
-            args.append(f"adapter={student.adapter!r}")
-        if self.combine != "join":
-            args.append(f"combine={self.combine!r}")
-        if student.backend != "transformers":
-            args.append(f"backend={student.backend!r}")
-        return f"QueryGenerator({', '.join(args)})"
+    def transform_outputs(self, input_columns: list[str]) -> list[str]:
+        """The output columns for these input columns, without loading the model (``pt.inspect``)."""
+        pt.validate.query_frame(input_columns, extra_columns=["query"])
+        pushed = list(pt.model.push_queries(pd.DataFrame(columns=input_columns)).columns)
+        return pushed + [column for column in ("query", "generated_queries") if column not in pushed]
 
     def schematic(self, *, input_columns: Optional[list[str]] = None) -> dict[str, Any]:
         """How PyTerrier draws this stage in a pipeline: a plain label, with no help link."""

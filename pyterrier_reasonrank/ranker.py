@@ -13,6 +13,7 @@ import torch
 from . import scoring
 from .adaptive import Escalation, escalated
 from .backends import Batching
+from .contracts import StudentTransformer
 from .display import ReasonRankResults
 from .errors import InputError
 from .judgements import Judgements
@@ -28,7 +29,7 @@ RANKER_MODES = ("explain", "direct", "adaptive")
 RankerMode = Literal["explain", "direct", "adaptive"]
 
 
-class ReasonRanker(pt.Transformer):
+class ReasonRanker(StudentTransformer):
     """Re-ranks documents by a small generative model's graded, explained relevance judgement.
 
     For each (query, document) pair the model writes a short explanation, then a label
@@ -40,7 +41,8 @@ class ReasonRanker(pt.Transformer):
         bm25 = pyterrier_pisa.PisaIndex("index").bm25(num_results=20)
         pipeline = bm25 >> pt.text.get_text(dataset, "text") >> ReasonRanker()
 
-    The model is loaded on first use, not on construction.
+    The model is loaded on first use, not on construction. It prints as its constructor call (every
+    setting that is not the default); :meth:`display_name` is the short name for a results table.
     """
 
     def __init__(self, model: Union[str, Student, None] = None, *, adapter: Optional[str] = None,
@@ -234,7 +236,8 @@ class ReasonRanker(pt.Transformer):
             inp: A result frame with ``qid``, ``query``, ``docno`` and the text field.
 
         Returns:
-            The input columns (a previous score and rank replaced) plus ``explanation``, ``label``, ``score``,
+            The input columns (a previous score and rank replaced, the first stage's kept as
+            ``first_stage_score`` and ``first_stage_rank``) plus ``explanation``, ``label``, ``score``,
             ``probabilities`` (of the labels 0, 1, 2), ``forced``, ``tokens`` (decoded for the pair:
             explanations and markers), ``samples`` (explanations drawn) and ``rank``, sorted by qid,
             then rank. Ties keep the input order. The
@@ -246,8 +249,14 @@ class ReasonRanker(pt.Transformer):
             ValueError: A query is missing or empty, or one qid has two query texts (the qids are named).
         """
         pt.validate.result_frame(inp, extra_columns=["query", self.text_field])
-        # A previous stage's judgement (score, rank, or a whole ReasonRanker's output) is replaced.
-        frame = inp.drop(columns=OUTPUT_COLUMNS, errors="ignore").reset_index(drop=True)
+        # A previous stage's judgement (score, rank, or a whole ReasonRanker's output) is replaced; the
+        # first stage's score and rank stay as first_stage_score and first_stage_rank (kept from the
+        # earliest stage that had them), so that a report can say where each document came from.
+        frame = inp.drop(columns=OUTPUT_COLUMNS, errors="ignore")
+        for column in ("score", "rank"):
+            if column in inp.columns and f"first_stage_{column}" not in inp.columns:
+                frame[f"first_stage_{column}"] = inp[column]
+        frame = frame.reset_index(drop=True)
         if len(frame) == 0:
             empty = frame.assign(explanation=pd.Series(dtype=object), label=pd.Series(dtype="int64"),
                                  score=pd.Series(dtype="float64"), probabilities=pd.Series(dtype=object),
@@ -283,7 +292,7 @@ class ReasonRanker(pt.Transformer):
         sampling = Sampling(self.samples, self.temperature, self.greedy_first, self.seed)
         pairs = {"qids": frame["qid"].tolist(), "docnos": frame["docno"].tolist()}
         first = "direct" if self.mode == "adaptive" else self.mode
-        with pt.tqdm(total=len(queries), desc=repr(self), unit="doc", disable=not self.verbose) as progress:
+        with pt.tqdm(total=len(queries), desc=self.display_name(), unit="doc", disable=not self.verbose) as progress:
             judged = self._judge.judge(queries, documents, mode=first, sampling=sampling, progress=progress, **pairs)
         if self.mode != "adaptive":
             return judged
@@ -291,7 +300,8 @@ class ReasonRanker(pt.Transformer):
         cost = self.samples * (self.max_new_tokens + len(self._judge.encoders["explain"].forced_marker_ids))
         uncertain = self._tempered(judged)  # all judged in direct mode so far
         chosen = np.flatnonzero(escalated(frame["qid"].tolist(), uncertain, self.escalation or Escalation(), cost))
-        with pt.tqdm(total=len(chosen), desc=f"{self!r}: explaining", unit="doc", disable=not self.verbose) as bar:
+        with pt.tqdm(total=len(chosen), desc=f"{self.display_name()}: explaining", unit="doc",
+                     disable=not self.verbose) as bar:
             explained = self._judge.judge(queries[chosen], documents[chosen], mode="explain", sampling=sampling,
                                           progress=bar, qids=[pairs["qids"][i] for i in chosen],
                                           docnos=[pairs["docnos"][i] for i in chosen])
@@ -303,17 +313,18 @@ class ReasonRanker(pt.Transformer):
         # ranker loads it again on first use, so rankers travel to other processes (pt.parallel, joblib).
         return {**self.__dict__, "_judge": None}
 
-    def __repr__(self) -> str:
-        student = self._student  # a student's settings print as if given here: the same judge either way
-        args = [repr(student.model)] if student.model is not None else []
-        if student.adapter is not None:
-            args.append(f"adapter={student.adapter!r}")
-        args.append(f"mode={self.mode!r}")
-        if self.samples != 1:
-            args.append(f"samples={self.samples}")
-        if student.backend != "transformers":
-            args.append(f"backend={student.backend!r}")
-        return f"ReasonRanker({', '.join(args)})"
+    def display_name(self, depth: Optional[int] = None) -> str:
+        """A short name for results tables and progress bars: mode, re-ranking depth (when given) and student.
+
+        ``"ReasonRank explain, top 10 (refine)"``. Unlike ``repr``, it leaves most settings out, so
+        name systems that differ only in those by their repr (``pt.Experiment`` does, without ``names``).
+        """
+        return self._named(f"ReasonRank {self.mode}", depth)
+
+    def transform_outputs(self, input_columns: list[str]) -> list[str]:
+        """The output columns for these input columns, without loading the model (``pt.inspect``)."""
+        pt.validate.result_frame(input_columns, extra_columns=["query", self.text_field])
+        return [column for column in input_columns if column not in OUTPUT_COLUMNS] + OUTPUT_COLUMNS
 
     def schematic(self, *, input_columns: Optional[list[str]] = None) -> dict[str, Any]:
         """How PyTerrier draws this ranker in a pipeline: labelled with its mode, with no help link."""

@@ -18,9 +18,14 @@ options that may change the numbers (quantization, say; not those that set capac
 (``backend="openai"``) is identified by the name it is served under and its tokenizer: the server's
 weights are not seen from here.
 
-It is one SQLite file (write-ahead log, so several processes can read and write at once; each
-batch of judgements is one transaction, so a killed run keeps every batch it committed). It reads
-as a DataFrame, exports to and imports from Parquet, and merges with stores judged elsewhere.
+A store is a PyTerrier artifact: a directory holding ``pt_meta.json`` (its type, format and
+package) and one SQLite file, ``judgements.sqlite`` (write-ahead log, so several processes can read
+and write at once; each batch of judgements is one transaction, so a killed run keeps every batch it
+committed). ``pt.Artifact.load(path)`` opens it, and PyTerrier's artifact sharing packages it
+(``store.to_hf("org/bright-judgements")``, ``JudgementStore.from_hf(...)``, ``build_package``,
+``from_url``), a consistent snapshot even while others write. A store of the layout earlier releases, the
+SQLite file alone, is opened and used as it is; to share it, merge it into a store directory. It
+reads as a DataFrame, exports to and imports from Parquet, and merges with stores judged elsewhere.
 
 A store checks what it opens before anything is judged: an SQLite file (its header), with the
 store's tables, of a schema version it knows (``PRAGMA user_version``; a store written before the
@@ -41,14 +46,16 @@ import math
 import os
 import re
 import sqlite3
+import tempfile
 import threading
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator, NoReturn, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, NoReturn, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
+import pyterrier as pt
 
 from .errors import InputError, StoreError
 from .identity import provenance_id
@@ -73,44 +80,61 @@ CREATE TABLE IF NOT EXISTS judgements (
 """
 
 
-class JudgementStore:
-    """Judgements kept in one SQLite file, shared by processes and runs.
+DATABASE = "judgements.sqlite"
+"""The SQLite file in a store's directory."""
+
+_META = "pt_meta.json"
+_OWN_FILES = {_META, DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm", f"{DATABASE}-journal"}
+
+
+class JudgementStore(pt.Artifact):
+    """Judgements kept in a directory (a PyTerrier artifact) around one SQLite file, shared by processes and runs.
 
     .. code-block:: python
 
-        store = JudgementStore("judgements.sqlite")
+        store = JudgementStore("judgements")
         ranker = ReasonRanker(adapter=student, store=store)
         pt.Experiment([bm25 >> text >> ranker, ...], ...)   # a second run reads what the first judged
         store.frame()                                        # every judgement, for audits
+        store.to_hf("org/bright-judgements")                 # shared: JudgementStore.from_hf(...)
 
     Attributes:
-        path: The SQLite file.
+        path: The store's directory (for a store of the layout earlier releases: its SQLite file).
+        file: The SQLite file.
         read_only: Whether it is read but not written (asked for, or the file cannot be written).
         read_only_reason: Why it is read-only (``None`` when it is not).
     """
+
+    ARTIFACT_TYPE = "judgement_store"
+    ARTIFACT_FORMAT = "sqlite3"
+    ARTIFACT_PACKAGE_HINT = "pyterrier-reasonrank"
 
     def __init__(self, path: Union[str, Path, None] = None, *, read_only: bool = False):
         """Open (or create) the store at ``path``, and check that it is a store this version can use.
 
         Args:
-            path: The SQLite file. Default: ``judgements.sqlite`` in ``$REASONRANK_CACHE``
+            path: The store's directory (created if need be), or the SQLite file of a store of the
+                layout earlier releases. Default: ``judgements`` in ``$REASONRANK_CACHE``
                 (``~/.cache/pyterrier_reasonrank``).
             read_only: Never write to it: the pairs it holds are served, the others judged and not
                 saved. A store that cannot be written (a read-only file system, a file or folder
                 without write permission) is opened so anyway.
 
         Raises:
-            StoreError: ``path`` is a directory, not an SQLite file, a database with other tables, a
-                store of a newer schema version, or corrupted; or it cannot be created.
-            FileNotFoundError: ``read_only`` and there is no file at ``path``.
+            StoreError: ``path`` is a directory that is no judgement store (another artifact, or
+                other files without ``pt_meta.json``); its SQLite file is no SQLite file, a database
+                with other tables, a store of a newer schema version, or corrupted; or it cannot be
+                created.
+            FileNotFoundError: ``read_only`` and there is no store at ``path``.
         """
         if path is None:
             root = Path(os.environ.get("REASONRANK_CACHE", Path.home() / ".cache" / "pyterrier_reasonrank"))
-            path = root / "judgements.sqlite"
-        self.path = Path(path)
+            path = root / "judgements"
+        super().__init__(path)
         self._asked_read_only = read_only
         self._warned_unsaved = False
         self._local = threading.local()
+        self.file = _database(self.path, read_only)
         try:
             self._open(read_only)
         except BaseException:
@@ -119,27 +143,25 @@ class JudgementStore:
 
     def _open(self, read_only: bool) -> None:
         """Check the file, then open it for writing if it can be written, else read-only."""
-        _check_file(self.path)
-        if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        reason = "opened with read_only=True" if read_only else _unwritable(self.path)
+        _check_file(self.file)
+        reason = "opened with read_only=True" if read_only else _unwritable(self.file)
         if reason is None:
-            self._use(self.path.resolve().as_uri(), None)
+            self._use(self.file.resolve().as_uri(), None)
             try:
                 self._set_up()
                 return
             except sqlite3.Error as error:  # SQLite saw what the file system did not say
-                if _code(error) not in ("SQLITE_READONLY", "SQLITE_CANTOPEN") or not self.path.is_file():
+                if _code(error) not in ("SQLITE_READONLY", "SQLITE_CANTOPEN") or not self.file.is_file():
                     self._raise(error, "could not open it")
                 reason = f"SQLite cannot write it: {error}"
-        if not self.path.is_file():
+        if not self.file.is_file():
             if read_only:
                 raise FileNotFoundError(f"no judgement store at {self.path}")
             raise StoreError(f"judgement store {self.path} cannot be created: {reason}")
         # A store is in WAL mode, whose readers need a -shm index beside the file; in a read-only
         # folder without one, SQLite can read only the file itself, as immutable (a -wal file's
         # last transactions, if one was left there, are then not seen).
-        uri = self.path.resolve().as_uri() + "?mode=ro"
+        uri = self.file.resolve().as_uri() + "?mode=ro"
         for attempt in (uri, uri + "&immutable=1"):
             self._use(attempt, reason)
             try:
@@ -185,7 +207,7 @@ class JudgementStore:
         """
         recorded = connection.execute("PRAGMA user_version").fetchone()[0]
         if recorded > SCHEMA_VERSION:
-            raise StoreError(f"judgement store {self.path} has schema version {recorded}, from a newer "
+            raise StoreError(f"judgement store {self.file} has schema version {recorded}, from a newer "
                              f"pyterrier-reasonrank; this one reads version {SCHEMA_VERSION} (upgrade it to use "
                              f"this store)")
         tables = [name for (name,) in connection.execute(
@@ -193,7 +215,7 @@ class JudgementStore:
         if not tables and recorded == 0:
             return None
         if not set(_TABLES) <= set(tables):
-            raise StoreError(f"{self.path} is not a judgement store: it holds the tables {tables}, not "
+            raise StoreError(f"{self.file} is not a judgement store: it holds the tables {tables}, not "
                              f"{list(_TABLES)}")
         for table, columns in _TABLES.items():
             found = [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
@@ -201,7 +223,7 @@ class JudgementStore:
                 unknown, lacking = [c for c in found if c not in columns], [c for c in columns if c not in found]
                 what = " and ".join([*([f"the columns {unknown}, which it does not know"] if unknown else []),
                                      *([f"no {lacking}"] if lacking else [])]) or "its columns in another order"
-                raise StoreError(f"{self.path} is not a judgement store of schema version {SCHEMA_VERSION}: its "
+                raise StoreError(f"{self.file} is not a judgement store of schema version {SCHEMA_VERSION}: its "
                                  f"{table} table has {what}")
         # Each table's and key index's first page: a store damaged there is found now, not mid-run.
         for table, key in (("provenances", "id"), ("judgements", "key")):
@@ -224,7 +246,7 @@ class JudgementStore:
         cause = _cause(error)
         if cause is None:
             raise error
-        raise StoreError(f"judgement store {self.path}: {doing}: {cause}{then}") from error
+        raise StoreError(f"judgement store {self.file}: {doing}: {cause}{then}") from error
 
     @contextlib.contextmanager
     def _failing(self, doing: str, then: str = "") -> Iterator[None]:
@@ -299,7 +321,7 @@ class JudgementStore:
     def _not_saved(self) -> None:
         if not self._warned_unsaved:
             self._warned_unsaved = True
-            warnings.warn(f"judgement store {self.path} is read-only ({self.read_only_reason}): it serves the pairs "
+            warnings.warn(f"judgement store {self.file} is read-only ({self.read_only_reason}): it serves the pairs "
                           f"it holds; the pairs it lacks are judged but not saved", stacklevel=3)
 
     def frame(self) -> pd.DataFrame:
@@ -381,22 +403,22 @@ class JudgementStore:
             InputError: A judgement of ``other`` is malformed (the error names the row).
         """
         path = other.path if isinstance(other, JudgementStore) else Path(other)
-        if not path.is_file():  # SQLite would create an empty file there
+        if not _database_of(path).is_file():  # SQLite would create an empty file there
             raise FileNotFoundError(f"no judgement store at {path}")
-        if self.path.is_file() and os.path.samefile(path, self.path):
+        if self.file.is_file() and os.path.samefile(_database_of(path), self.file):
             return 0  # (SQLite would wait for its own lock)
         source = JudgementStore(path, read_only=True)
         provenances = source._provenance_texts()
         for identity, text in provenances.items():
             problem = _provenance_problem(identity, text, field="its JSON")
             if problem is not None:
-                raise InputError(f"judgement store {path}, provenance {identity!r}: {problem}")
-        return self._insert(source._judgement_chunks(), provenances, f"judgement store {path}")
+                raise InputError(f"judgement store {source.file}, provenance {identity!r}: {problem}")
+        return self._insert(source._judgement_chunks(), provenances, f"judgement store {source.file}")
 
     def _insert(self, frames: Iterable[pd.DataFrame], provenances: dict[str, str], source: str) -> int:
         """Check and add the judgements of ``frames`` (rows counted on across them), in one transaction."""
         if self.read_only:
-            raise StoreError(f"judgement store {self.path} is read-only ({self.read_only_reason}): the judgements "
+            raise StoreError(f"judgement store {self.file} is read-only ({self.read_only_reason}): the judgements "
                              f"of {source} cannot be added to it")
         connection = self._connection()
         with self._failing(f"could not add the judgements of {source}", "; nothing of it was added"):
@@ -411,6 +433,62 @@ class JudgementStore:
                 connection.executemany("INSERT OR IGNORE INTO provenances VALUES (?, ?)",
                                        [(identity, provenances[identity]) for identity in sorted(used)])
                 return new
+
+    def revision(self) -> int:
+        """A number that grows with each judgement added: what :meth:`snapshot` takes as ``since``."""
+        with self._failing("could not read it"):
+            return self._connection().execute("SELECT COALESCE(MAX(rowid), 0) FROM judgements").fetchone()[0]
+
+    def snapshot(self, path: Union[str, Path], *, since: int = 0) -> Path:
+        """Write a consistent copy of the store, as it is now, to a new store directory ``path``.
+
+        Others may write to the store meanwhile. The copy is one self-contained SQLite file (no
+        write-ahead log) beside its ``pt_meta.json``, ready to package or to send elsewhere.
+
+        Args:
+            path: The new directory.
+            since: Only the judgements added after this :meth:`revision` (with every provenance),
+                e.g. to send what a worker judged to be merged elsewhere.
+
+        Raises:
+            StoreError: ``path`` exists already, or the store could not be read.
+        """
+        target = Path(path)
+        if target.exists():
+            raise StoreError(f"{target} exists: a snapshot of judgement store {self.path} is written to a new "
+                             "directory")
+        target.mkdir(parents=True)
+        destination = sqlite3.connect(_database(target, read_only=False))
+        try:
+            with self._failing("could not copy it"):
+                self._connection().backup(destination)
+            if since:
+                destination.execute("DELETE FROM judgements WHERE rowid <= ?", (since,))
+                destination.commit()
+                destination.execute("VACUUM")
+            destination.execute("PRAGMA journal_mode=DELETE")  # a reader needs no -wal or -shm beside it
+        finally:
+            destination.close()
+        return target
+
+    def build_package(self, package_path: Optional[str] = None, **options: Any) -> str:
+        """Package a snapshot of the store as one file, as :meth:`pyterrier.Artifact.build_package` does.
+
+        ``to_hf``, ``to_zenodo`` and ``to_p2p`` share what this packages; ``from_url`` and ``from_hf``
+        open it again. The snapshot is consistent even while others write (see :meth:`snapshot`).
+
+        Raises:
+            StoreError: The store is one SQLite file (the earlier layout), not a directory: merge it
+                into a store directory to share it.
+        """
+        if self.path.is_file():
+            raise StoreError(f"judgement store {self.path} is one SQLite file (the earlier layout), not a store "
+                             f"directory: to share it, merge it into one: "
+                             f"JudgementStore(<new directory>).merge({str(self.path)!r})")
+        with tempfile.TemporaryDirectory() as folder:
+            snapshot = self.snapshot(Path(folder) / self.path.name)
+            return pt.Artifact(snapshot).build_package(f"{self.path}.tar.lz4" if package_path is None
+                                                       else package_path, **options)
 
     def __len__(self) -> int:
         with self._failing("could not read it"):
@@ -459,12 +537,67 @@ def _cause(error: BaseException) -> Optional[str]:
 def _check_file(path: Path) -> None:
     """Refuse what is plainly no SQLite file, before SQLite opens it (and writes to it)."""
     if path.is_dir():
-        raise StoreError(f"{path} is a directory, not a judgement store (an SQLite file)")
+        raise StoreError(f"{path} is a directory, not a judgement store's SQLite file")
     if path.is_file():
         with open(path, "rb") as file:
             head = file.read(len(_SQLITE_HEADER))
         if head and head != _SQLITE_HEADER:  # (an empty file is a new store)
             raise StoreError(f"{path} is not a judgement store: it is not an SQLite file (it starts with {head!r})")
+
+
+def _database(path: Path, read_only: bool) -> Path:
+    """The SQLite file of the store at ``path``, once its directory is checked (and, for a new store, made).
+
+    A store's directory gets its ``pt_meta.json`` when it lacks one and can be written. Several processes
+    may create one store at once: each step tolerates the others'.
+
+    Raises:
+        StoreError: ``path`` is a directory that is not a judgement store, or a new store cannot be made there.
+        FileNotFoundError: ``read_only`` and there is nothing at ``path``.
+    """
+    if path.is_file():
+        return path  # the layout earlier releases: the SQLite file alone
+    if path.is_dir():
+        _check_directory(path)
+    elif read_only:
+        raise FileNotFoundError(f"no judgement store at {path}")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        reason = _unwritable(path)
+        if reason is not None:
+            raise StoreError(f"judgement store {path} cannot be created: {reason}")
+        path.mkdir(exist_ok=True)
+    if not read_only and not (path / _META).is_file() and _unwritable(path / _META) is None:
+        metadata = {"type": JudgementStore.ARTIFACT_TYPE, "format": JudgementStore.ARTIFACT_FORMAT,
+                    "package_hint": JudgementStore.ARTIFACT_PACKAGE_HINT}
+        temporary = path / f".{_META}.{os.getpid()}"  # then renamed: no reader sees half a file
+        temporary.write_text(json.dumps(metadata) + "\n")
+        os.replace(temporary, path / _META)
+    return path / DATABASE
+
+
+def _database_of(path: Path) -> Path:
+    """Where the SQLite file of the store at ``path`` is (nothing is checked or made)."""
+    return path / DATABASE if path.is_dir() else path
+
+
+def _check_directory(path: Path) -> None:
+    """Refuse a directory that is not a judgement store: another artifact, or other files and no ``pt_meta.json``."""
+    meta = path / _META
+    if meta.is_file():
+        try:
+            fields = json.loads(meta.read_text())
+        except (ValueError, OSError) as error:
+            raise StoreError(f"{meta} is not a judgement store's metadata: {error}") from None
+        kind = (fields.get("type"), fields.get("format")) if isinstance(fields, dict) else (None, None)
+        if kind != (JudgementStore.ARTIFACT_TYPE, JudgementStore.ARTIFACT_FORMAT):
+            raise StoreError(f"{path} is not a judgement store: its {_META} says it is a {kind[0]}.{kind[1]} "
+                             f"artifact, not a {JudgementStore.ARTIFACT_TYPE}.{JudgementStore.ARTIFACT_FORMAT}")
+        return
+    others = sorted(name for name in os.listdir(path) if name not in _OWN_FILES and not name.startswith(f".{_META}."))
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise StoreError(f"{path} is a directory, not a judgement store: it has no {_META}, and other files ({shown})")
 
 
 def _unwritable(path: Path) -> Optional[str]:

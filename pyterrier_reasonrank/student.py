@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import torch
 
 from .backends import BACKENDS, load_local, openai
+from .contracts import parameters, signature_repr
 from .errors import InputError
 from .identity import student_identity
 from .loading import DEFAULT_MODEL
@@ -177,17 +178,7 @@ class Student:
         self.__dict__.update(state, _loading=threading.Lock())
 
     def __repr__(self) -> str:
-        args = [repr(self.model)] if self.model is not None else []
-        for name in ("adapter", "backend", "engine_options", "device", "dtype", "base_url", "tokenizer",
-                     "prompt_cache_tokens"):
-            value = getattr(self, name)
-            if value != _DEFAULTS[name]:
-                args.append(f"{name}={value!r}")
-        return f"Student({', '.join(args)})"
-
-
-_DEFAULTS = {"adapter": None, "backend": "transformers", "engine_options": None, "device": None, "dtype": None,
-             "base_url": None, "tokenizer": None, "prompt_cache_tokens": None}
+        return signature_repr(self, {name: getattr(self, name) for name in parameters(Student)})
 
 
 def student_of(model: Union[str, Student, None], who: str, **options: Any) -> Student:

@@ -15,10 +15,10 @@ def test_demo_prints_the_experiment_table_and_explanations(tiny_model, capfd):
     # only progress bar is the ranker's.
     assert out.startswith("\nbundled demo collection: ")
     assert "[info]" not in out + err and "Storing terms statistics" not in err and "Loading weights" not in err
-    assert err.count("\n") <= 1 and "ReasonRanker(" in err
+    assert err.count("\n") <= 1 and "ReasonRank explain (" in err  # the progress bar, by the ranker's short name
     header, baseline, reranked = [line.split() for line in out.split("docs/s).\n\n")[1].splitlines()[:3]]
     assert header == ["name", "nDCG@10", "AP"] or header == ["name", "AP", "nDCG@10"]
-    assert baseline[0] == "BM25" and reranked[:2] == ["BM25", ">>"] and f"ReasonRanker('{tiny_model}'," in out
+    assert baseline[0] == "BM25" and f"\nBM25 >> ReasonRank explain, top 10 ({tiny_model.name}) " in out
     assert "bundled demo collection: 6 queries, top 10 from BM25" in out
     assert "Query q1: why do leaves change colour in autumn" in out
     assert out.count("  label ") == 2

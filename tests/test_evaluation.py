@@ -33,11 +33,34 @@ def test_evaluate_command_on_vaswani(tiny_model, tmp_path, capsys):
     assert table["nDCG@10"].iloc[0] == pytest.approx(expected["nDCG@10"])
     per_query = pd.read_csv(output / "per_query.csv", dtype={"qid": str})
     assert len(per_query) == 4 * 8 * 2  # systems x queries x measures
-    assert (output / "results.md").read_text().startswith("| dataset")
+    markdown = (output / "results.md").read_text()
+    model = tiny_model.name  # systems named by model and depth, the correction named
+    assert f"| BM25 top 20 >> {model} (direct % 5 >> explain) | " in markdown and "Holm" in markdown
+    assert "nan" not in markdown and ".0000 |" not in markdown.split("## AP")[0].split("| wins")[1]
     assert (output / "differences.png").stat().st_size > 5000
     assert len(list((output / "runs").glob("*.run"))) == 4
-    assert (output / "report.html").read_text().count("<details") == 8
-    assert "BM25 >> direct % 5 >> explain" in capsys.readouterr().out
+    # a report for each system that explains, with the qrels; none for direct mode
+    reports = sorted(path.name for path in output.glob("report-*.html"))
+    assert reports == ["report-irds-vaswani-direct-5-explain.html", "report-irds-vaswani-explain.html"]
+    page = (output / "report-irds-vaswani-explain.html").read_text()
+    assert f"<title>BM25 &gt;&gt; explain · {tiny_model} · irds:vaswani</title>" in page
+    assert page.count('<section class="q') == 8 and "judged 2 relevant" in page and "first stage #" in page
+    out = capsys.readouterr().out
+    assert "BM25 >> direct % 5 >> explain" in out and "report irds:vaswani BM25 >> explain: " in out
+
+
+def test_a_report_of_direct_mode_only_when_asked_for_by_name(tiny_model, tmp_path, capsys):
+    argv = ["evaluate", "--dataset", "irds:vaswani", "--model", str(tiny_model), "--k", "5", "--num-queries", "2",
+            "--modes", "direct", "--output", str(tmp_path / "out")]
+    assert main([*argv, "--report"]) == 1
+    error = capsys.readouterr().err
+    assert "--report: no re-ranked system writes explanations (--modes direct)" in error and "--report-system" in error
+    assert not (tmp_path / "out" / "results.csv").exists()  # refused before any work
+    assert main([*argv, "--report-system", "nope"]) == 1
+    assert "--report-system 'nope': no such re-ranked system; the systems are ['direct']" in capsys.readouterr().err
+    assert main([*argv, "--report-system", "BM25 >> direct"]) == 0
+    page = (tmp_path / "out" / "report-irds-vaswani-direct.html").read_text()
+    assert "<dt>mode</dt><dd>direct</dd>" in page and "(no explanation: judged in direct mode)" in page
 
 
 def test_the_cascade_keeps_the_full_depth(tiny_model):

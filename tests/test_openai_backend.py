@@ -38,7 +38,7 @@ def test_a_marker_the_model_writes_is_not_forced(script_model):
 def test_empty_input_needs_no_server():
     ranker = ReasonRanker("m", backend="openai", base_url="http://127.0.0.1:9/v1")
     assert len(ranker(pd.DataFrame(columns=["qid", "query", "docno", "text"]))) == 0
-    assert repr(ranker) == "ReasonRanker('m', mode='explain', backend='openai')"
+    assert repr(ranker) == "ReasonRanker('m', backend='openai', base_url='http://127.0.0.1:9/v1')"
 
 
 @pytest.mark.parametrize("backend", ["transformers", "openai"])

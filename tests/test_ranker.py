@@ -13,6 +13,7 @@ from pyterrier_reasonrank import InputError, ModelNotFoundError, ReasonRanker, S
 from pyterrier_reasonrank.loading import load_causal_lm
 
 OUTPUT = ["explanation", "label", "score", "probabilities", "forced", "tokens", "samples", "rank"]
+KEPT = ["first_stage_score", "first_stage_rank"]  # the input's score and rank, kept for reports
 LABEL_LOGITS = (0.5, 1.25, 2.0)  # p(2) > p(1) > p(0)
 # ":" ends both "Explanation:" (the end of the prompt) and the marker "Relevance:".
 EXPLAINS = {":": "Ġthe", "Ġthe": "Ċ", "Ċ": "Relevance", "Relevance": ":"}
@@ -39,7 +40,8 @@ def explaining(script_model):
 def test_output_contract(tiny_model):
     inp = pairs().assign(extra=range(12))
     out = ReasonRanker(str(tiny_model), batch_size=5, max_new_tokens=8)(inp)
-    assert list(out.columns) == ["qid", "query", "docno", "text", "extra", *OUTPUT]
+    assert list(out.columns) == ["qid", "query", "docno", "text", "extra", *KEPT, *OUTPUT]
+    assert dict(zip(out.docno, out.first_stage_rank)) == dict(zip(inp.docno, inp["rank"]))
     assert len(out) == len(inp) and set(zip(out.qid, out.docno)) == set(zip(inp.qid, inp.docno))
     assert out.explanation.map(type).eq(str).all()
     assert out.label.dtype == np.int64 and out.score.dtype == np.float64 and out.forced.dtype == bool
@@ -235,7 +237,7 @@ def test_nothing_is_loaded_by_construction_repr_or_inspection():
     assert repr(ranker) == "ReasonRanker('/no/such/model', mode='direct')"
     assert pt.inspect.transformer_inputs(ranker) == [["qid", "docno", "query", "text"]]
     assert pt.inspect.transformer_outputs(ranker, ["qid", "query", "docno", "text", "score", "rank"]) == \
-        ["qid", "query", "docno", "text", *OUTPUT]
+        ["qid", "query", "docno", "text", *KEPT, *OUTPUT]
     assert pt.schematic.transformer_schematic(ranker)["label"] == "ReasonRank direct"
     assert not ranker.student.loaded
 
@@ -301,7 +303,7 @@ def test_cascade_of_direct_then_explain(tiny_model):
     cascade = ReasonRanker(str(tiny_model), mode="direct") % 3 >> ReasonRanker(str(tiny_model), max_new_tokens=4)
     out = cascade(inp)
     direct = ReasonRanker(str(tiny_model), mode="direct")(inp)
-    assert list(out.columns) == ["qid", "query", "docno", "text", *OUTPUT]
+    assert list(out.columns) == ["qid", "query", "docno", "text", *KEPT, *OUTPUT]
     assert len(out) == 6 and (out.explanation != "").all()
     assert set(out.docno) == set(direct[direct["rank"] < 3].docno)  # the explain stage saw the direct top 3
 

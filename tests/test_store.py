@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pyterrier_reasonrank import JudgementStore, ReasonRanker
+from pyterrier_reasonrank.store import DATABASE
 from pyterrier_reasonrank.testing import counting_judgements
 from test_ranker import pairs
 
@@ -32,7 +33,7 @@ def judged_with_count(ranker: ReasonRanker, inp: pd.DataFrame) -> tuple[pd.DataF
 
 @pytest.fixture()
 def store(tmp_path):
-    return JudgementStore(tmp_path / "judgements.sqlite")
+    return JudgementStore(tmp_path / "judgements")
 
 
 def test_a_second_run_reads_what_the_first_judged(tiny_model, store):
@@ -147,8 +148,9 @@ def run_script(tmp_path: Path, model: Path, store: Path, inp: pd.DataFrame, name
 
 
 def stored(path: Path) -> int:
+    """The judgements in the store (directory) at ``path``, read as another tool would."""
     try:
-        with sqlite3.connect(path, timeout=30) as connection:
+        with sqlite3.connect(f"{(path / DATABASE).as_uri()}?mode=ro", uri=True, timeout=30) as connection:
             return connection.execute("SELECT COUNT(*) FROM judgements").fetchone()[0]
     except sqlite3.OperationalError:  # not created yet
         return 0
@@ -156,7 +158,7 @@ def stored(path: Path) -> int:
 
 def test_a_run_killed_mid_way_keeps_what_it_committed(tiny_model, tmp_path):
     inp = pairs(10, 4)
-    path = tmp_path / "judgements.sqlite"
+    path = tmp_path / "judgements"
     process = run_script(tmp_path, tiny_model, path, inp, "all", tokens=48)
     deadline = time.monotonic() + 240
     while stored(path) < 8:  # two chunks of four committed
@@ -167,7 +169,7 @@ def test_a_run_killed_mid_way_keeps_what_it_committed(tiny_model, tmp_path):
     process.wait()
     kept = stored(path)
     assert 8 <= kept < 40
-    with sqlite3.connect(path) as connection:
+    with sqlite3.connect(path / DATABASE) as connection:
         assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     store = JudgementStore(path)
     _, judged = judged_with_count(ReasonRanker(str(tiny_model), store=store, batch_size=1, max_new_tokens=48), inp)
@@ -176,7 +178,7 @@ def test_a_run_killed_mid_way_keeps_what_it_committed(tiny_model, tmp_path):
 
 def test_two_writers_at_once_lose_nothing(tiny_model, tmp_path):
     inp = pairs(8, 3)
-    path = tmp_path / "judgements.sqlite"
+    path = tmp_path / "judgements"
     # Neither finds the store: they create it at once.
     halves = [inp[inp.qid.isin([f"q{q}" for q in range(0, 5)])], inp[inp.qid.isin([f"q{q}" for q in range(3, 8)])]]
     writers = [run_script(tmp_path, tiny_model, path, half, f"half{k}", tokens=16) for k, half in enumerate(halves)]
@@ -189,7 +191,7 @@ def test_two_writers_at_once_lose_nothing(tiny_model, tmp_path):
 
 def test_the_store_is_data_to_read_export_and_merge(tiny_model, tmp_path):
     inp = pairs(2, 3)
-    first, second = JudgementStore(tmp_path / "a.sqlite"), JudgementStore(tmp_path / "b.sqlite")
+    first, second = JudgementStore(tmp_path / "a"), JudgementStore(tmp_path / "b")
     out = ReasonRanker(str(tiny_model), store=first, max_new_tokens=6)(inp[inp.qid == "q0"])
     ReasonRanker(str(tiny_model), store=second, max_new_tokens=6)(inp[inp.qid == "q1"])
     frame = first.frame()
@@ -200,13 +202,13 @@ def test_the_store_is_data_to_read_export_and_merge(tiny_model, tmp_path):
     assert by_docno[["p0", "p1", "p2"]].to_numpy() == pytest.approx(np.stack(out.probabilities.to_numpy()))
     # export, import, merge
     first.to_parquet(tmp_path / "a.parquet")
-    copy = JudgementStore(tmp_path / "copy.sqlite")
+    copy = JudgementStore(tmp_path / "copy")
     assert copy.import_parquet(tmp_path / "a.parquet") == 3 and copy.import_parquet(tmp_path / "a.parquet") == 0
     pd.testing.assert_frame_equal(copy.frame(), frame)
     assert copy.merge(second) == 3 and len(copy) == 6
     with pytest.raises(FileNotFoundError, match="no judgement store at"):
-        copy.merge(tmp_path / "typo.sqlite")
-    assert not (tmp_path / "typo.sqlite").exists()
+        copy.merge(tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()
     _, judged = judged_with_count(ReasonRanker(str(tiny_model), store=copy, max_new_tokens=6), inp)
     assert judged == 0  # judged on two "machines", read as one
 

@@ -25,6 +25,7 @@ from pyterrier_reasonrank import InputError, JudgementStore, ReasonRanker, Store
 from pyterrier_reasonrank.cli import main as reasonrank
 from pyterrier_reasonrank.identity import document_sha256, provenance_id
 from pyterrier_reasonrank.judgements import Judgements
+from pyterrier_reasonrank.store import DATABASE
 from pyterrier_reasonrank.testing import counting_judgements
 
 PAGE = 4096  # SQLite's default page size: the tables' first pages are 2 to 5
@@ -45,7 +46,13 @@ def judged(records: list[dict]) -> Judgements:
 
 
 def filled_store(path: Path, n: int = 2000) -> Path:
-    """A store of ``n`` made-up judgements, closed: all in the file itself, no -wal or -shm beside it."""
+    """A store of ``n`` made-up judgements, closed: all in the file itself, no -wal or -shm beside it.
+
+    It is one SQLite file at ``path`` (the earlier layout, still opened as it is), so that the file's
+    faults below are made at ``path``; a store directory's SQLite file is checked alike
+    (tests/test_pyterrier_contracts.py).
+    """
+    path.touch()  # an empty file is a new store of the earlier layout
     store = JudgementStore(path)
     store.add({"model": "made-up"}, records(n), judged(records(n)))
     store._connection().close()  # the last connection: SQLite moves the log into the file and removes it
@@ -76,7 +83,8 @@ BAD_STORES = {
                   "{path} is not a judgement store: it is not an SQLite file (it starts with b'qid docno score\\n')",
                   "open"),
     "directory": (lambda p: (p.mkdir(), (p / "notes.txt").write_text("x")) and p,
-                  "{path} is a directory, not a judgement store (an SQLite file)", "open"),
+                  "{path} is a directory, not a judgement store: it has no pt_meta.json, and other files (notes.txt)",
+                  "open"),
     "truncated": (lambda p: p.write_bytes(filled_store(p).read_bytes()[:PAGE * 20]) and p,
                   "judgement store {path}: could not open it: it is corrupted, truncated or overwritten "
                   "(SQLite: database disk image is malformed)", "open"),
@@ -150,13 +158,14 @@ def test_a_store_written_before_versions_were_recorded_is_version_1(tmp_path):
 
 def test_a_read_only_store_serves_what_it_holds_and_judges_the_rest_unsaved(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(judging, "CHUNK_PAIRS", 2)  # several chunks, one warning
-    inp, path = pairs(3, 2), tmp_path / "shared.sqlite"
+    inp, folder = pairs(3, 2), tmp_path / "shared"
+    path = folder / DATABASE
     settings = dict(max_new_tokens=6)
     without = ReasonRanker(str(tiny_model), **settings)(inp)
-    judged_with_count(ReasonRanker(str(tiny_model), store=str(path), **settings), inp[inp.qid == "q0"])
+    judged_with_count(ReasonRanker(str(tiny_model), store=str(folder), **settings), inp[inp.qid == "q0"])
     sqlite_file(path, "PRAGMA wal_checkpoint(TRUNCATE)")
     before = contents(path)
-    store = JudgementStore(path, read_only=True)
+    store = JudgementStore(folder, read_only=True)
     assert store.read_only and store.read_only_reason == "opened with read_only=True"
     with pytest.warns(UserWarning) as warned:
         out, judged = judged_with_count(ReasonRanker(str(tiny_model), store=store, **settings), inp)
@@ -246,8 +255,8 @@ def test_merging_a_store_into_itself_adds_nothing_at_once(tmp_path):
 def test_a_full_disk_stops_the_run_and_keeps_every_earlier_commit(tiny_model, tmp_path, monkeypatch):
     """SQLite's page limit stands in for a full disk: the batch that passes it fails."""
     monkeypatch.setattr(judging, "CHUNK_PAIRS", 4)  # a commit per query
-    path, inp = tmp_path / "judgements.sqlite", pairs(20, 4)
-    store = JudgementStore(path)
+    store, inp = JudgementStore(tmp_path / "judgements"), pairs(20, 4)
+    path = store.file
     pages = store._connection().execute("PRAGMA page_count").fetchone()[0]
     store._connection().execute(f"PRAGMA max_page_count = {pages + 6}")
     ranker = ReasonRanker(str(tiny_model), store=store, batch_size=1, max_new_tokens=32)
@@ -259,15 +268,16 @@ def test_a_full_disk_stops_the_run_and_keeps_every_earlier_commit(tiny_model, tm
         assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         kept = connection.execute("SELECT COUNT(*) FROM judgements").fetchone()[0]
     assert 4 <= kept < 80 and kept % 4 == 0  # whole batches, the failed one rolled back
-    _, judged = judged_with_count(ReasonRanker(str(tiny_model), store=JudgementStore(path), batch_size=1,
+    _, judged = judged_with_count(ReasonRanker(str(tiny_model), store=JudgementStore(path.parent), batch_size=1,
                                                max_new_tokens=32), inp)
     assert judged == 80 - kept
 
 
 def test_the_command_on_a_full_disk_says_so_in_one_line_and_keeps_what_it_saved(tiny_model, tmp_path, capsys):
     """A file-size limit stands in for a full disk (writes past it fail with EFBIG)."""
-    path = tmp_path / "judgements.sqlite"
-    command = ["demo", "--model", str(tiny_model), "--store", str(path), "--max-new-tokens", "128"]
+    folder = tmp_path / "judgements"
+    path = folder / DATABASE
+    command = ["demo", "--model", str(tiny_model), "--store", str(folder), "--max-new-tokens", "128"]
     assert reasonrank([*command, "--num-queries", "1"]) == 0
     capsys.readouterr()
     with sqlite3.connect(path) as connection:
@@ -293,7 +303,7 @@ def test_the_command_on_a_full_disk_says_so_in_one_line_and_keeps_what_it_saved(
 def export(tiny_model, tmp_path_factory) -> Path:
     """A Parquet export of a store of six judgements."""
     folder = tmp_path_factory.mktemp("export")
-    store = JudgementStore(folder / "judgements.sqlite")
+    store = JudgementStore(folder / "judgements")
     ReasonRanker(str(tiny_model), store=store, max_new_tokens=4)(pairs(2, 3))
     return store.to_parquet(folder / "judgements.parquet")
 
@@ -337,7 +347,7 @@ def test_a_tampered_export_is_refused_naming_the_file_and_row(export, tmp_path, 
     edit, message = TAMPERED[kind]
     path = tmp_path / "tampered.parquet"
     edit(pd.read_parquet(export)).to_parquet(path, index=False)
-    store = JudgementStore(tmp_path / "judgements.sqlite")
+    store = JudgementStore(tmp_path / "judgements")
     with pytest.raises(InputError) as raised:
         store.import_parquet(path)
     assert str(raised.value).startswith(f"{path}{message}"), str(raised.value)
@@ -350,13 +360,13 @@ def test_a_file_that_is_no_parquet_is_refused_by_name(tmp_path):
     path = tmp_path / "judgements.parquet"
     path.write_text("key,p0\n")
     with pytest.raises(InputError, match=f"^{path} is not a Parquet file: "):
-        JudgementStore(tmp_path / "judgements.sqlite").import_parquet(path)
+        JudgementStore(tmp_path / "judgements").import_parquet(path)
 
 
 def test_a_tampered_store_is_refused_by_merge_naming_it_and_the_row(tmp_path):
     other = filled_store(tmp_path / "other.sqlite", 30)
     sqlite_file(other, "UPDATE judgements SET p0 = 0, p1 = 0, p2 = 7 WHERE rowid = 13")
-    store = JudgementStore(tmp_path / "judgements.sqlite")
+    store = JudgementStore(tmp_path / "judgements")
     with pytest.raises(InputError) as raised:
         store.merge(other)
     assert str(raised.value) == f"judgement store {other}, row 12: p2 is 7.0, not a probability in [0, 1]"

@@ -142,3 +142,20 @@ def test_a_model_without_settings_gets_the_library_defaults(tiny_model):
     ranker = ReasonRanker(str(tiny_model)).load()
     assert (ranker.encoder.max_query_tokens, ranker.encoder.max_doc_tokens) == (512, 1024)
     assert StudentSettings().template_variables == {"date_string": "26 Jul 2024", "enable_thinking": False}
+
+
+def test_a_student_saved_by_a_newer_library_warns_when_loaded(student, tmp_path):
+    import shutil
+
+    from pyterrier_reasonrank import __version__
+
+    path, _ = student
+    copy = shutil.copytree(path, tmp_path / "newer", ignore=shutil.ignore_patterns("checkpoint-*"))
+    settings = json.loads((copy / FILENAME).read_text())
+    assert settings["pyterrier_reasonrank"] == __version__
+    (copy / FILENAME).write_text(json.dumps({**settings, "pyterrier_reasonrank": "99.0"}))
+    with pytest.warns(UserWarning, match=rf"saved by pyterrier-reasonrank 99.0, newer than this {__version__}"):
+        read_settings(str(copy))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same version, or an older one, says nothing
+        read_settings(str(path))

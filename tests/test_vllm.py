@@ -197,7 +197,8 @@ def test_the_ranker_contract_in_an_experiment_and_a_cascade(decisive_model):
         assert sorted(group["rank"]) == list(range(6))
     empty = explain(pd.DataFrame(columns=["qid", "query", "docno", "text"]))
     assert len(empty) == 0 and set(OUTPUT) <= set(empty.columns)
-    assert repr(explain) == f"ReasonRanker({str(decisive_model)!r}, mode='explain', backend='vllm')"
+    assert repr(explain) == (f"ReasonRanker({str(decisive_model)!r}, max_new_tokens=4, dtype='float32', backend='vllm', "
+                            f"engine_options={ENGINE!r})")
 
 
 def test_the_engine_generates_queries_and_samples(decisive_model):
