@@ -47,8 +47,9 @@ class FirstStageFusion(pt.Transformer):
     """Interpolates the per-query min-max normalised first-stage and re-ranker scores.
 
     Put it after a re-ranker whose output keeps the first stage's score in ``first_stage_score``
-    (``bm25 >> ReasonRanker() >> FirstStageFusion(0.3)``). The fused score becomes ``score``, the
-    re-ranker's is kept as ``reranker_score``, and the ranks follow the fused score.
+    (``bm25 >> ReasonRanker() >> FirstStageFusion(0.3)``; ReasonRanker keeps it). The fused score
+    becomes ``score``, the re-ranker's is kept as ``reranker_score``, and the ranks follow the fused
+    score.
     """
 
     def __init__(self, weight: float):
@@ -68,19 +69,20 @@ class FirstStageFusion(pt.Transformer):
         """The input with the fused ``score`` (and ``reranker_score``), ranked again.
 
         Raises:
-            InputError: The input lacks ``first_stage_score`` or ``score``.
+            pyterrier.validate.InputValidationError: A column is missing (it is named): the input
+                must be a re-ranker's result frame with ``first_stage_score``.
         """
-        missing = [column for column in (FIRST_STAGE_SCORE, "score") if column not in inp.columns]
-        if missing:
-            raise InputError(f"FirstStageFusion needs the re-ranked documents with {' and '.join(missing)}: put it "
-                             f"after a re-ranker that keeps the first stage's score as {FIRST_STAGE_SCORE} "
-                             f"(the input has {list(inp.columns)})")
-        if len(inp) == 0:
-            return inp
+        pt.validate.result_frame(inp, extra_columns=[FIRST_STAGE_SCORE])
         fused = inp.assign(**{RERANKER_SCORE: inp["score"]})
         fused["score"] = self.weight * min_max_per_query(inp, FIRST_STAGE_SCORE) \
             + (1 - self.weight) * min_max_per_query(inp, "score")
         return pt.model.add_ranks(fused.sort_values(["qid", "score"], ascending=[True, False]))
+
+    def transform_outputs(self, input_columns: list[str]) -> list[str]:
+        """The output columns for these input columns (PyTerrier's inspection), without fusing anything."""
+        pt.validate.result_frame(input_columns, extra_columns=[FIRST_STAGE_SCORE])
+        kept = [c for c in input_columns if c not in (RERANKER_SCORE, "rank")]
+        return [*kept, RERANKER_SCORE, "rank"]  # the ranks are made again, last
 
     def __repr__(self) -> str:
         return f"FirstStageFusion({self.weight})"

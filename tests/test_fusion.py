@@ -1,5 +1,6 @@
 """Fusion with the first stage: the interpolation, the cross-validated weight, and `reasonrank evaluate --fusion`."""
 import pandas as pd
+import pyterrier as pt
 import pytest
 
 from pyterrier_reasonrank.cli import main
@@ -19,8 +20,12 @@ def test_fusion_interpolates_per_query_min_max_normalised_scores():
 
 
 def test_fusion_needs_the_first_stage_score_and_a_weight_from_0_to_1():
-    with pytest.raises(InputError, match="needs the re-ranked documents with first_stage_score"):
+    with pytest.raises(pt.validate.InputValidationError, match="first_stage_score"):
         FirstStageFusion(0.5)(pd.DataFrame({"qid": ["q"], "docno": ["d"], "score": [1.0]}))
+    columns = ["qid", "docno", "score", "rank", "first_stage_score"]
+    outputs = ["qid", "docno", "score", "first_stage_score", "reranker_score", "rank"]
+    assert pt.inspect.transformer_outputs(FirstStageFusion(0.5), columns) == outputs
+    assert list(FirstStageFusion(0.5)(pd.DataFrame(columns=columns)).columns) == outputs
     for weight in (-0.1, 1.5, "0.5"):
         with pytest.raises(InputError, match="from 0 to 1"):
             FirstStageFusion(weight)

@@ -28,6 +28,7 @@ import pyterrier_reasonrank
 from pyterrier_reasonrank import Escalation, InputError, JudgementStore, QueryGenerator, ReasonRanker, StoreError, Student
 from pyterrier_reasonrank.contracts import StudentTransformer
 from pyterrier_reasonrank.evaluation import DropExcluded
+from pyterrier_reasonrank.fusion import FirstStageFusion
 from pyterrier_reasonrank.parallel import RayParallel
 from pyterrier_reasonrank.store import DATABASE
 from pyterrier_reasonrank.testing import counting_judgements
@@ -78,6 +79,8 @@ PUBLIC = {
                        ["model", "combine", "max_new_tokens", "max_question_tokens", "batch_size"]),
     "DropExcluded": (lambda model: DropExcluded(QRELS), lambda tmp_path, model: {"qrels": {"qrels": QRELS.head(2)}},
                      lambda: pairs(2, 3), ["qrels"]),
+    "FirstStageFusion": (lambda model: FirstStageFusion(0.3), lambda tmp_path, model: {"weight": {"weight": 0.8}},
+                         lambda: pairs(2, 3).assign(first_stage_score=[3.0, 2.0, 1.0, 1.0, 5.0, 0.0]), ["weight"]),
     "RayParallel": (lambda model: RayParallel(ReasonRanker(str(model), **RANKING)),
                     lambda tmp_path, model: {"pipeline": {"pipeline": ReasonRanker(str(model), mode="direct")},
                                              "workers": {"workers": 3}, "gpus_per_worker": {"gpus_per_worker": 1.0},
@@ -160,6 +163,7 @@ def test_a_transformer_built_from_a_student_rebuilds_with_it_and_refuses_other_s
     ("ReasonRanker", ["qid", "query", "docno", "text", "score", "rank"]),
     ("QueryGenerator", ["qid", "query"]),
     ("DropExcluded", ["qid", "query", "docno", "text", "score", "rank"]),
+    ("FirstStageFusion", ["qid", "query", "docno", "text", "score", "rank", "first_stage_score"]),
 ])
 def test_transform_outputs_answers_without_a_model_and_as_transform_does(tiny_model, kind, columns):
     build, _, inputs, _ = PUBLIC[kind]
