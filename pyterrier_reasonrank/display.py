@@ -27,7 +27,7 @@ from .loading import model_name
 from .prompts import LABEL_NAMES, LABELS
 from .qrels import judged_labels
 from .student import Student
-from .version import __version__
+from .versions import __version__
 
 _NEEDED = {"qid", "docno", "label", "score", "explanation"}
 TOP_LABEL = max(LABELS)
