@@ -8,7 +8,7 @@ import pytest
 
 from pyterrier_reasonrank import ReasonRanker, ReasonRankResults, explanations_html, write_report
 from pyterrier_reasonrank.display import model_label
-from pyterrier_reasonrank.version import __version__
+from pyterrier_reasonrank.versions import __version__
 
 
 def results():
