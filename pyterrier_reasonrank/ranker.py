@@ -29,6 +29,15 @@ RANKER_MODES = ("explain", "direct", "adaptive")
 RankerMode = Literal["explain", "direct", "adaptive"]
 
 
+def first_stage_columns(columns: Sequence[str]) -> list[tuple[str, str]]:
+    """The input's ``score`` and ``rank`` that a ranker keeps as ``first_stage_score``/``first_stage_rank``.
+
+    Those of the earliest stage that had them: a column already kept is not replaced.
+    """
+    return [(column, f"first_stage_{column}") for column in ("score", "rank")
+            if column in columns and f"first_stage_{column}" not in columns]
+
+
 class ReasonRanker(StudentTransformer):
     """Re-ranks documents by a small generative model's graded, explained relevance judgement.
 
@@ -253,9 +262,8 @@ class ReasonRanker(StudentTransformer):
         # first stage's score and rank stay as first_stage_score and first_stage_rank (kept from the
         # earliest stage that had them), so that a report can say where each document came from.
         frame = inp.drop(columns=OUTPUT_COLUMNS, errors="ignore")
-        for column in ("score", "rank"):
-            if column in inp.columns and f"first_stage_{column}" not in inp.columns:
-                frame[f"first_stage_{column}"] = inp[column]
+        for column, kept in first_stage_columns(inp.columns):
+            frame[kept] = inp[column]
         frame = frame.reset_index(drop=True)
         if len(frame) == 0:
             empty = frame.assign(explanation=pd.Series(dtype=object), label=pd.Series(dtype="int64"),
@@ -324,7 +332,8 @@ class ReasonRanker(StudentTransformer):
     def transform_outputs(self, input_columns: list[str]) -> list[str]:
         """The output columns for these input columns, without loading the model (``pt.inspect``)."""
         pt.validate.result_frame(input_columns, extra_columns=["query", self.text_field])
-        return [column for column in input_columns if column not in OUTPUT_COLUMNS] + OUTPUT_COLUMNS
+        return [column for column in input_columns if column not in OUTPUT_COLUMNS] + \
+            [kept for _, kept in first_stage_columns(input_columns)] + OUTPUT_COLUMNS
 
     def schematic(self, *, input_columns: Optional[list[str]] = None) -> dict[str, Any]:
         """How PyTerrier draws this ranker in a pipeline: labelled with its mode, with no help link."""

@@ -42,10 +42,10 @@ from synthetic import Vocabulary  # noqa: E402
 
 # The slowest test files first (measured: tests/README.md), so that two workers finish together
 # rather than one waiting on a long file it was handed last.
-SLOWEST_FIRST = ["test_learning.py", "test_vllm.py", "test_crash_safety.py", "test_secrets_and_loading.py",
-                 "test_benchmark.py", "test_pipeline.py", "test_examples.py", "test_project.py", "test_distributed.py",
-                 "test_pyterrier_contracts.py", "test_train_cli.py", "test_store.py", "test_user_errors.py",
-                 "test_numeric_options.py"]
+SLOWEST_FIRST = ["test_learning.py", "test_project.py", "test_vllm.py", "test_secrets_and_loading.py",
+                 "test_benchmark.py", "test_crash_safety.py", "test_distributed.py", "test_pipeline.py",
+                 "test_examples.py", "test_user_errors.py", "test_pyterrier_contracts.py", "test_numeric_options.py",
+                 "test_store_faults.py", "test_train_cli.py", "test_store.py"]
 
 
 def pytest_collection_modifyitems(config, items):
