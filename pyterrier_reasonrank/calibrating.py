@@ -75,11 +75,38 @@ def calibrate(ranker: ReasonRanker, datasets: Sequence[str], *, k: int = 20, num
     runs = list(evaluation.judged_runs().values())
     if not runs:
         raise InputError(f"no judged pair among BM25's top {k} of {list(datasets)}: nothing to fit on")
-    judged = pd.concat(runs, ignore_index=True)
+    return calibrate_on(student, pd.concat(runs, ignore_index=True),
+                        what=f"BM25's top {k} of {list(datasets)}")
+
+
+def calibrate_on(student: str, judged: pd.DataFrame, *, what: str = "the judged pairs") -> dict:
+    """Fit the label temperatures of a student on pairs a ranker judged, and save them in the student's settings.
+
+    What :func:`calibrate` does once it has judged pairs; call it with pairs judged elsewhere (a
+    task of your own, with its labels).
+
+    Args:
+        student: The student's directory.
+        judged: The pairs, as a :class:`~pyterrier_reasonrank.ReasonRanker` with
+            ``label_temperature=1.0`` re-ranked them (``probabilities`` and ``samples``: the
+            untempered distributions, and which mode judged each pair), with the true ``label``.
+        what: What the pairs are, for error messages.
+
+    Returns:
+        As :func:`calibrate`: per mode fitted, its ``temperature``, ``pairs`` and the expected
+        calibration errors ``before`` and ``after``; and the ``settings`` file written.
+
+    Raises:
+        InputError: ``student`` is not a local directory; too few pairs of a mode, or one label, or a
+            temperature at the search's bound (nothing is written then).
+        OSError: The settings file cannot be written.
+    """
+    if not Path(student).is_dir():
+        raise InputError(f"the student's settings are written beside it, and {student!r} is not a local directory")
+    writable_file(Path(student) / FILENAME)
     by_mode = {mode: pairs for mode, pairs in judged.groupby(judging_mode(judged["samples"]))}
     for mode, pairs in by_mode.items():  # every mode checked before any is fitted
-        fittable(pairs["label"].to_numpy(), what=f"the {mode} mode's judged pairs among BM25's top {k} of "
-                                                 f"{list(datasets)}")
+        fittable(pairs["label"].to_numpy(), what=f"the {mode} mode's judged pairs among {what}")
     fitted = {}
     for mode, pairs in by_mode.items():
         probabilities, labels = np.stack(pairs["probabilities"].to_numpy()), pairs["label"].to_numpy()

@@ -20,6 +20,7 @@ from .backends import Batching
 from .identity import document_sha256, judgement_key, provenance, provenance_id
 from .judgements import Judgements
 from .prompts import Mode, PromptEncoder
+from .versions import judging_versions
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -88,13 +89,14 @@ class Judge:
         chunk = max(CHUNK_PAIRS, 4 * self.batching.batch_size)  # several batches, so that batches sort by length
         made = self.provenance(mode, sampling) if self.store is not None else None
         identity = provenance_id(made) if made is not None else None
+        versions = judging_versions(self.identity["backend"]) if self.store is not None else None
         for start in range(0, n, chunk):
             rows = order[start:start + chunk]
             if self.store is None:
                 judged.put(rows, self._judge(queries[rows], documents[rows], mode, sampling, progress))
                 continue
             keys = [judgement_key(identity, q, d) for q, d in zip(queries[rows], documents[rows])]
-            found, stored = self.store.lookup(keys)
+            found, stored = self.store.lookup(keys, versions)
             judged.put(rows[found], stored)
             progress.update(len(found))
             missing = np.setdiff1d(np.arange(len(rows)), found)
@@ -105,7 +107,7 @@ class Judge:
                 self.store.add(made, [  # committed per chunk: a killed run keeps what it judged
                     {"key": keys[i], "qid": str(qids[row]), "docno": str(docnos[row]), "query": queries[row],
                      "document_sha256": document_sha256(documents[row])} for i, row in zip(missing, fresh)],
-                    judgements)
+                    judgements, versions)
         return judged
 
     def _judge(self, queries: np.ndarray, documents: np.ndarray, mode: Mode, sampling: Sampling,

@@ -27,9 +27,17 @@ committed). ``pt.Artifact.load(path)`` opens it, and PyTerrier's artifact sharin
 SQLite file alone, is opened and used as it is; to share it, merge it into a store directory. It
 reads as a DataFrame, exports to and imports from Parquet, and merges with stores judged elsewhere.
 
+Each judgement records the versions of the libraries that made it
+(:func:`~pyterrier_reasonrank.versions.judging_versions`). They are not part of its key (or every
+upgrade would empty every store): a judgement read back under other versions is served, with one
+warning per set of versions naming the libraries that differ, so that a user knows when a stored
+run may not be what this environment would judge.
+
 A store checks what it opens before anything is judged: an SQLite file (its header), with the
 store's tables, of a schema version it knows (``PRAGMA user_version``; a store written before the
-version was recorded, with the current tables, is version 1). Pages damaged beyond the tables'
+version was recorded, with the tables of version 1, is version 1). A store of an older version is
+brought up to this one when it is opened for writing (version 1 gains the library versions, none
+recorded for its judgements); read-only, it is read as it is. Pages damaged beyond the tables'
 first pages are found when a read reaches them (a full check would read the whole file at each
 open). A store that cannot be written (a read-only file system, a file or folder without write
 permission, or ``read_only=True``) serves what it holds, and the pairs it lacks are judged and not
@@ -51,7 +59,7 @@ import threading
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NoReturn, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Mapping, NoReturn, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -60,15 +68,23 @@ import pyterrier as pt
 from .errors import InputError, StoreError
 from .identity import provenance_id
 from .judgements import Judgements
+from .versions import version_mismatch
 
 COLUMNS = ["key", "provenance", "qid", "docno", "query", "document_sha256", "explanation", "p0", "p1", "p2", "forced",
-           "tokens", "samples", "created"]
-"""The columns of a store's records (``provenance`` is the id of a row of :meth:`JudgementStore.provenances`)."""
+           "tokens", "samples", "created", "versions"]
+"""The columns of a store's records (``provenance`` is the id of a row of :meth:`JudgementStore.provenances`;
+``versions`` the id of the library versions that made it, ``None`` where none were recorded)."""
 
-SCHEMA_VERSION = 1
-"""The version of the store's tables, recorded in the file (``PRAGMA user_version``); a newer one is refused."""
+SCHEMA_VERSION = 2
+"""The version of the store's tables, recorded in the file (``PRAGMA user_version``); a newer one is refused.
 
-_TABLES = {"provenances": ["id", "provenance"], "judgements": COLUMNS}
+1: judgements and their provenances; 2: and the library versions that made each judgement.
+"""
+
+_LAYOUTS = {1: {"provenances": ["id", "provenance"], "judgements": COLUMNS[:-1]},
+            2: {"provenances": ["id", "provenance"], "judgements": COLUMNS, "versions": ["id", "versions"]}}
+"""The tables of each schema version, and their columns."""
+
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 _SCHEMA = """
@@ -76,8 +92,15 @@ CREATE TABLE IF NOT EXISTS provenances (id TEXT PRIMARY KEY, provenance TEXT NOT
 CREATE TABLE IF NOT EXISTS judgements (
     key TEXT PRIMARY KEY, provenance TEXT NOT NULL, qid TEXT, docno TEXT, query TEXT, document_sha256 TEXT,
     explanation TEXT NOT NULL, p0 REAL NOT NULL, p1 REAL NOT NULL, p2 REAL NOT NULL, forced INTEGER NOT NULL,
-    tokens INTEGER NOT NULL, samples INTEGER NOT NULL, created TEXT NOT NULL);
+    tokens INTEGER NOT NULL, samples INTEGER NOT NULL, created TEXT NOT NULL, versions TEXT);
+CREATE TABLE IF NOT EXISTS versions (id TEXT PRIMARY KEY, versions TEXT NOT NULL);
 """
+
+_MIGRATIONS = {1: """
+ALTER TABLE judgements ADD COLUMN versions TEXT;
+CREATE TABLE IF NOT EXISTS versions (id TEXT PRIMARY KEY, versions TEXT NOT NULL);
+"""}
+"""What brings a store of each schema version to the next."""
 
 
 DATABASE = "judgements.sqlite"
@@ -103,6 +126,8 @@ class JudgementStore(pt.Artifact):
         file: The SQLite file.
         read_only: Whether it is read but not written (asked for, or the file cannot be written).
         read_only_reason: Why it is read-only (``None`` when it is not).
+        schema_version: The schema version of the file (:data:`SCHEMA_VERSION`, or an older one read
+            read-only).
     """
 
     ARTIFACT_TYPE = "judgement_store"
@@ -133,6 +158,7 @@ class JudgementStore(pt.Artifact):
         super().__init__(path)
         self._asked_read_only = read_only
         self._warned_unsaved = False
+        self._warned_versions: set[str] = set()
         self._local = threading.local()
         self.file = _database(self.path, read_only)
         try:
@@ -165,7 +191,7 @@ class JudgementStore(pt.Artifact):
         for attempt in (uri, uri + "&immutable=1"):
             self._use(attempt, reason)
             try:
-                self._check_schema(self._connection())
+                self.schema_version = self._check_schema(self._connection()) or SCHEMA_VERSION
                 return
             except sqlite3.Error as error:
                 if _code(error) != "SQLITE_CANTOPEN" or attempt.endswith("immutable=1"):
@@ -184,23 +210,26 @@ class JudgementStore(pt.Artifact):
             del self._local.connection
 
     def _set_up(self) -> None:
-        """Check the tables and version of the store, creating them in a new file.
+        """Check the tables and version of the store, creating them in a new file and bringing an old one up to date.
 
-        Under a write lock, so that two processes creating one store take turns.
+        Under a write lock, so that two processes creating (or updating) one store take turns.
         """
         connection = self._connection()
         with _transaction(connection):
             recorded = self._check_schema(connection)
             if recorded is None:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        connection.execute(statement)
-            if recorded != SCHEMA_VERSION:  # new, or written before the version was recorded
-                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                _execute(connection, _SCHEMA)
+            else:
+                for version in range(recorded, SCHEMA_VERSION):
+                    _execute(connection, _MIGRATIONS[version])
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self.schema_version = SCHEMA_VERSION
         connection.execute("PRAGMA journal_mode=WAL")  # only now that the file is known to be a store
 
     def _check_schema(self, connection: sqlite3.Connection) -> Optional[int]:
-        """The schema version the file records, once its tables are checked; ``None`` for an empty file.
+        """The schema version of the file, once its tables are checked; ``None`` for an empty file.
+
+        A file that records no version, with tables, is version 1 (written before versions were recorded).
 
         Raises:
             StoreError: A newer schema version, or not the store's tables.
@@ -214,22 +243,30 @@ class JudgementStore(pt.Artifact):
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%' ORDER BY name")]
         if not tables and recorded == 0:
             return None
-        if not set(_TABLES) <= set(tables):
+        version = max(recorded, 1)
+        layout = _LAYOUTS[version]
+        if not set(layout) <= set(tables):
             raise StoreError(f"{self.file} is not a judgement store: it holds the tables {tables}, not "
-                             f"{list(_TABLES)}")
-        for table, columns in _TABLES.items():
+                             f"{list(layout)}")
+        for table, columns in layout.items():
             found = [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
             if found != columns:
                 unknown, lacking = [c for c in found if c not in columns], [c for c in columns if c not in found]
                 what = " and ".join([*([f"the columns {unknown}, which it does not know"] if unknown else []),
                                      *([f"no {lacking}"] if lacking else [])]) or "its columns in another order"
-                raise StoreError(f"{self.file} is not a judgement store of schema version {SCHEMA_VERSION}: its "
+                raise StoreError(f"{self.file} is not a judgement store of schema version {version}: its "
                                  f"{table} table has {what}")
         # Each table's and key index's first page: a store damaged there is found now, not mid-run.
         for table, key in (("provenances", "id"), ("judgements", "key")):
             connection.execute(f"SELECT * FROM {table} LIMIT 1").fetchall()
             connection.execute(f"SELECT {key} FROM {table} WHERE {key} = ''").fetchall()
-        return recorded
+        return version
+
+    @property
+    def _selected(self) -> str:
+        """The columns of :data:`COLUMNS` as SQL selects them from this file (one of version 1 recorded no versions)."""
+        return ", ".join("NULL AS versions" if column == "versions" and self.schema_version < 2 else column
+                         for column in COLUMNS)
 
     def _connection(self) -> sqlite3.Connection:
         # One connection per thread and process (SQLite connections may not cross either).
@@ -256,29 +293,41 @@ class JudgementStore(pt.Artifact):
         except sqlite3.Error as error:
             self._raise(error, doing, then)
 
-    def lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, Judgements]:
+    def lookup(self, keys: Sequence[str], versions: Optional[Mapping[str, str]] = None
+               ) -> tuple[np.ndarray, Judgements]:
         """The stored judgements of those keys that are in the store.
+
+        Args:
+            keys: The judgements' keys.
+            versions: The library versions the caller would judge with (see
+                :func:`~pyterrier_reasonrank.versions.judging_versions`): judgements recorded under
+                others are served, and a warning names the libraries that differ (once per set of
+                versions). ``None``: no check.
 
         Returns:
             The positions in ``keys`` of those found (in order), and their judgements.
         """
         found: dict[str, tuple] = {}
+        recorded = "NULL" if self.schema_version < 2 else "versions"
         with self._failing("could not read it"):
             connection = self._connection()
             for start in range(0, len(keys), 500):  # SQLite caps the parameters of one statement
                 chunk = list(keys[start:start + 500])
                 rows = connection.execute(
-                    f"SELECT key, explanation, p0, p1, p2, forced, tokens, samples FROM judgements "
+                    f"SELECT key, explanation, p0, p1, p2, forced, tokens, samples, {recorded} FROM judgements "
                     f"WHERE key IN ({','.join('?' * len(chunk))})", chunk)
                 for key, *row in rows:
                     found[key] = row
+        if versions is not None:
+            self._check_versions({row[7] for row in found.values()} - {None}, versions)
         positions = np.array([i for i, key in enumerate(keys) if key in found], dtype=np.int64)
         rows = [found[keys[i]] for i in positions]
         return positions, Judgements.of([row[0] for row in rows], [row[1:4] for row in rows],
                                         [bool(row[4]) for row in rows], [row[5] for row in rows],
                                         [row[6] for row in rows])
 
-    def add(self, provenance: dict, pairs: Sequence[dict], judgements: Judgements) -> int:
+    def add(self, provenance: dict, pairs: Sequence[dict], judgements: Judgements,
+            versions: Optional[Mapping[str, str]] = None) -> int:
         """Keep judgements of one provenance, in one transaction; returns how many were new.
 
         A read-only store keeps none (and warns, once).
@@ -288,15 +337,19 @@ class JudgementStore(pt.Artifact):
             pairs: What each judgement is of: its ``key``, ``qid``, ``docno``, ``query`` and
                 ``document_sha256``.
             judgements: The judgements, in the order of ``pairs``.
+            versions: The versions of the libraries that made them (see
+                :func:`~pyterrier_reasonrank.versions.judging_versions`); ``None``: not recorded.
 
         Raises:
             StoreError: The write failed (a full disk, say); the judgements added before are kept.
         """
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         identity = provenance_id(provenance)
+        versions_text = None if versions is None else json.dumps(dict(versions), sort_keys=True)
+        versions_id = None if versions is None else provenance_id(dict(versions))  # the same canonical hash
         rows = [(pair["key"], identity, _storable(pair["qid"]), _storable(pair["docno"]), _storable(pair["query"]),
                  pair["document_sha256"], _storable(explanation), *map(float, probabilities), int(forced), int(tokens),
-                 int(samples), created)
+                 int(samples), created, versions_id)
                 for pair, explanation, probabilities, forced, tokens, samples in zip(
                     pairs, judgements.explanations, judgements.probabilities, judgements.forced, judgements.tokens,
                     judgements.samples)]
@@ -308,6 +361,8 @@ class JudgementStore(pt.Artifact):
             with _transaction(connection):
                 connection.execute("INSERT OR IGNORE INTO provenances VALUES (?, ?)",
                                    (identity, json.dumps(provenance, sort_keys=True, default=str)))
+                if versions_id is not None:
+                    connection.execute("INSERT OR IGNORE INTO versions VALUES (?, ?)", (versions_id, versions_text))
                 before = connection.total_changes
                 connection.executemany(_INSERT, rows)
                 return connection.total_changes - before
@@ -324,18 +379,40 @@ class JudgementStore(pt.Artifact):
             warnings.warn(f"judgement store {self.file} is read-only ({self.read_only_reason}): it serves the pairs "
                           f"it holds; the pairs it lacks are judged but not saved", stacklevel=3)
 
+    def _check_versions(self, identities: set[str], current: Mapping[str, str]) -> None:
+        """Warn (once per set of versions) where judgements served were made with other library versions.
+
+        Only the libraries named on both sides are compared: a judgement made by the transformers
+        backend is not stale because vLLM, which did not make it, is installed now.
+        """
+        unseen = identities - self._warned_versions
+        if not unseen:
+            return
+        texts = self._versions_texts()
+        for identity in sorted(unseen):
+            self._warned_versions.add(identity)
+            recorded = json.loads(texts[identity])
+            problem = version_mismatch({name: recorded[name] for name in recorded if name in current},
+                                       {name: current[name] for name in current if name in recorded})
+            if problem is not None:
+                warnings.warn(f"judgement store {self.file}: {problem}, for judgements it serves; they are served "
+                              f"as stored (versions are not part of a judgement's key: judge again into a new "
+                              f"store to compare)", stacklevel=3)
+
     def frame(self) -> pd.DataFrame:
         """Every judgement, for audits of explanations and comparisons (with a teacher's, say).
 
-        The columns are those of :data:`COLUMNS`, and ``mode``, ``model`` and ``adapter`` from the
-        provenance.
+        The columns are those of :data:`COLUMNS`, ``mode``, ``model`` and ``adapter`` from the
+        provenance, and ``library_versions`` (a dict; ``None`` where none were recorded).
         """
         with self._failing("could not read it"):
-            frame = pd.read_sql_query(f"SELECT {', '.join(COLUMNS)} FROM judgements ORDER BY created, key",
+            frame = pd.read_sql_query(f"SELECT {self._selected} FROM judgements ORDER BY created, key",
                                       self._connection())
         provenances = {identity: json.loads(text) for identity, text in self._provenance_texts().items()}
         for field in ("mode", "model", "adapter"):
             frame[field] = [provenances[p].get(field) for p in frame["provenance"]]
+        versions = {identity: json.loads(text) for identity, text in self._versions_texts().items()}
+        frame["library_versions"] = [versions.get(v) for v in frame["versions"]]
         frame["forced"] = frame["forced"].astype(bool)
         return frame
 
@@ -348,16 +425,23 @@ class JudgementStore(pt.Artifact):
         with self._failing("could not read it"):
             return dict(self._connection().execute("SELECT id, provenance FROM provenances").fetchall())
 
+    def _versions_texts(self) -> dict[str, str]:
+        if self.schema_version < 2:
+            return {}
+        with self._failing("could not read it"):
+            return dict(self._connection().execute("SELECT id, versions FROM versions").fetchall())
+
     def _judgement_chunks(self, size: int = 10_000) -> Iterator[pd.DataFrame]:
         """Every judgement, in the order they were added, ``size`` at a time."""
         with self._failing("could not read it"):
-            yield from pd.read_sql_query(f"SELECT {', '.join(COLUMNS)} FROM judgements ORDER BY rowid",
+            yield from pd.read_sql_query(f"SELECT {self._selected} FROM judgements ORDER BY rowid",
                                          self._connection(), chunksize=size)
 
     def to_parquet(self, path: Union[str, Path]) -> Path:
-        """Export every judgement and its provenance to a Parquet file (see :meth:`import_parquet`)."""
+        """Export every judgement, with its provenance and library versions, to Parquet (see :meth:`import_parquet`)."""
         frame = self.frame()[COLUMNS]
-        frame = frame.assign(provenance_json=frame["provenance"].map(self._provenance_texts()))
+        frame = frame.assign(provenance_json=frame["provenance"].map(self._provenance_texts()),
+                             versions_json=frame["versions"].map(self._versions_texts()))
         frame.to_parquet(path, index=False)
         return Path(path)
 
@@ -365,7 +449,9 @@ class JudgementStore(pt.Artifact):
         """Add the judgements of a Parquet export (judgements already here are kept); returns how many were new.
 
         Each judgement is checked as an input is (all or none are added): its columns, their types,
-        probabilities in [0, 1] that sum to 1, and a provenance whose id is its hash.
+        probabilities in [0, 1] that sum to 1, and a provenance (and library versions) whose id is its
+        hash. An export of a store that recorded no versions (``versions`` and ``versions_json``
+        absent) is imported without them.
 
         Raises:
             InputError: The file is not a Parquet export of a store, or a judgement in it is malformed;
@@ -378,17 +464,22 @@ class JudgementStore(pt.Artifact):
             raise
         except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
             raise InputError(f"{path} is not a Parquet file: {error}") from None
-        missing = [column for column in [*COLUMNS, "provenance_json"] if column not in frame.columns]
+        if "versions" not in frame.columns and "versions_json" not in frame.columns:  # exported before versions
+            frame = frame.assign(versions=None, versions_json=None)
+        missing = [column for column in [*COLUMNS, "provenance_json", "versions_json"] if column not in frame.columns]
         if missing:
             raise InputError(f"{path} is not an export of a judgement store: it lacks the columns {missing}")
-        provenances = {}
-        pairs = frame[["provenance", "provenance_json"]].astype(object).drop_duplicates()
-        for row, identity, text in zip(pairs.index, pairs["provenance"], pairs["provenance_json"]):
-            problem = _provenance_problem(identity, text)
-            if problem is not None:
-                raise InputError(f"{path}, row {row}: {problem}")
-            provenances[identity] = text
-        return self._insert([frame], provenances, str(path))
+        texts: dict[str, dict[str, str]] = {"provenance": {}, "versions": {}}
+        for field, records in texts.items():
+            pairs = frame[[field, f"{field}_json"]].astype(object).drop_duplicates()
+            if field == "versions":  # (a judgement may have none; one without a provenance is refused below)
+                pairs = pairs.dropna(subset=[field])
+            for row, identity, text in zip(pairs.index, pairs[field], pairs[f"{field}_json"]):
+                problem = _record_problem(field, identity, text, f"{field}_json")
+                if problem is not None:
+                    raise InputError(f"{path}, row {row}: {problem}")
+                records[identity] = text
+        return self._insert([frame], texts["provenance"], texts["versions"], str(path))
 
     def merge(self, other: Union[JudgementStore, str, Path]) -> int:
         """Add the judgements of another store (judged on another machine, say); returns how many were new.
@@ -408,14 +499,17 @@ class JudgementStore(pt.Artifact):
         if self.file.is_file() and os.path.samefile(_database_of(path), self.file):
             return 0  # (SQLite would wait for its own lock)
         source = JudgementStore(path, read_only=True)
-        provenances = source._provenance_texts()
-        for identity, text in provenances.items():
-            problem = _provenance_problem(identity, text, field="its JSON")
-            if problem is not None:
-                raise InputError(f"judgement store {source.file}, provenance {identity!r}: {problem}")
-        return self._insert(source._judgement_chunks(), provenances, f"judgement store {source.file}")
+        texts = {"provenance": source._provenance_texts(), "versions": source._versions_texts()}
+        for field, records in texts.items():
+            for identity, text in records.items():
+                problem = _record_problem(field, identity, text, "its JSON")
+                if problem is not None:
+                    raise InputError(f"judgement store {source.file}, {field} {identity!r}: {problem}")
+        return self._insert(source._judgement_chunks(), texts["provenance"], texts["versions"],
+                            f"judgement store {source.file}")
 
-    def _insert(self, frames: Iterable[pd.DataFrame], provenances: dict[str, str], source: str) -> int:
+    def _insert(self, frames: Iterable[pd.DataFrame], provenances: dict[str, str], versions: dict[str, str],
+                source: str) -> int:
         """Check and add the judgements of ``frames`` (rows counted on across them), in one transaction."""
         if self.read_only:
             raise StoreError(f"judgement store {self.file} is read-only ({self.read_only_reason}): the judgements "
@@ -423,15 +517,18 @@ class JudgementStore(pt.Artifact):
         connection = self._connection()
         with self._failing(f"could not add the judgements of {source}", "; nothing of it was added"):
             with _transaction(connection):
-                before, first, used = connection.total_changes, 0, set()
+                before, first, used, used_versions = connection.total_changes, 0, set(), set()
                 for frame in frames:
-                    rows = _checked_rows(frame, provenances, source, first)
+                    rows = _checked_rows(frame, provenances, versions, source, first)
                     first += len(frame)
                     used.update(row[1] for row in rows)
+                    used_versions.update(row[-1] for row in rows if row[-1] is not None)
                     connection.executemany(_INSERT, rows)
                 new = connection.total_changes - before
                 connection.executemany("INSERT OR IGNORE INTO provenances VALUES (?, ?)",
                                        [(identity, provenances[identity]) for identity in sorted(used)])
+                connection.executemany("INSERT OR IGNORE INTO versions VALUES (?, ?)",
+                                       [(identity, versions[identity]) for identity in sorted(used_versions)])
                 return new
 
     def revision(self) -> int:
@@ -618,10 +715,13 @@ def _unwritable(path: Path) -> Optional[str]:
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def _provenance_problem(identity: object, text: object, field: str = "provenance_json") -> Optional[str]:
-    """What is wrong with a provenance (its id, and its JSON text in ``field``), or ``None``."""
+def _record_problem(kind: str, identity: object, text: object, field: str) -> Optional[str]:
+    """What is wrong with a provenance or a set of library versions (``kind``): its id, and its JSON text in ``field``.
+
+    ``None`` when nothing is. Both are identified by the SHA-256 of their canonical JSON.
+    """
     if not isinstance(identity, str) or not _SHA256.fullmatch(identity):
-        return f"provenance is {_shown(identity)}, not a SHA-256 in hex"
+        return f"{kind} is {_shown(identity)}, not a SHA-256 in hex"
     if not isinstance(text, str):
         return f"{field} is {_shown(text)}, not JSON text"
     try:
@@ -630,8 +730,10 @@ def _provenance_problem(identity: object, text: object, field: str = "provenance
         return f"{field} is not JSON ({error})"
     if not isinstance(fields, dict):
         return f"{field} is {_shown(fields)}, not a JSON object"
+    if kind == "versions" and not all(isinstance(value, str) for value in fields.values()):
+        return f"{field} is {_shown(fields)}, not library names and their versions"
     if provenance_id(fields) != identity:
-        return f"{field} is not the provenance whose id is {identity} (it was edited)"
+        return f"{field} is not the {kind} whose id is {identity} (it was edited)"
     return None
 
 
@@ -655,7 +757,8 @@ _CHECKS = [
 ]
 
 
-def _checked_rows(frame: pd.DataFrame, provenances: dict[str, str], source: str, first: int) -> list[tuple]:
+def _checked_rows(frame: pd.DataFrame, provenances: dict[str, str], versions: dict[str, str], source: str,
+                  first: int) -> list[tuple]:
     """The judgements of ``frame`` as rows to insert, checked as inputs are.
 
     Raises:
@@ -673,6 +776,10 @@ def _checked_rows(frame: pd.DataFrame, provenances: dict[str, str], source: str,
     if failing.any():
         row = int(np.argmax(failing))
         problems.append((row, f"provenance {_shown(values['provenance'].iloc[row])} has no provenance_json"))
+    failing = ~values["versions"].map(lambda v: v is None or v in versions).astype(bool).to_numpy()
+    if failing.any():
+        row = int(np.argmax(failing))
+        problems.append((row, f"versions {_shown(values['versions'].iloc[row])} has no versions_json"))
     if not problems:
         totals = values[["p0", "p1", "p2"]].astype(float).sum(axis=1).to_numpy()
         failing = np.abs(totals - 1) > 1e-3
@@ -692,6 +799,13 @@ def _shown(value: object) -> str:
     """A value as an error message shows it: its repr, cut to 40 characters."""
     text = repr(_plain(value))
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _execute(connection: sqlite3.Connection, script: str) -> None:
+    """Each statement of ``script``, in the transaction open (``executescript`` would commit it)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            connection.execute(statement)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import sys
-from typing import Mapping, Optional
+from typing import Iterable, Mapping, Optional
 
 __version__ = "0.1.0"
 """This library's version (here, so that any module reads it without importing the package)."""
@@ -24,9 +24,20 @@ LIBRARIES = {
 }
 """The libraries whose versions change what a model outputs: module name -> its distribution names."""
 
+JUDGING_LIBRARIES = {
+    "transformers": ("pyterrier_reasonrank", "torch", "transformers", "peft"),
+    "vllm": ("pyterrier_reasonrank", "torch", "transformers", "vllm"),  # vLLM applies adapters itself
+    # a served model's libraries are the server's, not seen from here: only what builds its prompts
+    "openai": ("pyterrier_reasonrank", "transformers"),
+}
+"""The libraries that make a judgement, per backend: what a stored judgement records."""
 
-def library_versions() -> dict[str, str]:
+
+def library_versions(names: Optional[Iterable[str]] = None) -> dict[str, str]:
     """The version of each library of :data:`LIBRARIES` that is installed (those that are not are left out).
+
+    Args:
+        names: Only these libraries (module names, keys of :data:`LIBRARIES`); by default all of them.
 
     A library already imported reports the version it runs with (``__version__``); one that is not
     is read from its installed metadata, without importing it (vLLM takes seconds to import).
@@ -36,11 +47,20 @@ def library_versions() -> dict[str, str]:
         library_versions()  # {'pyterrier_reasonrank': '0.1.0', 'torch': '2.13.0+cpu', 'transformers': '5.19.0', ...}
     """
     versions = {}
-    for module, distributions in LIBRARIES.items():
-        version = _version(module, distributions)
+    for module in LIBRARIES if names is None else names:
+        version = _version(module, LIBRARIES[module])
         if version is not None:
             versions[module] = version
     return versions
+
+
+def judging_versions(backend: str) -> dict[str, str]:
+    """The versions of the libraries that judge with ``backend`` (see :data:`JUDGING_LIBRARIES`).
+
+    A stored judgement records them: trl does not judge, and vLLM only when it is the backend, so
+    that a judgement made without it does not seem stale where it is not installed.
+    """
+    return library_versions(JUDGING_LIBRARIES[backend])
 
 
 def _version(module: str, distributions: tuple[str, ...]) -> Optional[str]:

@@ -1,6 +1,7 @@
 """The judgement store: a second run reads what the first judged; any change of provenance is a miss;
 partial hits judge only the rest; a killed run keeps what it committed; two writers lose nothing;
 and the store is data: a DataFrame, Parquet, merges."""
+import json
 import os
 import shutil
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pyterrier_reasonrank import JudgementStore, ReasonRanker
+from pyterrier_reasonrank.identity import provenance_id
 from pyterrier_reasonrank.store import DATABASE
 from pyterrier_reasonrank.testing import counting_judgements
+from pyterrier_reasonrank.versions import judging_versions
 from test_ranker import pairs
 
 JUDGED = ["explanation", "label", "score", "forced", "tokens", "samples"]
@@ -211,6 +215,43 @@ def test_the_store_is_data_to_read_export_and_merge(tiny_model, tmp_path):
     assert not (tmp_path / "typo").exists()
     _, judged = judged_with_count(ReasonRanker(str(tiny_model), store=copy, max_new_tokens=6), inp)
     assert judged == 0  # judged on two "machines", read as one
+
+
+def test_each_judgement_records_the_library_versions_that_made_it(tiny_model, store):
+    inp = pairs(2, 3)
+    ReasonRanker(str(tiny_model), store=store, max_new_tokens=6)(inp)
+    versions = judging_versions("transformers")
+    assert set(versions) == {"pyterrier_reasonrank", "torch", "transformers", "peft"}
+    assert store.frame()["library_versions"].tolist() == [versions] * 6
+    # read back under the same versions: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, judged = judged_with_count(ReasonRanker(str(tiny_model), store=store, max_new_tokens=6), inp)
+    assert judged == 0
+
+
+def test_judgements_read_under_other_versions_are_served_with_one_warning(tiny_model, store, tmp_path):
+    inp = pairs(2, 3)
+    first = ReasonRanker(str(tiny_model), store=store, max_new_tokens=6)(inp)
+    older = {**judging_versions("transformers"), "transformers": "4.56.0", "vllm": "0.11.0"}
+    exported = store.to_parquet(tmp_path / "judgements.parquet")
+    frame = pd.read_parquet(exported)  # as if judged with an older transformers (and vLLM installed)
+    frame = frame.assign(versions=provenance_id(older), versions_json=json.dumps(older, sort_keys=True))
+    frame.to_parquet(exported, index=False)
+    shared = JudgementStore(tmp_path / "shared")
+    assert shared.import_parquet(exported) == 6
+    ranker = ReasonRanker(str(tiny_model), store=shared, max_new_tokens=6)
+    with pytest.warns(UserWarning) as warned:
+        again, judged = judged_with_count(ranker, inp)
+        judged_with_count(ranker, inp)  # once per store and set of versions
+    assert judged == 0  # versions are not part of the key: served as stored
+    pd.testing.assert_frame_equal(again[JUDGED + ["docno"]], first[JUDGED + ["docno"]])
+    now = judging_versions("transformers")["transformers"]
+    messages = [str(w.message) for w in warned if "library versions" in str(w.message)]
+    assert messages == [  # vLLM did not make them and does not now: not compared
+        f"judgement store {shared.file}: library versions differ from those recorded: transformers 4.56.0 (now "
+        f"{now}), for judgements it serves; they are served as stored (versions are not part of a judgement's key: "
+        f"judge again into a new store to compare)"]
 
 
 def test_vllm_options_that_change_the_numbers_are_part_of_the_key():

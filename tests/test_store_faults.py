@@ -101,12 +101,12 @@ BAD_STORES = {
         "{path} is not a judgement store: it holds the tables ['users'], not ['provenances', 'judgements']", "open"),
     "a newer schema": (
         lambda p: sqlite_file(filled_store(p, 10), "ALTER TABLE judgements ADD COLUMN reviewer TEXT",
-                              "PRAGMA user_version = 2"),
-        "judgement store {path} has schema version 2, from a newer pyterrier-reasonrank; this one reads version 1 "
+                              "PRAGMA user_version = 3"),
+        "judgement store {path} has schema version 3, from a newer pyterrier-reasonrank; this one reads version 2 "
         "(upgrade it to use this store)", "open"),
     "changed tables": (
         lambda p: sqlite_file(filled_store(p, 10), "ALTER TABLE judgements DROP COLUMN samples"),
-        "{path} is not a judgement store of schema version 1: its judgements table has no ['samples']", "open"),
+        "{path} is not a judgement store of schema version 2: its judgements table has no ['samples']", "open"),
 }
 
 
@@ -149,11 +149,33 @@ def test_the_command_names_a_bad_store_in_one_line(tiny_model, tmp_path, capsys,
     assert one_line_error(capsys, code, "reasonrank demo") == f"reasonrank demo: {expected}"
 
 
-def test_a_store_written_before_versions_were_recorded_is_version_1(tmp_path):
-    path = sqlite_file(filled_store(tmp_path / "old.sqlite", 10), "PRAGMA user_version = 0")
-    assert len(JudgementStore(path)) == 10
+def version_1_store(path: Path, n: int = 10) -> Path:
+    """A store as version 1 wrote it (no library versions), with ``n`` made-up judgements."""
+    return sqlite_file(filled_store(path, n), "ALTER TABLE judgements DROP COLUMN versions", "DROP TABLE versions",
+                       "PRAGMA user_version = 1")
+
+
+@pytest.mark.parametrize("recorded", [0, 1])  # 0: written before the schema version was recorded
+def test_a_version_1_store_is_brought_up_to_date_when_opened_for_writing(tmp_path, recorded):
+    path = sqlite_file(version_1_store(tmp_path / "old.sqlite"), f"PRAGMA user_version = {recorded}")
+    before = JudgementStore(path, read_only=True)  # read as it is: nothing written
+    assert before.schema_version == 1 and len(before) == 10 and before.frame()["library_versions"].isna().all()
+    store = JudgementStore(path)
+    assert store.schema_version == 2 and len(store) == 10
     with sqlite3.connect(path) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (1,)
+        assert connection.execute("PRAGMA user_version").fetchone() == (2,)
+    assert store.frame()["library_versions"].isna().all()  # none were recorded for them
+    found, judgements = store.lookup([r["key"] for r in records(3)], versions={"transformers": "0.0.1"})
+    assert list(found) == [0, 1, 2] and judgements.explanations[0] == records(1)[0]["explanation"]
+    store.add({"model": "made-up"}, records(2, start=10), judged(records(2, start=10)), versions={"torch": "2.13.0"})
+    assert store.frame()["library_versions"].tolist() == [None] * 10 + [{"torch": "2.13.0"}] * 2
+
+
+def test_a_version_1_store_merges_into_a_new_one(tmp_path):
+    old = version_1_store(tmp_path / "old.sqlite")
+    store = JudgementStore(tmp_path / "judgements")
+    assert store.merge(old) == 10 and store.frame()["library_versions"].isna().all()
+    assert JudgementStore(old, read_only=True).schema_version == 1  # a merge reads it, and leaves it as it was
 
 
 def test_a_read_only_store_serves_what_it_holds_and_judges_the_rest_unsaved(tiny_model, tmp_path, monkeypatch):
@@ -339,6 +361,13 @@ TAMPERED = {
     "an edited provenance": (edited_provenance, ", row 0: provenance_json is not the provenance whose id is "),
     "a provenance that is not JSON": (lambda f: f.assign(provenance_json="{model: tiny"),
                                       ", row 0: provenance_json is not JSON (Expecting property name"),
+    "edited library versions": (lambda f: f.assign(versions_json=json.dumps({"torch": "2.0.0"})),
+                                ", row 0: versions_json is not the versions whose id is "),
+    "library versions that are no versions": (lambda f: f.assign(versions_json=json.dumps({"torch": 2})),
+                                              ", row 0: versions_json is {'torch': 2}, not library names and their "
+                                              "versions"),
+    "library versions without their JSON": (lambda f: f.assign(versions_json=None),
+                                            ", row 0: versions_json is None, not JSON text"),
 }
 
 
