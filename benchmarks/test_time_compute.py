@@ -71,10 +71,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="quality: nDCG@10 against tokens on the synthetic task; cost: time and model work on "
                              "long documents, on both backends")
     parser.add_argument("--backends", nargs="+", default=None, help="cost: the backends (default: transformers vllm)")
+    parser.add_argument("--vllm-block-size", type=int, default=None,
+                        help="cost: vLLM's KV cache block size (default: the engine's; 128 on CPU)")
     args = parser.parse_args(argv)
     if args.part == "cost":
         setup = dict(COST_QUICK if args.quick else COST)
         setup["backends"] = tuple(args.backends or setup["backends"])
+        setup["vllm_block_size"] = args.vllm_block_size
         rows = cost(setup)
         report = _cost_report(rows, setup)
         print(report)
@@ -162,7 +165,11 @@ def cost(setup: dict) -> list[dict]:
                 f"explain, {k} samples": dict(samples=k, temperature=1.0)}
     rows = []
     for backend in setup["backends"]:
-        engine_options = {"enforce_eager": True, "max_model_len": 4096} if backend == "vllm" else None
+        engine_options = None
+        if backend == "vllm":
+            engine_options = {"enforce_eager": True, "max_model_len": 4096}
+            if setup["vllm_block_size"]:  # the unit of prefix caching: a prompt's last partial block is recomputed
+                engine_options["block_size"] = setup["vllm_block_size"]
         student = Student(str(model), backend=backend, dtype="float32", engine_options=engine_options)
         student.ranker(mode="direct", **options)(frame.head(2))  # warm-up: kernels, allocations
         for name, policy in policies.items():
@@ -173,7 +180,9 @@ def cost(setup: dict) -> list[dict]:
             ranked = ranker(frame)
             seconds = time.perf_counter() - start
             spent = {key: student.engine.counts[key] - before[key] for key in before}
-            rows.append({"backend": backend, "policy": name, "seconds": seconds, **spent,
+            label = f"{backend}, blocks of {setup['vllm_block_size']}" \
+                if backend == "vllm" and setup["vllm_block_size"] else backend
+            rows.append({"backend": label, "policy": name, "seconds": seconds, **spent,
                          "explained": int((ranked["samples"] > 0).sum()), "pairs": len(ranked),
                          "generated": int(ranked["tokens"].sum())})
             print("measured:", json.dumps(rows[-1]), file=sys.stderr, flush=True)

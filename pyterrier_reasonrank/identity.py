@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 CAPACITY_OPTIONS = frozenset({"enable_prefix_caching", "gpu_memory_utilization", "max_model_len", "enforce_eager",
                               "max_num_seqs", "max_num_batched_tokens", "swap_space", "cpu_offload_gb",
-                              "disable_log_stats", "max_logprobs", "enable_lora", "max_lora_rank", "max_loras"})
+                              "disable_log_stats", "max_logprobs", "enable_lora", "max_lora_rank", "max_loras",
+                              "block_size"})
 """vLLM engine options that change how much runs at once, or how fast, and not the numbers computed."""
 
 

@@ -222,7 +222,8 @@ class JudgementStore(pt.Artifact):
             else:
                 for version in range(recorded, SCHEMA_VERSION):
                     _execute(connection, _MIGRATIONS[version])
-            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if recorded != SCHEMA_VERSION:  # (a store up to date is not written: its disk may be full)
+                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self.schema_version = SCHEMA_VERSION
         connection.execute("PRAGMA journal_mode=WAL")  # only now that the file is known to be a store
 
