@@ -65,7 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     base = build_tiny_model(work / "tiny", **VLLM_SHAPE)
     vocabulary = Vocabulary.of(AutoTokenizer.from_pretrained(base))
     adapter, accuracy = distil_student(work, base, vocabulary, setup)
-    student = merged(base, adapter, work / "student")
+    student = merged(base, adapter, work / "merged")
     candidates, qrels = ranking_task(vocabulary, seed=2, queries_per_topic=setup["queries_per_topic"])
     rows = []
     for name, model in (("synthetic-task student", student), ("random weights", base)):
