@@ -135,7 +135,7 @@ def _report(rows: list[dict], accuracy: dict, pairs: int, queries: int) -> str:
         explanation = f"{row['same_explanation']:.1%}" if row["mode"] == "explain" else "-"
         lines.append(f"| {row['model']} | {row['dtype']} | {row['mode']} | {row['ndcg_transformers']:.4f} | "
                      f"{row['ndcg_vllm']:.4f} | {row['ndcg_difference']:+.4f} | {row['kendall_tau']:.3f} | "
-                     f"{row['max_score_difference']:.3f} | {row['same_label']:.1%} | {explanation} |")
+                     f"{row['max_score_difference']:.2g} | {row['same_label']:.1%} | {explanation} |")
     return "\n".join(lines)
 
 
