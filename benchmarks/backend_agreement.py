@@ -18,7 +18,7 @@ of pairs with the same most likely label and (explain mode) the same explanation
 CPU's model and flags: bfloat16 arithmetic is native on CPUs with AVX-512 BF16 (and on GPUs),
 emulated (slower, not different) elsewhere.
 
-    python benchmarks/backend_agreement.py --output agreement.md    # ~5 min here
+    python benchmarks/backend_agreement.py --output agreement.md    # ~12 min here
     python benchmarks/backend_agreement.py --quick                  # a smaller student and task
 """
 from __future__ import annotations

@@ -16,6 +16,7 @@ from pyterrier_reasonrank.loading import DEFAULT_MODEL, load_causal_lm, resolve_
 from pyterrier_reasonrank.prompts import Mode, Prompt, PromptEncoder
 from pyterrier_reasonrank.scoring import label_probabilities
 
+from .attention import use_grouped_attention
 from .base import Batching, Completion, end_ids, forced_ending, progress_bar, prompt_seed, stop_ids
 from .prompt_cache import PromptCache
 
@@ -385,4 +386,5 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, device: Union[s
     if model is None and adapter is None:
         model = DEFAULT_MODEL
     lm, tokenizer = load_causal_lm(model, adapter, dtype=dtype, trust_remote_code=trust_remote_code)
+    use_grouped_attention(lm)  # on a CPU, grouped key/value heads are not copied per query head
     return HFBackend(lm.to(device).eval(), tokenizer, prompt_cache_tokens=prompt_cache_tokens)
