@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,6 +57,9 @@ from graded_lists import (  # noqa: E402
     write_jsonl,
 )
 from throughput import machine  # noqa: E402
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # LoRA on every linear layer, with embeddings and output layer trained: a random model has no useful
 # embeddings to adapt around (as in the learning tests and the test-time compute benchmark).
@@ -161,10 +164,7 @@ def _policies(adapter: Path, held_out, calibration, setup: dict) -> dict[str, di
     from pyterrier_reasonrank.calibrating import calibrate_on
     from pyterrier_reasonrank.evaluation import cascade
 
-    def candidates(frame):  # noqa: ANN001, ANN202
-        return frame.assign(score=0.0, rank=0).drop(columns=["gold_label"])
-
-    qrels = held_out[["qid", "docno", "gold_label"]].rename(columns={"gold_label": "label"})
+    qrels = _qrels(held_out)
     student = Student(adapter=str(adapter))
     options = dict(max_new_tokens=EXPLANATION_BUDGET)
     rankers = {"direct": student.ranker(mode="direct", **options),
@@ -174,17 +174,16 @@ def _policies(adapter: Path, held_out, calibration, setup: dict) -> dict[str, di
                    cascade(student.ranker(**options),
                            student.ranker(samples=setup["cascade_samples"], temperature=1.0, **options),
                            setup["cascade_depth"])}
-    measured = {name: _run(ranker, student, candidates(held_out), qrels) for name, ranker in rankers.items()}
+    measured = {name: _run(ranker, student, _candidates(held_out), qrels) for name, ranker in rankers.items()}
     # Direct mode's temperature, fitted on the calibration lists and saved with the student; a new
     # Student reads it (a loaded one keeps the settings it loaded with).
-    judged = student.ranker(mode="direct", label_temperature=1.0, **options)(candidates(calibration))
-    fitted = calibrate_on(str(adapter), judged.drop(columns=["label"]).merge(
-        calibration.rename(columns={"gold_label": "label"})[["qid", "docno", "label"]], on=["qid", "docno"]),
-        what="the calibration lists")
+    judged = student.ranker(mode="direct", label_temperature=1.0, **options)(_candidates(calibration))
+    fitted = calibrate_on(str(adapter), judged.drop(columns=["label"]).merge(_qrels(calibration), on=["qid", "docno"]),
+                          what="the calibration lists")
     reloaded = Student(adapter=str(adapter))
     calibrated = reloaded.ranker(mode="adaptive", escalation=Escalation(), **options)
     measured["adaptive, direct mode calibrated"] = {
-        **_run(calibrated, reloaded, candidates(held_out), qrels),
+        **_run(calibrated, reloaded, _candidates(held_out), qrels),
         "direct_temperature": fitted["direct"]["temperature"]}
     return measured
 
@@ -274,12 +273,21 @@ def _measure(adapter: Path, held_out) -> dict:  # noqa: ANN001
 
     from pyterrier_reasonrank import ReasonRanker
 
-    candidates = held_out.assign(score=0.0, rank=0).drop(columns=["gold_label"])
-    qrels = held_out[["qid", "docno", "gold_label"]].rename(columns={"gold_label": "label"})
-    ranked = ReasonRanker(adapter=str(adapter), max_new_tokens=EXPLANATION_BUDGET)(candidates)
+    qrels = _qrels(held_out)
+    ranked = ReasonRanker(adapter=str(adapter), max_new_tokens=EXPLANATION_BUDGET)(_candidates(held_out))
     ndcg = pt.Evaluate(ranked, qrels, [pt.measures.nDCG @ 10])["nDCG@10"]
     joined = ranked.merge(qrels, on=["qid", "docno"], suffixes=("", "_gold"))
     return {"ndcg": float(ndcg), "accuracy": float((joined["label"] == joined["label_gold"]).mean())}
+
+
+def _candidates(lists: pd.DataFrame) -> pd.DataFrame:
+    """The lists as a first stage hands them to a re-ranker (no gold labels)."""
+    return lists.assign(score=0.0, rank=0).drop(columns=["gold_label"])
+
+
+def _qrels(lists: pd.DataFrame) -> pd.DataFrame:
+    """The lists' gold labels as qrels."""
+    return lists[["qid", "docno", "gold_label"]].rename(columns={"gold_label": "label"})
 
 
 def _spread(values: list[float]) -> str:

@@ -87,19 +87,18 @@ _LAYOUTS = {1: {"provenances": ["id", "provenance"], "judgements": COLUMNS[:-1]}
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
-_SCHEMA = """
+_VERSIONS_TABLE = "CREATE TABLE IF NOT EXISTS versions (id TEXT PRIMARY KEY, versions TEXT NOT NULL);"
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS provenances (id TEXT PRIMARY KEY, provenance TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS judgements (
     key TEXT PRIMARY KEY, provenance TEXT NOT NULL, qid TEXT, docno TEXT, query TEXT, document_sha256 TEXT,
     explanation TEXT NOT NULL, p0 REAL NOT NULL, p1 REAL NOT NULL, p2 REAL NOT NULL, forced INTEGER NOT NULL,
     tokens INTEGER NOT NULL, samples INTEGER NOT NULL, created TEXT NOT NULL, versions TEXT);
-CREATE TABLE IF NOT EXISTS versions (id TEXT PRIMARY KEY, versions TEXT NOT NULL);
+{_VERSIONS_TABLE}
 """
 
-_MIGRATIONS = {1: """
-ALTER TABLE judgements ADD COLUMN versions TEXT;
-CREATE TABLE IF NOT EXISTS versions (id TEXT PRIMARY KEY, versions TEXT NOT NULL);
-"""}
+_MIGRATIONS = {1: "ALTER TABLE judgements ADD COLUMN versions TEXT;" + _VERSIONS_TABLE}
 """What brings a store of each schema version to the next."""
 
 
@@ -264,10 +263,14 @@ class JudgementStore(pt.Artifact):
         return version
 
     @property
+    def _versions_column(self) -> str:
+        """The ``versions`` column as SQL selects it from this file (one of version 1 recorded no versions)."""
+        return "versions" if self.schema_version >= 2 else "NULL AS versions"
+
+    @property
     def _selected(self) -> str:
-        """The columns of :data:`COLUMNS` as SQL selects them from this file (one of version 1 recorded no versions)."""
-        return ", ".join("NULL AS versions" if column == "versions" and self.schema_version < 2 else column
-                         for column in COLUMNS)
+        """The columns of :data:`COLUMNS` as SQL selects them from this file."""
+        return ", ".join(self._versions_column if column == "versions" else column for column in COLUMNS)
 
     def _connection(self) -> sqlite3.Connection:
         # One connection per thread and process (SQLite connections may not cross either).
@@ -309,14 +312,13 @@ class JudgementStore(pt.Artifact):
             The positions in ``keys`` of those found (in order), and their judgements.
         """
         found: dict[str, tuple] = {}
-        recorded = "NULL" if self.schema_version < 2 else "versions"
         with self._failing("could not read it"):
             connection = self._connection()
             for start in range(0, len(keys), 500):  # SQLite caps the parameters of one statement
                 chunk = list(keys[start:start + 500])
                 rows = connection.execute(
-                    f"SELECT key, explanation, p0, p1, p2, forced, tokens, samples, {recorded} FROM judgements "
-                    f"WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+                    f"SELECT key, explanation, p0, p1, p2, forced, tokens, samples, {self._versions_column} "
+                    f"FROM judgements WHERE key IN ({','.join('?' * len(chunk))})", chunk)
                 for key, *row in rows:
                     found[key] = row
         if versions is not None:
