@@ -23,10 +23,15 @@ after a warm-up, and the model's work: prompt tokens computed, prompt tokens ser
 (the transformers backend's prompt cache, vLLM's prefix cache, by its own counters) and tokens
 decoded. Each policy starts from an empty cache.
 
+``--part floor`` times the decoding alone, from prompts already read, for the pairs adaptive
+escalates and for all of them: their ratio is the least share of explain's extra time that
+adaptive can cost on the machine, whatever else it saves.
+
     python benchmarks/test_time_compute.py --output results.md --plot benchmarks/test-time-compute.png
     python benchmarks/test_time_compute.py --part cost --output cost.md --plot benchmarks/test-time-cost.png
     python benchmarks/test_time_compute.py --quick      # a minute: checks that the script runs
     python benchmarks/test_time_compute.py --part cost --quick
+    python benchmarks/test_time_compute.py --part floor --output floor.md
 """
 from __future__ import annotations
 
@@ -68,23 +73,24 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--direct-fraction", type=float, default=None,
                         help=f"share of the pairs also trained in direct mode (default: {FULL['direct_fraction']})")
     parser.add_argument("--quick", action="store_true", help="a small student and task: checks that the script runs")
-    parser.add_argument("--part", choices=("quality", "cost"), default="quality",
+    parser.add_argument("--part", choices=("quality", "cost", "floor"), default="quality",
                         help="quality: nDCG@10 against tokens on the synthetic task; cost: time and model work on "
-                             "long documents, on both backends")
+                             "long documents, on both backends; floor: the decoding alone, escalated pairs "
+                             "against all (the least share of explain's extra time adaptive can cost)")
     parser.add_argument("--backends", nargs="+", default=None, help="cost: the backends (default: transformers vllm)")
     parser.add_argument("--vllm-block-size", type=int, default=None,
                         help="cost: vLLM's KV cache block size (default: the engine's; 128 on CPU)")
     args = parser.parse_args(argv)
-    if args.part == "cost":
+    if args.part in ("cost", "floor"):
         setup = dict(COST_QUICK if args.quick else COST)
         setup["backends"] = tuple(args.backends or setup["backends"])
         setup["vllm_block_size"] = args.vllm_block_size
-        rows = cost(setup)
-        report = _cost_report(rows, setup)
+        rows = cost(setup) if args.part == "cost" else decode_floor(setup)
+        report = _cost_report(rows, setup) if args.part == "cost" else _floor_report(rows, setup)
         print(report)
         if args.output:
             Path(args.output).write_text(report + "\n")
-        if args.plot:
+        if args.plot and args.part == "cost":
             _cost_plot(rows, args.plot)
         return
     setup = dict(QUICK if args.quick else FULL)
@@ -138,28 +144,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 def cost(setup: dict) -> list[dict]:
     """Each policy's wall time and model work, per backend, on BRIGHT queries with long documents."""
-    import gzip
-    import random
+    from pyterrier_reasonrank import Escalation
 
-    import pandas as pd
-
-    from pyterrier_reasonrank import Escalation, Student
-    from pyterrier_reasonrank.testing import build_random_model, build_tiny_model
-
-    work = Path(tempfile.mkdtemp(prefix="reasonrank-cost-"))
-    model = build_tiny_model(work / "model") if setup["model"] is None else \
-        build_random_model(work / "model", setup["model"], dtype="float32")
-    topics = SHARED / "data" / "bright" / f"topics.bright-{setup['domain']}-original.jsonl.gz"
-    with gzip.open(topics, "rt") as file:
-        queries = [json.loads(line) for line in file][:setup["queries"]]
-    words = "moon ocean tide gravity cell protein gene enzyme river glacier climate orbit energy mass".split()
-    draw = random.Random(0)
-    frame = pd.DataFrame([{"qid": str(q["id"]), "query": q["query"], "docno": f"{q['id']}-{d}",
-                           "text": " ".join(draw.choice(words) for _ in range(setup["doc_words"]))}
-                          for q in queries for d in range(setup["docs"])])
+    model, frame, options = _workload(setup)
     k = setup["samples"]
-    options = dict(max_new_tokens=setup["max_new_tokens"], max_doc_tokens=setup["max_doc_tokens"],
-                   batch_size=setup["batch_size"])
     policies = {"direct": dict(mode="direct"), "explain": {},
                 "adaptive": dict(mode="adaptive", escalation=Escalation(entropy=None, cutoff=setup["cutoff"],
                                                                         margin=setup["margin"])),
@@ -170,15 +158,8 @@ def cost(setup: dict) -> list[dict]:
     # which one run on a shared machine cannot resolve (single runs here gave 36% and 66%). The
     # samples, far from the others, are timed once.
     for backend in setup["backends"]:
-        engine_options = None
-        if backend == "vllm":
-            engine_options = {"enforce_eager": True, "max_model_len": 4096}
-            if setup["vllm_block_size"]:  # the unit of prefix caching: a prompt's last partial block is recomputed
-                engine_options["block_size"] = setup["vllm_block_size"]
-        student = Student(str(model), backend=backend, dtype="float32", engine_options=engine_options)
+        student, label = _student(model, backend, setup)
         student.ranker(mode="direct", **options)(frame.head(2))  # warm-up: kernels, allocations
-        label = f"{backend}, blocks of {setup['vllm_block_size']}" \
-            if backend == "vllm" and setup["vllm_block_size"] else backend
         measured: dict[str, dict] = {}
         for repeat in range(setup["repeats"]):
             for name, policy in policies.items():
@@ -200,6 +181,114 @@ def cost(setup: dict) -> list[dict]:
                 print("measured:", json.dumps(row), file=sys.stderr, flush=True)
         rows.extend(measured.values())
     return rows
+
+
+def _workload(setup: dict):
+    """The model (built here, random weights), the frame of BRIGHT queries and long documents, the ranker options."""
+    import gzip
+    import random
+
+    import pandas as pd
+
+    from pyterrier_reasonrank.testing import build_random_model, build_tiny_model
+
+    work = Path(tempfile.mkdtemp(prefix="reasonrank-cost-"))
+    model = build_tiny_model(work / "model") if setup["model"] is None else \
+        build_random_model(work / "model", setup["model"], dtype="float32")
+    topics = SHARED / "data" / "bright" / f"topics.bright-{setup['domain']}-original.jsonl.gz"
+    with gzip.open(topics, "rt") as file:
+        queries = [json.loads(line) for line in file][:setup["queries"]]
+    words = "moon ocean tide gravity cell protein gene enzyme river glacier climate orbit energy mass".split()
+    draw = random.Random(0)
+    frame = pd.DataFrame([{"qid": str(q["id"]), "query": q["query"], "docno": f"{q['id']}-{d}",
+                           "text": " ".join(draw.choice(words) for _ in range(setup["doc_words"]))}
+                          for q in queries for d in range(setup["docs"])])
+    options = dict(max_new_tokens=setup["max_new_tokens"], max_doc_tokens=setup["max_doc_tokens"],
+                   batch_size=setup["batch_size"])
+    return model, frame, options
+
+
+def _student(model: Path, backend: str, setup: dict):
+    """The student on ``backend`` (float32; vLLM eager, with the block size asked for) and its label in the tables."""
+    from pyterrier_reasonrank import Student
+
+    engine_options = None
+    if backend == "vllm":
+        engine_options = {"enforce_eager": True, "max_model_len": 4096}
+        if setup["vllm_block_size"]:  # the unit of prefix caching: a prompt's last partial block is recomputed
+            engine_options["block_size"] = setup["vllm_block_size"]
+    label = f"{backend}, blocks of {setup['vllm_block_size']}" \
+        if backend == "vllm" and setup["vllm_block_size"] else backend
+    return Student(str(model), backend=backend, dtype="float32", engine_options=engine_options), label
+
+
+def decode_floor(setup: dict) -> list[dict]:
+    """What decoding the explanations alone costs for the pairs adaptive escalates against all the pairs.
+
+    Adaptive's time beyond direct mode is decoding its escalated pairs' explanations, from prompts
+    already read; explain's is decoding every pair's. Their ratio here is the least share of
+    explain's extra time that adaptive can cost on this machine, whatever else is saved: per backend,
+    ``max_new_tokens`` greedy steps for the escalated pairs and for all of them, from cached prompts
+    of the workload's length, timed ``repeats`` times interleaved (the fastest kept).
+    """
+    model, frame, options = _workload(setup)
+    escalated = 2 * setup["margin"] * setup["queries"]  # the pairs within `margin` of the cut-off, per query
+    rows = []
+    for backend in setup["backends"]:
+        student, label = _student(model, backend, setup)
+        ranker = student.ranker(**options).load()
+        prompts = [list(prefix) + list(suffix) for prefix, suffix in
+                   ranker.encoder.prompts(frame["query"].tolist(), frame["text"].tolist())]
+        decode = _hf_decode if backend == "transformers" else _vllm_decode
+        decode(student.engine, prompts, setup["max_new_tokens"])  # warm-up (and vLLM: the prompts cached)
+        times: dict[int, list[float]] = {escalated: [], len(prompts): []}
+        for _ in range(setup["repeats"]):
+            for n in times:
+                times[n].append(decode(student.engine, prompts[:n], setup["max_new_tokens"]))
+        rows.append({"backend": label, "pairs": len(prompts), "escalated": escalated,
+                     "prompt_tokens": round(sum(map(len, prompts)) / len(prompts)), "times": times,
+                     "share": min(times[escalated]) / min(times[len(prompts)])})
+        print("measured:", json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def _hf_decode(engine: object, prompts: list[list[int]], steps: int) -> float:
+    """Seconds for ``steps`` greedy decoding steps of the prompts' batch, from a key/value cache of their length.
+
+    The cache holds random keys and values (a step's cost does not depend on them), so the prompts
+    need not be read first; the batch is left-padded and masked, as the backend's own batches are.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    config = engine.model.config
+    width = max(map(len, prompts))
+    heads = getattr(config, "num_key_value_heads", config.num_attention_heads)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    shape = (len(prompts), heads, width, head_dim)
+    cache = DynamicCache([(torch.randn(shape), torch.randn(shape)) for _ in range(config.num_hidden_layers)])
+    _, mask = engine.left_pad(prompts, width)
+    position = mask.sum(-1, keepdim=True) - 1
+    token = torch.tensor([[prompt[-1]] for prompt in prompts])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for _ in range(steps):
+            mask = torch.cat([mask, mask.new_ones((len(prompts), 1))], dim=1)
+            position = position + 1
+            out = engine.model(input_ids=token, attention_mask=mask, position_ids=position, past_key_values=cache,
+                               use_cache=True)
+            token, cache = out.logits[:, -1].argmax(-1, keepdim=True), out.past_key_values
+    return time.perf_counter() - start
+
+
+def _vllm_decode(engine: object, prompts: list[list[int]], steps: int) -> float:
+    """Seconds for vLLM's engine to decode ``steps`` tokens for each prompt (read from its prefix cache)."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=steps, ignore_eos=True)
+    start = time.perf_counter()
+    engine.engine.generate([{"prompt_token_ids": prompt} for prompt in prompts], params, use_tqdm=False)
+    return time.perf_counter() - start
 
 
 def _forget(student: object) -> None:
@@ -233,6 +322,21 @@ def _cost_report(rows: list[dict], setup: dict) -> str:
         if {"direct", "explain", "adaptive"} <= set(by) and by["explain"] > by["direct"]:
             share = (by["adaptive"] - by["direct"]) / (by["explain"] - by["direct"])
             lines.append(f"\n{backend}: adaptive costs direct + {share:.0%} of explain's extra time.")
+    return "\n".join(lines)
+
+
+def _floor_report(rows: list[dict], setup: dict) -> str:
+    lines = [f"# Decoding alone: escalated pairs against all ({machine('cpu')})", "",
+             f"{setup['max_new_tokens']} greedy steps from cached prompts of the cost workload "
+             f"({setup['model'] or 'tiny'} shape, float32); seconds: the fastest of {setup['repeats']} interleaved "
+             "runs, all in brackets.", "",
+             "| backend | prompt tokens | escalated pairs | seconds | all pairs | seconds | least share |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        few, every = (row["times"][n] for n in (row["escalated"], row["pairs"]))
+        lines.append(f"| {row['backend']} | {row['prompt_tokens']} | {row['escalated']} | {min(few):.2f} "
+                     f"({', '.join(f'{t:.2f}' for t in few)}) | {row['pairs']} | {min(every):.2f} "
+                     f"({', '.join(f'{t:.2f}' for t in every)}) | {row['share']:.0%} |")
     return "\n".join(lines)
 
 

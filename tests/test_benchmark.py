@@ -32,7 +32,7 @@ def test_the_throughput_benchmark_runs(tmp_path):
         assert heading in text
     assert "## Engines" not in text  # not asked for
     rows = [line for line in text.splitlines() if line.startswith("| tiny |")]
-    assert len(rows) == 3  # explain, direct, prefix reuse
+    assert len(rows) == 2  # explain (quick: explain mode only), prefix reuse
     # 2 queries x 4 documents; on a CPU, SDPA with grouped key/value heads (backends/attention.py)
     assert f"| tiny | float32, {attention.NAME} | explain | 8 |" in text
 
@@ -70,3 +70,17 @@ def test_the_refinement_benchmark_runs(tmp_path):
     # the ranking rewards' paired differences against the label reward
     assert all(row[3].endswith(")") and "(mean " in row[3] for row in rows[2:])
     assert (tmp_path / "plot.png").stat().st_size > 10_000
+
+
+def test_the_decoding_floor_is_measured_in_process(monkeypatch):
+    """test_time_compute.py --part floor, quick (the tiny model, transformers): run here, not in a process of its own."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import test_time_compute
+
+    setup = {**test_time_compute.COST_QUICK, "vllm_block_size": None}
+    [row] = test_time_compute.decode_floor(setup)
+    assert (row["backend"], row["pairs"], row["escalated"]) == ("transformers", 4, 2)  # within 1 of rank 2
+    assert all(len(times) == 1 and times[0] > 0 for times in row["times"].values())
+    assert row["share"] == min(row["times"][2]) / min(row["times"][4])
+    report = test_time_compute._floor_report([row], setup)
+    assert re.search(r"\n\| transformers \| \d+ \| 2 \| [\d.]+ \([\d.]+\) \| 4 \| [\d.]+ \([\d.]+\) \| \d+% \|", report)

@@ -17,18 +17,18 @@ def cranfield(tmp_path_factory):
 
 def test_bm25_then_reasonranker_in_an_experiment(cranfield, tiny_model):
     dataset, index = cranfield
-    topics = dataset.get_topics().head(20)
+    topics = dataset.get_topics().head(10)
     bm25 = index.bm25(num_results=20)
     ranker = ReasonRanker(str(tiny_model), max_new_tokens=16, batch_size=32)
     pipeline = bm25 >> pt.text.get_text(dataset, "text") >> ranker
 
     first_stage = bm25(topics)
     reranked = pipeline(topics)
-    assert len(first_stage) == 400
+    assert len(first_stage) == 200
     assert sorted(zip(reranked.qid, reranked.docno)) == sorted(zip(first_stage.qid, first_stage.docno))
     assert np.isfinite(reranked.score).all() and reranked.score.between(0, 2).all()
     assert (reranked.explanation.str.len() > 0).all()
-    assert reranked.score.nunique() > 300  # graded scores, not three-way ties
+    assert reranked.score.nunique() > 150  # graded scores, not three-way ties
     for _, group in reranked.groupby("qid"):
         assert list(group["rank"]) == list(range(20))
         assert (np.diff(group.score.to_numpy()) <= 0).all()

@@ -45,8 +45,12 @@ def judged_by_every_backend(model, server, *, adapter=None, served="base", **opt
                                     **options),
                "server": ReasonRanker(served, backend="openai", base_url=server.base_url,
                                       tokenizer=str(adapter or model), **options)}
-    return {name: ranker(inp).set_index(["qid", "docno"]).loc[list(zip(inp.qid, inp.docno))]
-            for name, ranker in rankers.items()}
+    results = {}
+    for name, ranker in rankers.items():
+        if name == "server":
+            server.wait()  # started without waiting: it came up while the other backends judged
+        results[name] = ranker(inp).set_index(["qid", "docno"]).loc[list(zip(inp.qid, inp.docno))]
+    return results
 
 
 def assert_agree(results: dict, *, explanations: bool) -> None:
@@ -106,7 +110,7 @@ def adapter(decisive_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(decisive_model, adapter, tmp_path_factory):
     """A real vLLM server for the model, serving the adapter as ``student``."""
-    running = VLLMServer(decisive_model, tmp_path_factory.mktemp("server") / "vllm.log", adapter=adapter)
+    running = VLLMServer(decisive_model, tmp_path_factory.mktemp("server") / "vllm.log", adapter=adapter, wait=False)
     yield running
     running.close()
 
@@ -130,7 +134,7 @@ def test_explain_mode_agrees_on_a_model_without_near_ties(decisive_model, server
 def test_where_an_explanation_ends_is_one_rule_for_every_backend(script_model, decisive_model, tmp_path, script,
                                                                  explanation, forced):
     model = script_model(script, LABEL_LOGITS, base=decisive_model)
-    scripted_server = VLLMServer(model, tmp_path / "vllm.log")
+    scripted_server = VLLMServer(model, tmp_path / "vllm.log", wait=False)
     try:
         results = judged_by_every_backend(model, scripted_server, max_new_tokens=16)
     finally:

@@ -35,28 +35,38 @@ class VLLMServer:
         dtype: The weights' dtype.
         eager: No compilation (it starts faster; the results are the same).
         timeout: Seconds to wait for it to answer ``/health``.
+        wait: Wait for it here; else :meth:`wait` does, so that the caller works while it starts.
+
+    The engine's worker runs in the engine's process (``--distributed-executor-backend uni``: one
+    process fewer to start, which took 20 s of a 57 s start here).
     """
 
     def __init__(self, model: Path, log: Path, *, adapter: Optional[Path] = None, caching: bool = True,
-                 dtype: str = "float32", eager: bool = True, timeout: float = 400.0):
+                 dtype: str = "float32", eager: bool = True, timeout: float = 400.0, wait: bool = True):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.log = log
         args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
                 "--served-model-name", "base", "--host", "127.0.0.1", "--port", str(self.port), "--dtype", dtype,
                 "--enable-prefix-caching" if caching else "--no-enable-prefix-caching", "--logprobs-mode",
-                "processed_logprobs", "--max-model-len", "2048", "--disable-log-stats"]
+                "processed_logprobs", "--max-model-len", "2048", "--disable-log-stats",
+                "--distributed-executor-backend", "uni"]
         if eager:
             args.append("--enforce-eager")
         if adapter is not None:
             args += ["--enable-lora", "--lora-modules", f"student={adapter}", "--max-lora-rank", "8"]
         self.process = subprocess.Popen(args, env={**os.environ, **ENVIRONMENT}, stdout=open(log, "w"),
                                         stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
+        self.deadline = time.monotonic() + timeout
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
+        """Return once the server answers ``/health`` (at once if it does already)."""
         while not self._healthy():
-            if self.process.poll() is not None or time.monotonic() > deadline:
+            if self.process.poll() is not None or time.monotonic() > self.deadline:
                 self.close()
-                raise RuntimeError(f"the vLLM server did not start:\n{log.read_text()[-4000:]}")
+                raise RuntimeError(f"the vLLM server did not start:\n{self.log.read_text()[-4000:]}")
             time.sleep(1)
 
     def _healthy(self) -> bool:
