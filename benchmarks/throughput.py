@@ -573,7 +573,7 @@ def _engines(job: dict) -> dict:
                    dtype=job["dtype"])
     caching = job["caching"]
     server = VLLMServer(Path(job["model"]), Path(tempfile.mkdtemp()) / "vllm.log", caching=caching,
-                        dtype=job["dtype"], eager=setup.eager)
+                        dtype=job["dtype"], eager=setup.eager, worker_in_engine=False)
     try:
         rankers = {
             "transformers": ReasonRanker(job["model"], prefix_reuse=caching, device="cpu", **options),

@@ -36,21 +36,23 @@ class VLLMServer:
         eager: No compilation (it starts faster; the results are the same).
         timeout: Seconds to wait for it to answer ``/health``.
         wait: Wait for it here; else :meth:`wait` does, so that the caller works while it starts.
-
-    The engine's worker runs in the engine's process (``--distributed-executor-backend uni``: one
-    process fewer to start, which took 20 s of a 57 s start here).
+        worker_in_engine: Run the engine's worker in the engine's process (``--distributed-executor-backend
+            uni``: one process fewer to start, 20 s of a 57 s start here); else in a process of its own,
+            as ``vllm serve`` does by default (what a benchmark of serving measures).
     """
 
     def __init__(self, model: Path, log: Path, *, adapter: Optional[Path] = None, caching: bool = True,
-                 dtype: str = "float32", eager: bool = True, timeout: float = 400.0, wait: bool = True):
+                 dtype: str = "float32", eager: bool = True, timeout: float = 400.0, wait: bool = True,
+                 worker_in_engine: bool = True):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.log = log
         args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
                 "--served-model-name", "base", "--host", "127.0.0.1", "--port", str(self.port), "--dtype", dtype,
                 "--enable-prefix-caching" if caching else "--no-enable-prefix-caching", "--logprobs-mode",
-                "processed_logprobs", "--max-model-len", "2048", "--disable-log-stats",
-                "--distributed-executor-backend", "uni"]
+                "processed_logprobs", "--max-model-len", "2048", "--disable-log-stats"]
+        if worker_in_engine:
+            args += ["--distributed-executor-backend", "uni"]
         if eager:
             args.append("--enforce-eager")
         if adapter is not None:
