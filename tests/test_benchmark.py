@@ -84,3 +84,14 @@ def test_the_decoding_floor_is_measured_in_process(monkeypatch):
     assert row["share"] == min(row["times"][2]) / min(row["times"][4])
     report = test_time_compute._floor_report([row], setup)
     assert re.search(r"\n\| transformers \| \d+ \| 2 \| [\d.]+ \([\d.]+\) \| 4 \| [\d.]+ \([\d.]+\) \| \d+% \|", report)
+
+
+def test_the_cpu_linear_benchmark_runs_in_process(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import cpu_linear
+
+    cpu_linear.main(["--quick", "--output", str(tmp_path / "report.md")])
+    rows = re.findall(r"\n\| (\d+) \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+x \| ([\d.e+-]+) \|",
+                      (tmp_path / "report.md").read_text())
+    assert [int(n) for n, _ in rows] == list(cpu_linear.QUICK["rows"])
+    assert all(float(difference) < 1e-4 for _, difference in rows)  # the same products, rounded differently
