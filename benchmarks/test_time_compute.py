@@ -77,7 +77,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="quality: nDCG@10 against tokens on the synthetic task; cost: time and model work on "
                              "long documents, on both backends; floor: the decoding alone, escalated pairs "
                              "against all (the least share of explain's extra time adaptive can cost)")
-    parser.add_argument("--backends", nargs="+", default=None, help="cost, floor: the backends (default: transformers vllm)")
+    parser.add_argument("--backends", nargs="+", default=None,
+                        help="cost, floor: the backends (default: transformers vllm)")
     parser.add_argument("--vllm-block-size", type=int, default=None,
                         help="cost, floor: vLLM's KV cache block size (default: the backend's; 32 on a CPU)")
     args = parser.parse_args(argv)
