@@ -145,13 +145,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 def cost(setup: dict) -> list[dict]:
     """Each policy's wall time and model work, per backend, on BRIGHT queries with long documents."""
-    from pyterrier_reasonrank import Escalation
-
     model, frame, options = _workload(setup)
     k = setup["samples"]
     policies = {"direct": dict(mode="direct"), "explain": {},
-                "adaptive": dict(mode="adaptive", escalation=Escalation(entropy=None, cutoff=setup["cutoff"],
-                                                                        margin=setup["margin"])),
+                "adaptive": dict(mode="adaptive", escalation=_escalation(setup)),
                 f"explain, {k} samples": dict(samples=k, temperature=1.0)}
     rows = []
     # Direct, explain and adaptive are timed `repeats` times, interleaved, and the fastest kept: the
@@ -182,6 +179,13 @@ def cost(setup: dict) -> list[dict]:
                 print("measured:", json.dumps(row), file=sys.stderr, flush=True)
         rows.extend(measured.values())
     return rows
+
+
+def _escalation(setup: dict):
+    """Adaptive's policy here: the pairs within ``margin`` of rank ``cutoff`` explained, the entropy test off."""
+    from pyterrier_reasonrank import Escalation
+
+    return Escalation(entropy=None, cutoff=setup["cutoff"], margin=setup["margin"])
 
 
 def _workload(setup: dict):
@@ -232,8 +236,15 @@ def decode_floor(setup: dict) -> list[dict]:
     ``max_new_tokens`` greedy steps for the escalated pairs and for all of them, from cached prompts
     of the workload's length, timed ``repeats`` times interleaved (the fastest kept).
     """
+    import numpy as np
+
+    from pyterrier_reasonrank.adaptive import escalated as escalated_pairs
+    from pyterrier_reasonrank.prompts import LABELS
+
     model, frame, options = _workload(setup)
-    escalated = 2 * setup["margin"] * setup["queries"]  # the pairs within `margin` of the cut-off, per query
+    # How many pairs adaptive explains: its cut-off rule picks ranks, whatever the scores.
+    uniform = np.full((len(frame), len(LABELS)), 1 / len(LABELS))
+    escalated = int(escalated_pairs(frame["qid"].tolist(), uniform, _escalation(setup), cost=1).sum())
     rows = []
     for backend in setup["backends"]:
         student, label = _student(model, backend, setup)
