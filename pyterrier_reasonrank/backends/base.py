@@ -160,7 +160,7 @@ def forced_ending(written: Sequence[int], encoder: PromptEncoder) -> tuple[int, 
 
 
 def settle(generated: Sequence[int], encoder: PromptEncoder, stops: frozenset[int],
-           max_new_tokens: int) -> Optional[Settled]:
+           max_new_tokens: int, start: int = 0) -> Optional[Settled]:
     """Where a greedily generated sequence ends its explanation, or ``None`` if it has not ended yet.
 
     An engine that stops generating at the marker's *text* (a stop string) may stop where the
@@ -168,12 +168,15 @@ def settle(generated: Sequence[int], encoder: PromptEncoder, stops: frozenset[in
 
     Args:
         generated: The tokens generated after the prompt, in order.
-        encoder: The encoder of the prompt (its marker tokens).
+        encoder: The encoder of the prompt, or anything with its ``marker_ids`` and ``forced_marker_ids``.
         stops: The tokens that cut the explanation short (:func:`stop_ids`).
         max_new_tokens: The explanation budget.
+        start: Look from this token on: the tokens before it were looked at already (the sequence
+            had not ended there), so that a sequence looked at as it grows costs its length in all.
     """
     marker = encoder.marker_ids
-    for k, token in enumerate(generated[:max_new_tokens]):
+    for k in range(start, min(len(generated), max_new_tokens)):
+        token = generated[k]
         if token in stops:
             return _forced(list(generated[:k]), encoder)
         if list(generated[max(0, k + 1 - len(marker)):k + 1]) == marker:

@@ -92,14 +92,19 @@ class _RequestReader:
         self.labels = labels
         self.end = [end]
         self.budget = budget
+        self.settled: Optional[Settled] = None
+        self.looked = 0  # the tokens written that have been looked at for the marker
 
     def __call__(self, written: list[int], logits: torch.Tensor) -> torch.Tensor:
-        # Stop tokens end the request before this is asked again, so none is looked for here.
-        settled = settle(written, self.ending, frozenset(), self.budget)
-        if settled is None:
-            return logits
-        n, position = len(written), len(settled.context)
-        allowed = [settled.context[n]] if n < position else self.labels if n == position else \
+        # Asked at every step of every request: each token is looked at once. Stop tokens end the
+        # request before this is asked again, so none is looked for here.
+        if self.settled is None:
+            self.settled = settle(written, self.ending, frozenset(), self.budget, start=self.looked)
+            self.looked = len(written)
+            if self.settled is None:
+                return logits
+        n, position = len(written), len(self.settled.context)
+        allowed = [self.settled.context[n]] if n < position else self.labels if n == position else \
             self.end if n == position + 1 else None
         if allowed is None:
             return logits
