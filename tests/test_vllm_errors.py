@@ -61,6 +61,16 @@ def test_an_option_refused_as_the_engine_starts_is_named_not_blamed_on_the_model
     assert elapsed < 60, elapsed  # refused by the configuration, before any weights load
 
 
+def test_an_engine_short_of_memory_names_the_option_not_the_model(tiny_model, monkeypatch):
+    """On a CPU, unless told the KV cache's size, vLLM wants gpu_memory_utilization of the machine's memory free
+    as it starts: all of it never is. Its refusal names the option (as the flag --gpu-memory-utilization)."""
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    with pytest.raises(InputError) as refused:
+        load_with(tiny_model, {"gpu_memory_utilization": 1.0, "enforce_eager": True})
+    assert str(refused.value).startswith("engine_options: vLLM refuses gpu_memory_utilization=1.0: Available memory")
+    assert "holds no loadable model" not in str(refused.value)
+
+
 @pytest.fixture(scope="module")
 def adapter_without_weights(tiny_model, tmp_path_factory):
     """A LoRA adapter's folder with its configuration but not its weights (a copy cut short)."""

@@ -309,15 +309,11 @@ def check_engine_options(engine_options: Optional[dict]) -> None:
     Raises:
         InputError: Naming the option and what is wrong with it.
     """
-    import vllm
-
     if engine_options is None:
         return
     if not isinstance(engine_options, dict):
         raise InputError(f"engine_options must map vllm.LLM's argument names to values, got {engine_options!r}")
-    known = {field.name for field in dataclasses.fields(vllm.EngineArgs)}
-    known |= {name for name, parameter in inspect.signature(vllm.LLM.__init__).parameters.items()
-              if parameter.kind is not inspect.Parameter.VAR_KEYWORD} - {"self"}
+    known = _engine_arguments()
     declared = _declared_fields()
     for name, value in engine_options.items():
         if name in SET_BY_THE_RANKER:
@@ -329,6 +325,15 @@ def check_engine_options(engine_options: Optional[dict]) -> None:
         refusals = [refusal for refusal in (_refusal(field, value) for field in declared.get(name, ())) if refusal]
         if refusals and len(refusals) == len(declared[name]):  # some configs share a name: refused by all
             raise InputError(f"engine_options: vLLM refuses {name}={value!r}: {refusals[0]}")
+
+
+def _engine_arguments() -> set[str]:
+    """The names ``vllm.LLM`` takes: its own arguments and the engine's."""
+    import vllm
+
+    known = {field.name for field in dataclasses.fields(vllm.EngineArgs)}
+    return known | {name for name, parameter in inspect.signature(vllm.LLM.__init__).parameters.items()
+                    if parameter.kind is not inspect.Parameter.VAR_KEYWORD} - {"self"}
 
 
 def _declared_fields() -> dict[str, list]:
@@ -373,7 +378,9 @@ def _blaming_options(options: dict) -> Iterator[None]:
 
     vLLM's configuration raises ``ValueError`` (pydantic's ``ValidationError`` among them) for a
     value it refuses; that the error names the option (its field, or its message) tells it apart
-    from a model that cannot be loaded.
+    from a model that cannot be loaded. An engine that cannot start as configured (on a CPU: less
+    memory free than ``gpu_memory_utilization`` asks) says which option to change as its command
+    line flag; that is an :class:`InputError` too, naming the option.
     """
     from pydantic import ValidationError
 
@@ -383,12 +390,17 @@ def _blaming_options(options: dict) -> Iterator[None]:
         problems = error.errors() if isinstance(error, ValidationError) else []
         fields = {str(problem["loc"][0]) for problem in problems if problem["loc"]}
         text = "; ".join(problem["msg"] for problem in problems) or str(error)
-        blamed = [name for name in options if name in fields  # by its name, or in words ("block size")
-                  or re.search(rf"\b({re.escape(name)}|{re.escape(name.replace('_', ' '))})\b", text)]
-        if not blamed:
+        blamed = [name for name in options if name in fields  # by its name, in words ("block size") or as a flag
+                  or re.search(rf"\b({'|'.join(re.escape(name.replace('_', c)) for c in '_ -')})\b", text)]
+        if blamed:
+            given = ", ".join(f"{name}={options[name]!r}" for name in blamed)
+            raise InputError(f"engine_options: vLLM refuses {given}: {text}") from error
+        flagged = sorted({flag.replace("-", "_") for flag in re.findall(r"--([a-z][a-z0-9-]*)", text)}
+                         & _engine_arguments())
+        if not flagged:
             raise
-        given = ", ".join(f"{name}={options[name]!r}" for name in blamed)
-        raise InputError(f"engine_options: vLLM refuses {given}: {text}") from error
+        raise InputError(f"vLLM's engine cannot start: {text} (engine_options can set "
+                         f"{' or '.join(flagged)})") from error
 
 
 def _lora_request(adapter: str) -> LoRARequest:
