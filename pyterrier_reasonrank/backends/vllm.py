@@ -153,14 +153,15 @@ class VLLMBackend:
         settled: list = [None] * len(ids)
         logits: list[Optional[torch.Tensor]] = [None] * len(ids)
         pending = list(range(len(ids)))
+        # Steered: the request writes up to the label and stops (label_reader). Else: it stops at the marker.
+        steered = dict(max_tokens=longest_response(encoder, max_new_tokens), logprob_token_ids=list(encoder.label_ids),
+                       extra_args=request_arguments(encoder, max_new_tokens, min(self.end_ids or self.stop_ids))) \
+            if self.label_in_request else None
         while pending:
             params = [SamplingParams(temperature=temperature, top_p=1.0, top_k=0,
                                      seed=prompt_seed(seed, ids[i]) if temperature else None,
                                      stop_token_ids=sorted(self.stop_ids), skip_special_tokens=False,
-                                     **(dict(max_tokens=longest_response(encoder, max_new_tokens),
-                                             logprob_token_ids=list(encoder.label_ids),
-                                             extra_args=request_arguments(encoder, max_new_tokens, min(self.stop_ids)))
-                                        if self.label_in_request else
+                                     **(steered if self.label_in_request else
                                         dict(max_tokens=max_new_tokens - len(generated[i]), stop=[LABEL_MARKER],
                                              include_stop_str_in_output=True)))
                       for i in pending]
@@ -173,7 +174,7 @@ class VLLMBackend:
                 settled[i] = settle(generated[i], encoder, self.stop_ids, max_new_tokens if new else len(generated[i]))
                 if settled[i] is None:
                     still.append(i)
-                elif self.label_in_request:  # one round: the output's positions are the generated ones
+                elif self.label_in_request and len(new) == len(generated[i]):  # the output's positions are ours
                     position = label_position(generated[i], settled[i], encoder.label_ids)
                     if position is not None:
                         logits[i] = label_logits([output.logprobs[position][label].logprob
