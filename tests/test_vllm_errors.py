@@ -1,7 +1,8 @@
 """vLLM's user errors blamed on what the user gave: an engine option vLLM refuses is named (checked
 before the engine starts where it can be, else when vLLM's configuration refuses it), never reported as
 a model that cannot be loaded; an adapter folder without weights is the same ModelNotFoundError, naming
-the folder, from every backend. None of these tests starts an engine."""
+the folder, from every backend. None of these tests gets an engine running (one starts an engine that
+vLLM stops for want of memory)."""
 import os
 import time
 
