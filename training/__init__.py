@@ -28,7 +28,7 @@ _EXPORTS = {
     "StudentConfig": "student", "load_student": "student",
     "DistillConfig": "distillation", "distill": "distillation",
     "RefineConfig": "refine_config", "refine": "refinement",
-    "RwsftConfig": "rwsft", "RwsftTrainer": "rwsft", "GrpoRefineConfig": "grpo", "GrpoRefineTrainer": "grpo",
+    "RwsftConfig": "rwsft", "RwsftTrainer": "rwsft", "GrpoRefineConfig": "grpo", "GrpoRefineTrainer": "grpo_trainer",
     "label_reward": "rewards", "format_reward": "rewards", "RewardModelReward": "rewards",
     "ListReward": "ranking_rewards", "RolloutScorer": "rollouts", "consensus": "consensus",
     "label_accuracy": "evaluation", "mean_reward": "evaluation",

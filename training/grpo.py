@@ -1,4 +1,4 @@
-"""Online refinement with trl's GRPO: the config and the trainer.
+"""Online refinement with trl's GRPO: the config (the trainer is :mod:`.grpo_trainer`).
 
 The policy is rewarded on its own current samples (``num_generations`` per prompt), with the same
 reward functions as the reward-weighted algorithm (:mod:`.rewards`); its prompts are the project's
@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOConfig
 
 from pyterrier_reasonrank.errors import InputError
 from pyterrier_reasonrank.numeric import check_fields, positive_int
 
-from .query_groups import QueryGroupSampler
 from .refine_config import ALGORITHM_HELP, RefineConfig
 
 
@@ -44,32 +43,3 @@ class GrpoRefineConfig(RefineConfig, GRPOConfig):
                              f"{self.query_group_size}")
         super().__post_init__()
 
-
-class GrpoRefineTrainer(GRPOTrainer):
-    """``GRPOTrainer`` that feeds the policy the prompt token ids made by the project's prompt encoder.
-
-    These are token for token what ``ReasonRanker`` feeds it; the prompt text is not re-tokenized.
-    With a sampler of query groups, its batches hold whole query groups.
-    """
-
-    def __init__(self, *args, prompt_ids: dict[str, list[int]], sampler: Optional[QueryGroupSampler] = None,
-                 **kwargs):
-        """Keep the encoded prompts, then set up ``GRPOTrainer`` with the other arguments.
-
-        Args:
-            *args: ``GRPOTrainer``'s positional arguments.
-            prompt_ids: Token ids of each prompt, keyed by the prompt text in the dataset.
-            sampler: Draws the training batches instead of trl's sampler (for ranking rewards).
-            **kwargs: ``GRPOTrainer``'s keyword arguments.
-        """
-        self._prompt_ids = prompt_ids
-        self._sampler = sampler
-        super().__init__(*args, **kwargs)
-
-    def _tokenize_prompts(self, prompts: list[str]):
-        # trl's hook for turning prompts into ids (returns ids, images, multimodal fields).
-        return [self._prompt_ids[prompt] for prompt in prompts], None, {}
-
-    def _get_train_sampler(self, dataset=None):  # noqa: ANN001, ANN202
-        # trl has no public hook for what a batch holds; this is where its own RepeatSampler comes from.
-        return self._sampler if self._sampler is not None else super()._get_train_sampler(dataset)

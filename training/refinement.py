@@ -29,7 +29,7 @@ from pyterrier_reasonrank.prompts import PromptEncoder
 
 from .checkpoints import resume_point
 from .evaluation import mean_reward
-from .grpo import GrpoRefineConfig, GrpoRefineTrainer
+from .grpo import GrpoRefineConfig
 from .packages import require_packages
 from .query_groups import QueryGroupSampler, group_batching, query_groups
 from .records import file_sha256, labelled_pairs, target_label
@@ -109,6 +109,8 @@ def refine(config: Union[RwsftConfig, GrpoRefineConfig], student: StudentConfig)
                                processing_class=tokenizer, pad_token_id=tokenizer.pad_token_id,
                                callbacks=[SettingsCallback(settings)])
     else:
+        from .grpo_trainer import GrpoRefineTrainer
+
         encoded = [encoder.encode(r["query"], r["text"]) for r in records]
         texts = [tokenizer.decode(ids) for ids in encoded]
         columns = reward_columns(records, targets, encoded, references)
