@@ -1,32 +1,36 @@
-"""The benchmarks run (on tiny workloads) and report their tables.
+"""The benchmarks run (on tiny workloads) and report their tables: each script's ``main`` in this
+process (a process of its own would spend seconds importing what this one has), its children (the
+throughput benchmark's measurements, the store benchmark's writers) in processes of their own as always.
 
 throughput.py's engines table is left out: it starts vLLM's engine and a vLLM server (a minute and a half of
 the suite's time), and tests/test_vllm.py runs the same backends against both for parity.
 """
-import os
+import importlib
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+import pytest
 
 from pyterrier_reasonrank.backends import attention
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-BENCHMARK = BENCHMARKS / "throughput.py"
 
 
-def run(script: str, *arguments: str) -> None:
-    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *arguments], capture_output=True, text=True,
-                          timeout=600, env=os.environ)
-    assert done.returncode == 0, done.stderr[-3000:]
+@pytest.fixture
+def run(monkeypatch):
+    """``run(script, *arguments)``: the benchmark's ``main(arguments)``, here."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+
+    def run(script: str, *arguments: str) -> None:
+        importlib.import_module(script.removesuffix(".py")).main(list(arguments))
+
+    return run
 
 
-def test_the_throughput_benchmark_runs(tmp_path):
+def test_the_throughput_benchmark_runs(run, tmp_path):
     report = tmp_path / "report.md"
-    run = subprocess.run([sys.executable, str(BENCHMARK), "--preset", "cpu", "--models", "tiny", "--quick",
-                          "--parts", "speed,prefix,memory", "--output", str(report)],
-                         capture_output=True, text=True, timeout=600, env=os.environ)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run("throughput.py", "--preset", "cpu", "--models", "tiny", "--quick", "--parts", "speed,prefix,memory",
+        "--output", str(report))
     text = report.read_text()
     for heading in ("## Docs/s", "## Prefix reuse", "## Memory"):
         assert heading in text
@@ -37,7 +41,7 @@ def test_the_throughput_benchmark_runs(tmp_path):
     assert f"| tiny | float32, {attention.NAME} | explain | 8 |" in text
 
 
-def test_the_store_benchmark_runs(tmp_path):
+def test_the_store_benchmark_runs(run, tmp_path):
     run("judgement_store.py", "--quick", "--output", str(tmp_path / "report.md"))
     text = (tmp_path / "report.md").read_text()
     assert re.search(r"\| no store \| 18 \|", text)  # 3 queries: top 2 and top 4
@@ -49,7 +53,7 @@ def test_the_store_benchmark_runs(tmp_path):
     assert union == "12" and rows == distinct and lost == "0" and calls == "0"
 
 
-def test_the_test_time_compute_benchmark_runs(tmp_path):
+def test_the_test_time_compute_benchmark_runs(run, tmp_path):
     run("test_time_compute.py", "--quick", "--output", str(tmp_path / "report.md"), "--plot", str(tmp_path / "plot.png"))
     rows = [line.split(" | ") for line in (tmp_path / "report.md").read_text().splitlines()
             if line.startswith(("| direct", "| explain", "| adaptive"))]
@@ -60,7 +64,7 @@ def test_the_test_time_compute_benchmark_runs(tmp_path):
     assert (tmp_path / "plot.png").stat().st_size > 10_000
 
 
-def test_the_refinement_benchmark_runs(tmp_path):
+def test_the_refinement_benchmark_runs(run, tmp_path):
     run("refinement.py", "--quick", "--output", str(tmp_path / "report.md"), "--plot", str(tmp_path / "plot.png"))
     rows = [line.split(" | ") for line in (tmp_path / "report.md").read_text().splitlines()
             if line.startswith(("| distilled", "| label", "| composite", "| rr"))]
