@@ -18,13 +18,22 @@ def test_remote_scores_match_local_scores(tiny_model, mode):
     inp = pairs(2, 4)
     local = ReasonRanker(str(tiny_model), mode=mode, max_new_tokens=8)(inp)
     with CompletionsServer(str(tiny_model), fail_first=2) as server:
-        served = remote(tiny_model, server, mode=mode, max_new_tokens=8)(inp)
+        ranker = remote(tiny_model, server, mode=mode, max_new_tokens=8)
+        served = ranker(inp)
     assert list(served.docno) == list(local.docno)
     assert served.score.to_numpy() == pytest.approx(local.score.to_numpy(), abs=1e-4)
     assert list(served.label) == list(local.label) and list(served.forced) == list(local.forced)
     assert list(served.explanation) == list(local.explanation)
     assert all(r["model"] == "served-name" for r in server.requests)
     assert len(server.requests) == 2 + (16 if mode == "explain" else 8)  # 2 retried after a 503
+    # the work as the server's replies report it; this server says nothing of a cache: all computed
+    engine = ranker.student.engine
+    answered = server.requests[2:]
+    assert list(engine.requests) and all(cached is None for _, cached in engine.requests)
+    assert sorted(prompt for prompt, _ in engine.requests) == sorted(len(r["prompt"]) for r in answered)
+    assert engine.counts == {"computed": sum(len(r["prompt"]) for r in answered), "cached": 0,
+                             "decoded": server.written}
+    assert server.written >= len(inp)  # a label per pair at least
 
 
 def test_a_marker_the_model_writes_is_not_forced(script_model):

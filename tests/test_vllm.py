@@ -259,6 +259,31 @@ def test_an_escalated_pair_is_read_from_the_engines_prefix_cache(decisive_model)
     assert out.score.to_numpy() == pytest.approx(reference.score.to_numpy(), abs=1e-4)
 
 
+def test_a_served_escalated_pair_is_read_from_the_servers_prefix_cache(decisive_model, server):
+    """Over the completions API too: the server's own counters (each reply's ``usage``) say that an escalated
+    pair's explanation and label requests were served mostly from its prefix cache, filled by the pair's direct
+    judgement; the scores are those of the same policy on the transformers backend without any prompt reuse."""
+    from pyterrier_reasonrank import Escalation, Student
+
+    inp = pairs(2, 4)
+    # prompts of ~1,000 tokens: the server's blocks are a CPU's default of 128, at most 127 read again
+    inp["text"] = inp["text"] + " and the sun pulls the ocean too, less strongly" * 120
+    policy = dict(mode="adaptive", escalation=Escalation(entropy=None, cutoff=2, margin=1), max_new_tokens=8)
+    server.wait()
+    student = Student("base", backend="openai", base_url=server.base_url, tokenizer=str(decisive_model))
+    out = student.ranker(**policy)(inp)
+    assert (out.samples > 0).sum() == 4
+    requests = list(student.engine.requests)
+    direct, escalated = requests[:len(inp)], requests[len(inp):]
+    assert all(cached is not None for _, cached in requests)  # the server reports its cache
+    assert len(escalated) >= 8 and all(cached >= 0.75 * prompt for prompt, cached in escalated), escalated
+    assert student.engine.counts["cached"] == sum(cached for _, cached in requests)
+    assert student.engine.counts["computed"] == sum(prompt - cached for prompt, cached in requests)
+    reference = Student(str(decisive_model), prompt_cache_tokens=0).ranker(**policy)(inp)
+    assert list(out.docno) == list(reference.docno) and list(out.explanation) == list(reference.explanation)
+    assert out.score.to_numpy() == pytest.approx(reference.score.to_numpy(), abs=1e-4)
+
+
 def test_samples_read_each_prompt_once_and_each_label_in_the_request_that_wrote_it(decisive_model):
     """k=4 samples compute each long prompt once by the engine's counters (within 10% of a direct pass: each
     sample after the first recomputes its prompt's last partial block), in one request per explanation: the

@@ -31,7 +31,8 @@ class VLLMServer:
         model: The model's directory.
         log: Where the server's output goes.
         adapter: A LoRA adapter served as ``student`` (``--lora-modules student=...``).
-        caching: Prefix caching on.
+        caching: Prefix caching on (each reply reports the prompt tokens its cache served:
+            ``--enable-prompt-tokens-details``).
         dtype: The weights' dtype.
         eager: No compilation (it starts faster; the results are the same).
         timeout: Seconds to wait for it to answer ``/health``.
@@ -50,7 +51,7 @@ class VLLMServer:
         args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
                 "--served-model-name", "base", "--host", "127.0.0.1", "--port", str(self.port), "--dtype", dtype,
                 "--enable-prefix-caching" if caching else "--no-enable-prefix-caching", "--logprobs-mode",
-                "processed_logprobs", "--max-model-len", "2048", "--disable-log-stats"]
+                "processed_logprobs", "--max-model-len", "2048", "--disable-log-stats", "--enable-prompt-tokens-details"]
         if worker_in_engine:
             args += ["--distributed-executor-backend", "uni"]
         if eager:

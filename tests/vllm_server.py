@@ -26,6 +26,8 @@ class CompletionsServer(LoopbackServer):
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path).eval()
         self.fail_first = fail_first
+        self.written = 0
+        """Tokens generated in all replies."""
         super().__init__(api_key)
 
     def respond(self, path: str, headers, body: dict) -> Reply:
@@ -42,8 +44,12 @@ class CompletionsServer(LoopbackServer):
     def complete(self, body: dict) -> dict:
         prompts = body["prompt"] if isinstance(body["prompt"][0], list) else [body["prompt"]]
         choices = [self._choice(index, ids, body) for index, ids in enumerate(prompts)]
+        # vLLM's usage without --enable-prompt-tokens-details: no count of cached prompt tokens
+        read, written = sum(map(len, prompts)), sum(choice.pop("written") for choice in choices)
+        self.written += written
         return {"id": "cmpl-test", "object": "text_completion", "created": 0, "model": body["model"],
-                "choices": choices, "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+                "choices": choices, "usage": {"prompt_tokens": read, "completion_tokens": written,
+                                              "total_tokens": read + written}}
 
     def _choice(self, index: int, prompt: list[int], body: dict) -> dict:
         ids = list(prompt)
@@ -80,7 +86,8 @@ class CompletionsServer(LoopbackServer):
                 break
         else:
             text = self.tokenizer.decode(generated, skip_special_tokens=body.get("skip_special_tokens", True))
-        choice = {"index": index, "text": text, "finish_reason": finish, "stop_reason": stop_reason, "logprobs": None}
+        choice = {"index": index, "text": text, "finish_reason": finish, "stop_reason": stop_reason, "logprobs": None,
+                  "written": len(generated)}
         if body.get("logprobs") is not None:
             choice["logprobs"] = {"tokens": [name(t) for t in generated], "token_logprobs": logprobs,
                                   "top_logprobs": top, "text_offset": [0] * len(generated)}

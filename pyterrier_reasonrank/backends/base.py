@@ -67,6 +67,9 @@ class Backend(Protocol):
     """An engine that judges prompts made by a :class:`~pyterrier_reasonrank.prompts.PromptEncoder`, and samples."""
 
     tokenizer: PreTrainedTokenizerBase
+    counts: dict[str, int]
+    """The work done so far: prompt tokens ``computed``, prompt tokens ``cached`` (served from a cache of
+    earlier prompts instead), tokens ``decoded``."""
 
     def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, max_new_tokens: int,
               batching: Batching = Batching(), temperature: float = 0.0, seed: int = 0, verbose: bool = False,

@@ -17,12 +17,18 @@ ends it by the rule every backend follows (:mod:`pyterrier_reasonrank.backends.b
 skips that. The label distribution is then read exactly: one request allows only the label tokens
 (``allowed_token_ids``) and returns their log-probabilities after that restriction, which the
 server gives with ``--logprobs-mode processed_logprobs``.
+
+The work each request cost is counted from the reply's ``usage``, as the other backends count
+theirs (:attr:`OpenAIBackend.counts`); the prompt tokens the server's prefix cache served are
+reported by vLLM started with ``--enable-prompt-tokens-details``.
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import random
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, TypeVar
@@ -147,6 +153,13 @@ class OpenAIBackend:
         self._client = openai_client(base_url, max_retries=max_retries, timeout=timeout)
         self.end_ids = end_ids(None, tokenizer)
         self.stop_ids = stop_ids(tokenizer, self.end_ids)
+        self.counts = {"computed": 0, "cached": 0, "decoded": 0}
+        """Prompt tokens the server computed, those its prefix cache served instead, and tokens decoded, as
+        each reply's ``usage`` reports them. A server that does not report cached tokens (vLLM without
+        ``--enable-prompt-tokens-details``) has all its prompt tokens counted computed."""
+        self.requests: collections.deque[tuple[int, Optional[int]]] = collections.deque(maxlen=100_000)
+        """(prompt tokens, of which cached, ``None`` where the server did not say) of the latest requests."""
+        self._counting = threading.Lock()  # requests run in threads
 
     def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, max_new_tokens: int,
               batching: Batching = Batching(), temperature: float = 0.0, seed: int = 0, verbose: bool = False,
@@ -266,10 +279,26 @@ class OpenAIBackend:
                 raise MalformedReplyError(f"{len(choices)} choices for {n} prompt(s)")
             if any(choice.logprobs is None or choice.text is None for choice in choices):
                 raise MalformedReplyError("a choice without text or log-probabilities")
+            self._count(response.usage)
             return choices
 
         return read_reply(lambda: self._client.completions.create(model=self.model, **request), read,
                           endpoint=str(self._client.base_url), retries=self.max_retries)
+
+    def _count(self, usage: object) -> None:
+        """Add a reply's ``usage`` to :attr:`counts` and :attr:`requests`.
+
+        A reply without one adds nothing: the counts are the server's account, and the judgement stands without it.
+        """
+        prompt = getattr(usage, "prompt_tokens", None)
+        if prompt is None:
+            return
+        cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
+        with self._counting:
+            self.requests.append((prompt, cached))
+            self.counts["computed"] += prompt - (cached or 0)
+            self.counts["cached"] += cached or 0
+            self.counts["decoded"] += getattr(usage, "completion_tokens", None) or 0
 
 
 def _token_ids(choice: object) -> list[int]:
