@@ -362,8 +362,9 @@ def _engines_table(rows: list[dict]) -> list[str]:
                      f"{engine / server:.2f}x |")
     return lines + ["", "Docs/s, the best of the interleaved repeats (the three engines interleaved; each caching "
                         "setting in a process of its own). Caching: vLLM's prefix caching, and the transformers "
-                        "backend's prefix reuse. The server is `vllm.entrypoints.openai.api_server` on loopback, "
-                        "reached by `backend='openai'` (32 pairs in flight). Max score difference between the "
+                        "backend's prefix reuse. The server is `vllm.entrypoints.openai.api_server` on loopback, with "
+                        "the label reader (one request per explained pair, as the engine), reached by "
+                        "`backend='openai'` (32 pairs in flight). Max score difference between the "
                         "backends: " + ", ".join(f"{r['mode']} (caching {r['caching']}) {r['max_difference']:.1e}"
                                                  for r in rows) + ".", ""]
 
@@ -573,7 +574,7 @@ def _engines(job: dict) -> dict:
                    dtype=job["dtype"])
     caching = job["caching"]
     server = VLLMServer(Path(job["model"]), Path(tempfile.mkdtemp()) / "vllm.log", caching=caching,
-                        dtype=job["dtype"], eager=setup.eager, worker_in_engine=False)
+                        dtype=job["dtype"], eager=setup.eager, worker_in_engine=False, label_reader=True)
     try:
         rankers = {
             "transformers": ReasonRanker(job["model"], prefix_reuse=caching, device="cpu", **options),
