@@ -175,8 +175,9 @@ class OpenAIBackend:
               progress: Optional[tqdm] = None) -> Judgements:
         """Judge each prompt through the endpoint, ``concurrency`` pairs in flight.
 
-        Explain mode first asks for the explanation (greedy, until it settles); both modes then read
-        the label log-probabilities from one request per pair.
+        Explain mode first asks for the explanation (greedy, or sampled, until it settles); both modes
+        then read the label log-probabilities from one request per pair, unless the server wrote the
+        label in the explanation's request (:attr:`label_in_request`).
 
         Args:
             prompts: The prompts as (prefix, suffix) token ids, in the order the judgements are returned.
