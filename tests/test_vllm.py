@@ -110,9 +110,10 @@ def adapter(decisive_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(decisive_model, adapter, tmp_path_factory):
     """A real vLLM server for the model, serving the adapter as ``student``, that writes labels where
-    explanations end (the scripted servers below do not: both ways are tested)."""
+    explanations end (the scripted servers below do not: both ways are tested), with blocks of 32 tokens as
+    README advises on a CPU."""
     running = VLLMServer(decisive_model, tmp_path_factory.mktemp("server") / "vllm.log", adapter=adapter, wait=False,
-                         label_reader=True)
+                         label_reader=True, block_size=32, dev_mode=True)
     yield running
     running.close()
 
@@ -244,7 +245,7 @@ def test_an_escalated_pair_is_read_from_the_engines_prefix_cache(decisive_model)
     from pyterrier_reasonrank import Escalation, Student
 
     inp = pairs(2, 4)
-    inp["text"] = inp["text"] + " and the sun pulls the ocean too, less strongly" * 60  # prompts of ~500+ tokens
+    inp["text"] = inp["text"] + " and the sun pulls the ocean too, less strongly" * 60  # prompts of ~900 tokens
     policy = dict(mode="adaptive", escalation=Escalation(entropy=None, cutoff=2, margin=1), max_new_tokens=8)
     student = Student(str(decisive_model), backend="vllm", dtype="float32", engine_options=ENGINE)
     engine = student.engine
@@ -269,8 +270,7 @@ def test_a_served_escalated_pair_is_read_from_the_servers_prefix_cache(decisive_
     from pyterrier_reasonrank import Escalation, Student
 
     inp = pairs(2, 4)
-    # prompts of ~1,000 tokens: the server's blocks are a CPU's default of 128, at most 127 read again
-    inp["text"] = inp["text"] + " and the sun pulls the ocean too, less strongly" * 120
+    inp["text"] = inp["text"] + " and the sun pulls the ocean too, less strongly" * 60  # prompts of ~900 tokens
     policy = dict(mode="adaptive", escalation=Escalation(entropy=None, cutoff=2, margin=1), max_new_tokens=8)
     server.wait()
     student = Student("base", backend="openai", base_url=server.base_url, tokenizer=str(decisive_model))
@@ -287,6 +287,29 @@ def test_a_served_escalated_pair_is_read_from_the_servers_prefix_cache(decisive_
     reference = Student(str(decisive_model), prompt_cache_tokens=0).ranker(**policy)(inp)
     assert list(out.docno) == list(reference.docno) and list(out.explanation) == list(reference.explanation)
     assert out.score.to_numpy() == pytest.approx(reference.score.to_numpy(), abs=1e-4)
+
+
+def test_served_samples_read_each_prompt_once_in_one_request_each(decisive_model, server):
+    """k=4 samples through a vLLM server compute each long prompt once by the server's own counters (within 10%
+    of a direct pass), one request per explanation: the server writes each label where its explanation ends."""
+    from pyterrier_reasonrank import Student
+
+    inp = pairs(2, 4)
+    inp["text"] = inp["text"] + " and the sun pulls the ocean too, less strongly" * 120  # prompts of ~1,000 tokens
+    server.wait()
+    student = Student("base", backend="openai", base_url=server.base_url, tokenizer=str(decisive_model))
+    engine = student.engine
+
+    def spent(ranker):
+        server.reset_prefix_cache()
+        before, requests = engine.counts["computed"], len(engine.requests)
+        out = ranker(inp)
+        return out, engine.counts["computed"] - before, len(engine.requests) - requests
+
+    _, one_pass, _ = spent(student.ranker(mode="direct"))
+    out, computed, requests = spent(student.ranker(samples=4, temperature=1.0, max_new_tokens=8))
+    assert computed <= 1.1 * one_pass and requests == 1 + 4 * len(inp)  # the first asks whether it steers
+    assert engine.label_in_request and (out.samples == 4).all() and out.forced.any()
 
 
 def test_samples_read_each_prompt_once_and_each_label_in_the_request_that_wrote_it(decisive_model):

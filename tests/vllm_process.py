@@ -5,6 +5,7 @@ find its distribution, so the module is run), on CPU, with a small KV cache.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -42,11 +43,14 @@ class VLLMServer:
             as ``vllm serve`` does by default (what a benchmark of serving measures).
         label_reader: Start it with the logits processor that writes the label where an explanation ends
             (``--logits-processors``, backends/label_reader.py).
+        block_size: Tokens per block of its KV cache, the unit its prefix cache shares (default: vLLM's).
+        dev_mode: Open vLLM's development endpoints (``VLLM_SERVER_DEV_MODE``), for :meth:`reset_prefix_cache`.
     """
 
     def __init__(self, model: Path, log: Path, *, adapter: Optional[Path] = None, caching: bool = True,
                  dtype: str = "float32", eager: bool = True, timeout: float = 400.0, wait: bool = True,
-                 worker_in_engine: bool = True, label_reader: bool = False):
+                 worker_in_engine: bool = True, label_reader: bool = False, block_size: Optional[int] = None,
+                 dev_mode: bool = False):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.log = log
@@ -57,14 +61,16 @@ class VLLMServer:
                 "--enable-prompt-tokens-details"]
         if label_reader:
             args += ["--logits-processors", "pyterrier_reasonrank.backends.label_reader:LabelReader"]
+        if block_size is not None:
+            args += ["--block-size", str(block_size)]
         if worker_in_engine:
             args += ["--distributed-executor-backend", "uni"]
         if eager:
             args.append("--enforce-eager")
         if adapter is not None:
             args += ["--enable-lora", "--lora-modules", f"student={adapter}", "--max-lora-rank", "8"]
-        self.process = subprocess.Popen(args, env={**os.environ, **ENVIRONMENT}, stdout=open(log, "w"),
-                                        stderr=subprocess.STDOUT)
+        environment = {**os.environ, **ENVIRONMENT, "VLLM_SERVER_DEV_MODE": str(int(dev_mode))}
+        self.process = subprocess.Popen(args, env=environment, stdout=open(log, "w"), stderr=subprocess.STDOUT)
         self.deadline = time.monotonic() + timeout
         if wait:
             self.wait()
@@ -76,6 +82,12 @@ class VLLMServer:
                 self.close()
                 raise RuntimeError(f"the vLLM server did not start:\n{self.log.read_text()[-4000:]}")
             time.sleep(1)
+
+    def reset_prefix_cache(self) -> None:
+        """Empty the server's prefix cache (``dev_mode`` only)."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/reset_prefix_cache", method="POST")
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            assert json.load(reply) == {"success": True}
 
     def _healthy(self) -> bool:
         try:
