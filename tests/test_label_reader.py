@@ -1,12 +1,14 @@
 """The logits processor that reads the label in the request that writes the explanation (vLLM's engine),
 step by step as the engine asks it: it follows the rule of backends/base.py (settle) token for token."""
 import random
+import re
 
+import pytest
 import torch
 
 from pyterrier_reasonrank.backends.base import settle
 from pyterrier_reasonrank.backends.label_reader import LabelReader
-from pyterrier_reasonrank.backends.label_steering import label_logits, label_position, request_arguments
+from pyterrier_reasonrank.backends.label_steering import ARGUMENT, label_logits, label_position, request_arguments
 
 MARKER, FORCED, LABELS, END, BUDGET = [7, 8], [9, 7, 8], [1, 2, 3], 0, 6
 
@@ -68,3 +70,38 @@ def test_the_engines_tempered_log_probabilities_give_the_greedy_distribution():
         tempered = torch.log_softmax(logits / (temperature or 1.0), dim=-1).tolist()
         read = torch.softmax(label_logits(tempered, temperature), dim=-1)
         assert torch.allclose(read, torch.softmax(logits, dim=-1), atol=1e-12)
+
+
+@pytest.mark.parametrize(("arguments", "named"), [
+    ({"marker": [7]}, "must be JSON text"),
+    ("{not json", "is not valid JSON"),
+    ('["marker"]', "exactly the keys"),
+    ('{"marker": [7], "forced": [9], "labels": [1], "end": 0}', "exactly the keys"),
+    ('{"marker": [], "forced": [9], "labels": [1], "end": 0, "budget": 4}', "'marker' must be a non-empty list"),
+    ('{"marker": [7], "forced": [9], "labels": [1, -2], "end": 0, "budget": 4}', "'labels' must be a non-empty list"),
+    ('{"marker": [7], "forced": [9], "labels": [1], "end": "0", "budget": 4}', "'end' must be a token id"),
+    ('{"marker": [7], "forced": [9], "labels": [1], "end": 0, "budget": true}', "'budget' must be a count"),
+])
+def test_malformed_arguments_are_refused_as_a_request_is_admitted(arguments, named):
+    """A server takes ``vllm_xargs`` from any client: vLLM turns this ValueError into HTTP 400."""
+    class Malformed:
+        extra_args = {ARGUMENT: arguments}
+
+    with pytest.raises(ValueError, match=re.escape(named)):
+        LabelReader.validate_params(Malformed())
+    LabelReader.validate_params(Params())  # well-formed: admitted
+    LabelReader.validate_params(type("Unsteered", (), {"extra_args": None})())
+
+
+def test_token_ids_beyond_the_vocabulary_leave_the_request_unsteered(caplog):
+    """Arguments made for another model's tokenizer: a warning, and the model writes freely."""
+    class Foreign:
+        extra_args = request_arguments(type("Wide", (), {"marker_ids": [7], "forced_marker_ids": [9, 7],
+                                                         "label_ids": [1, 2, 40]}), BUDGET, END)
+
+    reader = LabelReader(None, torch.device("cpu"), False).new_req_logits_processor(Foreign())
+    logits = torch.arange(12, dtype=torch.float32)
+    with caplog.at_level("WARNING"):
+        assert all(torch.equal(reader(written, logits), logits) for written in ([], [4] * BUDGET, [4] * BUDGET + [9, 7]))
+    assert [record.getMessage() for record in caplog.records] == [
+        "a request's reasonrank_label names token 40, beyond the model's 12: it is not steered"]

@@ -39,6 +39,31 @@ def test_remote_scores_match_local_scores(tiny_model, mode):
     assert server.written >= len(inp)  # a label per pair at least
 
 
+def test_a_server_that_refuses_the_steering_arguments_is_asked_for_labels_separately(tiny_model):
+    """A server that is not vLLM answers the question whether it steers (its ``vllm_xargs``) with a 400."""
+    inp = pairs(1, 3)
+    local = ReasonRanker(str(tiny_model), max_new_tokens=8)(inp)
+    with CompletionsServer(str(tiny_model), refused_fields=frozenset({"vllm_xargs"})) as server:
+        ranker = remote(tiny_model, server, max_new_tokens=8)
+        served = ranker(inp)
+    assert ranker.student.engine.label_in_request is False
+    assert len(server.requests) == 1 + 2 * len(inp) and "vllm_xargs" in server.requests[0]
+    assert served.score.to_numpy() == pytest.approx(local.score.to_numpy(), abs=1e-4)
+    assert list(served.explanation) == list(local.explanation)
+
+
+def test_every_request_states_neutral_sampling(tiny_model):
+    """vLLM fills what a request leaves out from the model's generation config (a repetition penalty, top-k...)."""
+    with CompletionsServer(str(tiny_model)) as server:
+        ranker = remote(tiny_model, server, max_new_tokens=4)
+        ranker(pairs(1, 2))
+        ranker.student.engine.sample([[5, 6, 7]], num_samples=2, temperature=0.0, max_new_tokens=2)
+    assert len(server.requests) == 1 + 2 * 2 + 1
+    for request in server.requests:
+        assert (request["top_p"], request["top_k"], request["min_p"], request["repetition_penalty"],
+                request["frequency_penalty"], request["presence_penalty"]) == (1.0, 0, 0.0, 1.0, 0.0, 0.0)
+
+
 def test_a_marker_the_model_writes_is_not_forced(script_model):
     path = script_model(EXPLAINS, LABEL_LOGITS)
     with CompletionsServer(str(path)) as server:

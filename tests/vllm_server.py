@@ -20,12 +20,15 @@ from loopback import LoopbackServer, Reply
 class CompletionsServer(LoopbackServer):
     """Serves the model in ``path`` until closed; ``fail_first`` requests get a 503 first. With
     ``api_key``, requests must carry it (``vllm serve --api-key``); a wrong one gets a 401 that
-    quotes the key it was sent, as OpenAI's does."""
+    quotes the key it was sent, as OpenAI's does. A request with a field of ``refused_fields`` gets the
+    400 OpenAI's API answers an argument it does not know."""
 
-    def __init__(self, path: str, *, fail_first: int = 0, api_key: str | None = None):
+    def __init__(self, path: str, *, fail_first: int = 0, api_key: str | None = None,
+                 refused_fields: frozenset[str] = frozenset()):
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path).eval()
         self.fail_first = fail_first
+        self.refused_fields = refused_fields
         self.written = 0
         """Tokens generated in all replies."""
         super().__init__(api_key)
@@ -38,6 +41,10 @@ class CompletionsServer(LoopbackServer):
             self.requests.append(body)
             if len(self.requests) <= self.fail_first:
                 return 503, {"error": {"message": "overloaded", "type": "server_error"}}, {"retry-after-ms": "10"}
+            unknown = sorted(self.refused_fields & set(body))
+            if unknown:
+                return 400, {"error": {"message": f"Unrecognized request argument supplied: {unknown[0]}",
+                                       "type": "invalid_request_error", "param": None, "code": None}}, {}
             return 200, self.complete(body), {}
 
     @torch.inference_mode()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Optional
 
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
-from .label_steering import ARGUMENT, RequestSteering
+from .label_steering import ARGUMENT, RequestSteering, read_arguments
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -18,6 +18,17 @@ if TYPE_CHECKING:
 
 class LabelReader(AdapterLogitsProcessor):
     """vLLM logits processor: steers the requests whose ``extra_args`` carry :data:`~.label_steering.ARGUMENT`."""
+
+    @classmethod
+    def validate_params(cls, params: SamplingParams) -> None:
+        """Refuse a request whose steering arguments are malformed, as it is admitted (a server answers HTTP 400).
+
+        Raises:
+            ValueError: See :func:`~.label_steering.read_arguments`.
+        """
+        arguments = (params.extra_args or {}).get(ARGUMENT)
+        if arguments is not None:
+            read_arguments(arguments)
 
     def is_argmax_invariant(self) -> bool:
         """It changes what greedy decoding writes (the forced ending, the label, the end)."""

@@ -22,6 +22,7 @@ result, which the engine backend and the served one share; it needs no vLLM.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -31,6 +32,8 @@ from .base import Settled, settle
 
 if TYPE_CHECKING:
     from pyterrier_reasonrank.prompts import PromptEncoder
+
+logger = logging.getLogger(__name__)
 
 ARGUMENT = "reasonrank_label"
 """The key of a request's ``extra_args`` (a server's ``vllm_xargs``) that asks for the steering."""
@@ -58,6 +61,39 @@ def request_arguments(encoder: PromptEncoder, budget: int, end: int) -> dict:
     """
     return {ARGUMENT: json.dumps({"marker": list(encoder.marker_ids), "forced": list(encoder.forced_marker_ids),
                                   "labels": list(encoder.label_ids), "end": int(end), "budget": int(budget)})}
+
+
+def read_arguments(arguments: object) -> dict:
+    """The steering :func:`request_arguments` asked for, checked: a server takes ``vllm_xargs`` from anyone.
+
+    Raises:
+        ValueError: They are not what :func:`request_arguments` writes; the message names what is wrong.
+            (vLLM answers such a request with HTTP 400, before it reaches the engine.)
+    """
+    if not isinstance(arguments, str):
+        raise ValueError(f"{ARGUMENT} must be JSON text, not {type(arguments).__name__}")
+    try:
+        given = json.loads(arguments)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{ARGUMENT} is not valid JSON: {error}") from None
+    if not isinstance(given, dict) or set(given) != _KEYS:
+        raise ValueError(f"{ARGUMENT} must be a JSON object with exactly the keys {sorted(_KEYS)}")
+    for key in ("marker", "forced", "labels"):
+        if not isinstance(given[key], list) or not given[key] or not all(map(_is_token, given[key])):
+            raise ValueError(f"{ARGUMENT}: {key!r} must be a non-empty list of token ids")
+    if not _is_token(given["end"]):
+        raise ValueError(f"{ARGUMENT}: 'end' must be a token id")
+    if not _is_token(given["budget"]):
+        raise ValueError(f"{ARGUMENT}: 'budget' must be a count of tokens, 0 or more")
+    return given
+
+
+_KEYS = frozenset({"marker", "forced", "labels", "end", "budget"})
+
+
+def _is_token(value: object) -> bool:
+    """A whole number, 0 or more (``bool`` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def longest_response(encoder: PromptEncoder, budget: int) -> int:
@@ -89,17 +125,35 @@ class RequestSteering:
     """Steers one request: from the tokens it has written, what it may write next."""
 
     def __init__(self, arguments: str):
-        """Args: arguments: the value :func:`request_arguments` gave the request."""
-        given = json.loads(arguments)
+        """Args: arguments: the value :func:`request_arguments` gave the request.
+
+        Raises:
+            ValueError: See :func:`read_arguments`.
+        """
+        given = read_arguments(arguments)
         self.ending = _Ending(given["marker"], given["forced"])
         self.labels = given["labels"]
         self.end = [given["end"]]
         self.budget = given["budget"]
         self.settled: Optional[Settled] = None
         self.looked = 0  # the tokens written that have been looked at for the marker
+        self.highest = max(*given["marker"], *given["forced"], *given["labels"], given["end"])
+        self.fits: Optional[bool] = None  # whether the token ids are in the model's vocabulary: known at the first step
 
     def __call__(self, written: list[int], logits: torch.Tensor) -> torch.Tensor:
-        """The logits of the next token, masked where the steering decides it."""
+        """The logits of the next token, masked where the steering decides it.
+
+        A request whose token ids lie beyond the model's vocabulary (arguments made for another model)
+        is not steered, with a warning: its reply then has no label where the explanation ends, and the
+        client reads the label by a second request.
+        """
+        if self.fits is None:
+            self.fits = self.highest < logits.shape[-1]
+            if not self.fits:
+                logger.warning("a request's %s names token %d, beyond the model's %d: it is not steered",
+                               ARGUMENT, self.highest, logits.shape[-1])
+        if not self.fits:
+            return logits
         # Asked at every step of every request: each token is looked at once. Stop tokens end the
         # request before this is asked again, so none is looked for here.
         if self.settled is None:

@@ -3,25 +3,30 @@ r"""The OpenAI-compatible backend: the student served by vLLM, for throughput an
 Any server with vLLM's completions API will do. Serve the student, for instance::
 
     vllm serve Qwen/Qwen2.5-1.5B-Instruct --enable-prefix-caching --logprobs-mode processed_logprobs
-    vllm serve meta-llama/Llama-3.2-3B-Instruct --enable-lora --lora-modules student=runs/paper-3b/refine \
-        --enable-prefix-caching --logprobs-mode processed_logprobs --tensor-parallel-size 2 \
-        --logits-processors pyterrier_reasonrank.backends.label_reader:LabelReader
+    VLLM_USE_V2_MODEL_RUNNER=0 vllm serve meta-llama/Llama-3.2-3B-Instruct --enable-lora \
+        --lora-modules student=runs/paper-3b/refine --enable-prefix-caching --logprobs-mode processed_logprobs \
+        --tensor-parallel-size 2 --logits-processors pyterrier_reasonrank.backends.label_reader:LabelReader
 
 and re-rank with ``ReasonRanker(backend="openai", base_url="http://localhost:8000/v1", model=...)``.
 
 Prompts go to the completions API as token ids, built by the same prompt encoder as the local
 backend (so truncation and injection rules are the same, and the chat template is rendered here,
-with the pinned template variables: thinking off; the server renders none). Explain mode asks for the explanation
-greedily, stopping at the label marker's text or any special token (``stop``,
+with the pinned template variables: thinking off; the server renders none). Explain mode asks for the
+explanation (greedy, or sampled), stopping at the label marker's text or any special token (``stop``,
 ``stop_token_ids``; the generated token ids come back with ``return_tokens_as_token_ids``), and
 ends it by the rule every backend follows (:mod:`pyterrier_reasonrank.backends.base`); direct mode
 skips that. The label distribution is then read exactly: one request allows only the label tokens
 (``allowed_token_ids``) and returns their log-probabilities after that restriction, which the
 server gives with ``--logprobs-mode processed_logprobs``. A server started with the logits processor
 of :mod:`~pyterrier_reasonrank.backends.label_reader` (``--logits-processors``, as above: it needs this
-package where vLLM runs) writes the label in the request that wrote the explanation
-(:mod:`~pyterrier_reasonrank.backends.label_steering`): one request per explanation, not two. Whether
-it does is asked of the server by one small request before the first explanation.
+package where vLLM runs, and vLLM's V1 model runner) writes the label in the request that wrote the
+explanation (:mod:`~pyterrier_reasonrank.backends.label_steering`): one request per explanation, not
+two. Whether it does is asked of the server by one small request before the first explanation.
+
+Every request states the neutral sampling settings (:data:`NEUTRAL_SAMPLING`): vLLM fills the ones a
+request leaves out from the model's ``generation_config.json`` (``--generation-config auto``, its
+default), and a repetition penalty or top-k shipped there would change the explanations and the label
+distribution the server returns.
 
 The work each request cost is counted from the reply's ``usage``, as the other backends count
 theirs (:attr:`OpenAIBackend.counts`); the prompt tokens the server's prefix cache served are
@@ -74,6 +79,12 @@ def openai_client(base_url: Optional[str] = None, api_key: Optional[str] = None,
     return OpenAI(base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None,
                   api_key=api_key or os.environ.get("OPENAI_API_KEY") or "no-key", max_retries=max_retries,
                   timeout=timeout)
+
+
+NEUTRAL_SAMPLING = {"top_p": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0,
+                    "extra_body": {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}}
+"""The sampling settings of every request: the model's distribution as it is (the other backends' too),
+whatever defaults the server took from the model's generation config."""
 
 
 class MalformedReplyError(Exception):
@@ -229,8 +240,8 @@ class OpenAIBackend:
 
         def one(prompt: list[int]) -> list[Completion]:
             choices = self._complete(copies, prompt=list(prompt), n=copies, max_tokens=max_new_tokens,
-                                     temperature=temperature, top_p=1.0, logprobs=1,
-                                     extra_body={"top_k": 0, "return_tokens_as_token_ids": True,
+                                     temperature=temperature, logprobs=1,
+                                     extra_body={"return_tokens_as_token_ids": True,
                                                  "skip_special_tokens": False, "stop_token_ids": sorted(self.end_ids)})
             completions = [Completion(self.tokenizer.decode(ids, skip_special_tokens=True), ids)
                            for ids in map(_token_ids, choices)]
@@ -247,22 +258,31 @@ class OpenAIBackend:
         """Whether the server writes labels where explanations end (:attr:`label_in_request`), asked once.
 
         The question is a steered request with no budget: a server that steers writes the forced ending,
-        a label and the end token, which a model left to itself does not.
+        a label and the end token, which a model left to itself does not, and returns the labels'
+        log-probabilities where it wrote one. A server that refuses the request's arguments (HTTP 400: not
+        vLLM) does not steer.
         """
+        from openai import BadRequestError
+
         if self.label_in_request is None:
             end = min(self.end_ids or self.stop_ids, default=None)
             if end is None:  # nothing would stop a steered request
                 self.label_in_request = False
-            else:
+                return False
+            try:
                 choice, = self._complete(
                     1, prompt=list(encoder.forced_marker_ids), max_tokens=longest_response(encoder, 0),
-                    temperature=0.0, logprobs=1,
+                    temperature=0.0, logprobs=len(encoder.label_ids),
                     extra_body={"return_tokens_as_token_ids": True, "skip_special_tokens": False,
                                 "stop_token_ids": sorted(self.stop_ids),
                                 "vllm_xargs": request_arguments(encoder, 0, end)})
-                written = _token_ids(choice)
-                self.label_in_request = written in ([*encoder.forced_marker_ids, label, end]
-                                                    for label in encoder.label_ids)
+            except BadRequestError:
+                self.label_in_request = False
+                return False
+            written, position = _token_ids(choice), len(encoder.forced_marker_ids)
+            steered = written in ([*encoder.forced_marker_ids, label, end] for label in encoder.label_ids)
+            self.label_in_request = steered and self._labels_at(choice.logprobs.top_logprobs[position],
+                                                                encoder) is not None
         return self.label_in_request
 
     def _explain(self, ids: list[int], encoder: PromptEncoder, max_new_tokens: int, temperature: float,
@@ -335,12 +355,18 @@ class OpenAIBackend:
         return EndpointError(f"the server at {self._client.base_url} returned the labels' log-probabilities before "
                              "restricting them to the labels: start it with --logprobs-mode processed_logprobs")
 
-    def _complete(self, n: int, **request) -> list:
-        """The ``n`` choices of a completions request, in prompt order, with their log-probabilities."""
+    def _complete(self, expected: int, /, **request) -> list:
+        """The ``expected`` choices of a completions request, in order, with their log-probabilities.
+
+        The request (its own ``n`` among them) is sent with :data:`NEUTRAL_SAMPLING`.
+        """
+        request = {**NEUTRAL_SAMPLING, **request,
+                   "extra_body": {**NEUTRAL_SAMPLING["extra_body"], **request.get("extra_body", {})}}
+
         def read(response: Completion) -> list:
             choices = sorted(response.choices or [], key=lambda choice: choice.index)
-            if len(choices) != n:
-                raise MalformedReplyError(f"{len(choices)} choices for {n} prompt(s)")
+            if len(choices) != expected:
+                raise MalformedReplyError(f"{len(choices)} choices where {expected} were asked for")
             if any(choice.logprobs is None or choice.text is None for choice in choices):
                 raise MalformedReplyError("a choice without text or log-probabilities")
             self._count(response.usage)

@@ -62,7 +62,10 @@ escalated or sampled (on long documents, 4 samples per pair took 102 s instead o
 instead of 80 s: benchmarks/README.md). GPUs' default (16) is fine-grained already."""
 LABEL_READER = "pyterrier_reasonrank.backends.label_reader:LabelReader"
 """The logits processor every engine is started with (see :mod:`~pyterrier_reasonrank.backends.label_reader`);
-vLLM takes none with a draft model (``speculative_config``), whose labels are then read by a second request."""
+vLLM takes none with a draft model (``speculative_config``), whose labels are then read by a second request.
+It is a processor of vLLM's V1 model runner, which its Model Runner V2 (vLLM's default on a GPU with Triton)
+refuses to load: engines run the V1 runner (``VLLM_USE_V2_MODEL_RUNNER=0``) unless the environment asks for V2,
+and then read labels by a second request too."""
 SET_BY_THE_RANKER = {"model": "model=", "tokenizer": "tokenizer= (or the adapter's own)",
                      "dtype": "dtype= (--dtype)", "trust_remote_code": "trust_remote_code="}
 """Engine arguments the backend sets from its own arguments: not engine options."""
@@ -280,8 +283,9 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, dtype: Union[st
 
     defaults = {**ENGINE_DEFAULTS, **(CPU_ENGINE_DEFAULTS if current_platform.is_cpu() else {})}
     options = {**defaults, **(engine_options or {})}
-    label_in_request = "speculative_config" not in options
+    label_in_request = "speculative_config" not in options and os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "0") == "0"
     if label_in_request:
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # read when the engine starts: see LABEL_READER
         options["logits_processors"] = list(dict.fromkeys([*options.get("logits_processors", []), LABEL_READER]))
     if lora is not None:
         options["enable_lora"] = True
