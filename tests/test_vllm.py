@@ -369,7 +369,7 @@ def test_samples_read_each_prompt_once_and_each_label_in_the_request_that_wrote_
     inp["text"] = inp["text"] + " and the sun pulls the ocean too, less strongly" * 120  # prompts of ~1,000 tokens
     student = Student(str(decisive_model), backend="vllm", dtype="float32", engine_options=ENGINE)
     engine = student.engine
-    assert engine.label_in_request
+    assert engine.label_in_request and os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0"  # V2 refuses the label reader
 
     def spent(ranker):
         engine.engine.reset_prefix_cache()

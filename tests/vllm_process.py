@@ -70,6 +70,8 @@ class VLLMServer:
         if adapter is not None:
             args += ["--enable-lora", "--lora-modules", f"student={adapter}", "--max-lora-rank", "8"]
         environment = {**os.environ, **ENVIRONMENT, "VLLM_SERVER_DEV_MODE": str(int(dev_mode))}
+        if label_reader:  # as README serves it: the label reader is a processor of vLLM's V1 model runner
+            environment["VLLM_USE_V2_MODEL_RUNNER"] = "0"
         self.process = subprocess.Popen(args, env=environment, stdout=open(log, "w"), stderr=subprocess.STDOUT)
         self.deadline = time.monotonic() + timeout
         if wait:
