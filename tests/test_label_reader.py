@@ -75,8 +75,8 @@ def test_the_engines_tempered_log_probabilities_give_the_greedy_distribution():
 @pytest.mark.parametrize(("arguments", "named"), [
     ({"marker": [7]}, "must be JSON text"),
     ("{not json", "is not valid JSON"),
-    ('["marker"]', "exactly the keys"),
-    ('{"marker": [7], "forced": [9], "labels": [1], "end": 0}', "exactly the keys"),
+    ('["marker"]', "must be a JSON object, not list"),
+    ('{"marker": [7], "forced": [9], "labels": [1], "end": 0, "step": 1}', "missing ['budget'], unexpected ['step']"),
     ('{"marker": [], "forced": [9], "labels": [1], "end": 0, "budget": 4}', "'marker' must be a non-empty list"),
     ('{"marker": [7], "forced": [9], "labels": [1, -2], "end": 0, "budget": 4}', "'labels' must be a non-empty list"),
     ('{"marker": [7], "forced": [9], "labels": [1], "end": "0", "budget": 4}', "'end' must be a token id"),
@@ -104,4 +104,4 @@ def test_token_ids_beyond_the_vocabulary_leave_the_request_unsteered(caplog):
     with caplog.at_level("WARNING"):
         assert all(torch.equal(reader(written, logits), logits) for written in ([], [4] * BUDGET, [4] * BUDGET + [9, 7]))
     assert [record.getMessage() for record in caplog.records] == [
-        "a request's reasonrank_label names token 40, beyond the model's 12: it is not steered"]
+        "a request's reasonrank_label names token 40, beyond the model's 12 logits: it is not steered"]

@@ -40,12 +40,15 @@ def test_remote_scores_match_local_scores(tiny_model, mode):
 
 
 def test_a_server_that_refuses_the_steering_arguments_is_asked_for_labels_separately(tiny_model):
-    """A server that is not vLLM answers the question whether it steers (its ``vllm_xargs``) with a 400."""
+    """A server that refuses the question whether it steers (its ``vllm_xargs``: a label reader of another
+    version, a proxy that filters fields) with a 400 is asked for labels separately, and the user is told why."""
     inp = pairs(1, 3)
     local = ReasonRanker(str(tiny_model), max_new_tokens=8)(inp)
     with CompletionsServer(str(tiny_model), refused_fields=frozenset({"vllm_xargs"})) as server:
         ranker = remote(tiny_model, server, max_new_tokens=8)
-        served = ranker(inp)
+        with pytest.warns(RuntimeWarning, match="refused the label reader's arguments.*second request.*"
+                                                "Unrecognized request argument supplied: vllm_xargs"):
+            served = ranker(inp)
     assert ranker.student.engine.label_in_request is False
     assert len(server.requests) == 1 + 2 * len(inp) and "vllm_xargs" in server.requests[0]
     assert served.score.to_numpy() == pytest.approx(local.score.to_numpy(), abs=1e-4)
@@ -62,6 +65,7 @@ def test_every_request_states_neutral_sampling(tiny_model):
     for request in server.requests:
         assert (request["top_p"], request["top_k"], request["min_p"], request["repetition_penalty"],
                 request["frequency_penalty"], request["presence_penalty"]) == (1.0, 0, 0.0, 1.0, 0.0, 0.0)
+        assert request["return_tokens_as_token_ids"] is True  # beside the request's own extra fields
 
 
 def test_a_marker_the_model_writes_is_not_forced(script_model):

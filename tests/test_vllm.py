@@ -344,6 +344,32 @@ def test_the_server_samples_free_text_as_the_engine_does(decisive_model, server)
     assert len(served.requests) == 4  # one request per prompt: its copies are the request's choices
 
 
+def test_every_backend_samples_from_the_models_whole_distribution(decisive_model, server):
+    """At temperature 1 each backend draws tokens that the model's shipped top-k of 3 and min-p of 0.2
+    (SHIPPED_SAMPLING) would never let through: its own distribution, not the checkpoint's generation config,
+    is what is sampled."""
+    from pyterrier_reasonrank.backends import hf
+    from pyterrier_reasonrank.backends import openai as served_backend
+
+    server.wait()
+    model = AutoModelForCausalLM.from_pretrained(decisive_model).eval()
+    prompts = [[5, 6, 7], [8, 9]]
+    backends = {"transformers": hf.load(str(decisive_model), dtype="float32", device="cpu"),
+                "vllm": engine_backend.load(str(decisive_model), dtype="float32", engine_options=ENGINE),
+                "served": served_backend.load("base", tokenizer=str(decisive_model), base_url=server.base_url)}
+    for name, backend in backends.items():
+        torch.manual_seed(0)
+        ranks, shares = [], []  # of each token drawn: its rank, its probability over the likeliest's
+        for prompt, samples in zip(prompts, backend.sample(prompts, num_samples=4, temperature=1.0,
+                                                            max_new_tokens=6)):
+            for sample in samples:
+                with torch.inference_mode():
+                    logits = model(torch.tensor([prompt + sample.ids])).logits[0, len(prompt) - 1:-1]
+                ranks += [int((step > step[token]).sum()) for step, token in zip(logits, sample.ids)]
+                shares += [float(torch.exp(step[token] - step.max())) for step, token in zip(logits, sample.ids)]
+        assert len(ranks) >= 8 and max(ranks) >= 3 and min(shares) < 0.2, (name, ranks, shares)
+
+
 def test_the_server_refuses_malformed_steering_and_goes_on_serving(decisive_model, server):
     """``vllm_xargs`` come from any client: malformed steering is a 400 that names the fault, not a crashed engine."""
     from openai import BadRequestError
@@ -352,7 +378,7 @@ def test_the_server_refuses_malformed_steering_and_goes_on_serving(decisive_mode
 
     server.wait()
     client = openai_client(server.base_url, max_retries=0)
-    for arguments, named in [("{not json", "is not valid JSON"), ('{"marker": [7]}', "exactly the keys")]:
+    for arguments, named in [("{not json", "is not valid JSON"), ('{"marker": [7]}', "missing ['budget', 'end', 'forced', 'labels']")]:
         with pytest.raises(BadRequestError, match=re.escape(named)):
             client.completions.create(model="base", prompt=[5, 6, 7], max_tokens=2,
                                       extra_body={"vllm_xargs": {"reasonrank_label": arguments}})
@@ -369,7 +395,8 @@ def test_samples_read_each_prompt_once_and_each_label_in_the_request_that_wrote_
     inp["text"] = inp["text"] + " and the sun pulls the ocean too, less strongly" * 120  # prompts of ~1,000 tokens
     student = Student(str(decisive_model), backend="vllm", dtype="float32", engine_options=ENGINE)
     engine = student.engine
-    assert engine.label_in_request and os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0"  # V2 refuses the label reader
+    # vLLM's Model Runner V2 (its default on a GPU) refuses the label reader: the engine runs V1.
+    assert engine.label_in_request and not engine.engine.llm_engine.vllm_config.use_v2_model_runner
 
     def spent(ranker):
         engine.engine.reset_prefix_cache()
@@ -390,3 +417,16 @@ def test_samples_read_each_prompt_once_and_each_label_in_the_request_that_wrote_
     assert requests_apart == 8 * len(inp) and computed_apart > computed
     assert list(out.explanation) == list(read.explanation)
     assert out.score.to_numpy() == pytest.approx(read.score.to_numpy(), abs=1e-4)
+
+
+def test_engines_that_must_run_model_runner_v2_read_labels_by_a_second_request(monkeypatch):
+    """Options that make vLLM run its Model Runner V2, or take no logits processors, leave the label reader out."""
+    from vllm.config import AttentionConfig
+
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")  # as load() sets it (and vLLM keeps, once an engine ran)
+    assert engine_backend._runs_label_reader({})
+    for options in ({"speculative_config": {"method": "ngram", "num_speculative_tokens": 2}},
+                    {"watermark_config": {"type": "gumbel"}},
+                    {"attention_config": {"hisparse_config": {}}}):
+        assert not engine_backend._runs_label_reader(options), options
+    assert engine_backend._runs_label_reader({"attention_config": AttentionConfig()})  # a config object too

@@ -20,8 +20,8 @@ from loopback import LoopbackServer, Reply
 class CompletionsServer(LoopbackServer):
     """Serves the model in ``path`` until closed; ``fail_first`` requests get a 503 first. With
     ``api_key``, requests must carry it (``vllm serve --api-key``); a wrong one gets a 401 that
-    quotes the key it was sent, as OpenAI's does. A request with a field of ``refused_fields`` gets the
-    400 OpenAI's API answers an argument it does not know."""
+    quotes the key it was sent, as OpenAI's does. A request with a field of ``refused_fields`` gets a
+    400 that names it, as a server or proxy answers an argument it does not take."""
 
     def __init__(self, path: str, *, fail_first: int = 0, api_key: str | None = None,
                  refused_fields: frozenset[str] = frozenset()):

@@ -30,6 +30,13 @@ DEFAULT_PROMPT_CACHE_TOKENS = 32768
 model in float32: ~0.8 GB; a 3B model in bfloat16: ~3.7 GB)."""
 
 
+NEUTRAL_GENERATION = {"top_p": None, "top_k": None, "min_p": None, "typical_p": None, "epsilon_cutoff": None,
+                      "eta_cutoff": None, "top_h": None, "repetition_penalty": None, "no_repeat_ngram_size": None}
+"""``generate``'s settings that reshape the model's distribution, unset: else ``generate`` takes them from
+the checkpoint's ``generation_config.json`` (Qwen2.5-Instruct ships top-k 20, top-p 0.8 and a repetition
+penalty of 1.05)."""
+
+
 class HFBackend:
     """Judges prompts with a Hugging Face causal language model.
 
@@ -265,12 +272,12 @@ class HFBackend:
         """Free-text responses: ``num_samples`` per prompt, sampled at ``temperature`` (0: greedy).
 
         Sampling is plain sampling from the model's distribution: a checkpoint's own generation
-        settings (top-p, top-k, repetition penalty) are overridden, so that the samples are the
-        policy's (what refinement needs).
+        settings (:data:`NEUTRAL_GENERATION`: top-p, top-k, min-p, repetition penalty...) are
+        overridden, so that the samples are the policy's (what refinement needs).
         """
         eos = sorted(self.eos_ids) or None
-        options = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 \
-            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        options = {"do_sample": temperature > 0, "temperature": temperature if temperature > 0 else None,
+                   **NEUTRAL_GENERATION}
         # Greedy decoding has one answer per prompt: decode it once and repeat it.
         copies = num_samples if temperature > 0 else 1
         was_training = self.model.training
@@ -282,7 +289,7 @@ class HFBackend:
             input_ids, mask = self.left_pad(batch, width)
             output = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                          num_return_sequences=copies, pad_token_id=self.pad_id, eos_token_id=eos,
-                                         repetition_penalty=1.0, **options)
+                                         **options)
             output = output[:, width:].repeat_interleave(num_samples // copies, dim=0).tolist()
             for i in range(len(batch)):
                 samples = []

@@ -76,8 +76,11 @@ def read_arguments(arguments: object) -> dict:
         given = json.loads(arguments)
     except json.JSONDecodeError as error:
         raise ValueError(f"{ARGUMENT} is not valid JSON: {error}") from None
-    if not isinstance(given, dict) or set(given) != _KEYS:
-        raise ValueError(f"{ARGUMENT} must be a JSON object with exactly the keys {sorted(_KEYS)}")
+    if not isinstance(given, dict):
+        raise ValueError(f"{ARGUMENT} must be a JSON object, not {type(given).__name__}")
+    if set(given) != _KEYS:  # arguments of another version of this package, most likely
+        raise ValueError(f"{ARGUMENT} must have exactly the keys {sorted(_KEYS)}: missing "
+                         f"{sorted(_KEYS - set(given))}, unexpected {sorted(set(given) - _KEYS)}")
     for key in ("marker", "forced", "labels"):
         if not isinstance(given[key], list) or not given[key] or not all(map(_is_token, given[key])):
             raise ValueError(f"{ARGUMENT}: {key!r} must be a non-empty list of token ids")
@@ -143,14 +146,14 @@ class RequestSteering:
     def __call__(self, written: list[int], logits: torch.Tensor) -> torch.Tensor:
         """The logits of the next token, masked where the steering decides it.
 
-        A request whose token ids lie beyond the model's vocabulary (arguments made for another model)
+        A request whose token ids lie beyond the model's logits (arguments made for another model)
         is not steered, with a warning: its reply then has no label where the explanation ends, and the
         client reads the label by a second request.
         """
         if self.fits is None:
             self.fits = self.highest < logits.shape[-1]
             if not self.fits:
-                logger.warning("a request's %s names token %d, beyond the model's %d: it is not steered",
+                logger.warning("a request's %s names token %d, beyond the model's %d logits: it is not steered",
                                ARGUMENT, self.highest, logits.shape[-1])
         if not self.fits:
             return logits

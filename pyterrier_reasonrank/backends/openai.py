@@ -40,6 +40,7 @@ import os
 import random
 import threading
 import time
+import warnings
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, TypeVar
 
@@ -50,7 +51,7 @@ from pyterrier_reasonrank.errors import EndpointError
 from pyterrier_reasonrank.judgements import Judgements
 from pyterrier_reasonrank.loading import load_tokenizer
 from pyterrier_reasonrank.prompts import LABEL_MARKER, Mode, Prompt, PromptEncoder
-from pyterrier_reasonrank.redaction import known_secrets, redacted
+from pyterrier_reasonrank.redaction import known_secrets, redacted, scrub
 from pyterrier_reasonrank.scoring import label_probabilities
 
 from .base import Batching, Completion, Settled, end_ids, progress_bar, prompt_seed, settle, stop_ids
@@ -259,8 +260,9 @@ class OpenAIBackend:
 
         The question is a steered request with no budget: a server that steers writes the forced ending,
         a label and the end token, which a model left to itself does not, and returns the labels'
-        log-probabilities where it wrote one. A server that refuses the request's arguments (HTTP 400: not
-        vLLM) does not steer.
+        log-probabilities where it wrote one. A server that refuses the request's arguments (HTTP 400: its
+        label reader from another version of this package, say) does not steer, which is said, with its
+        reason, as a warning.
         """
         from openai import BadRequestError
 
@@ -276,7 +278,11 @@ class OpenAIBackend:
                     extra_body={"return_tokens_as_token_ids": True, "skip_special_tokens": False,
                                 "stop_token_ids": sorted(self.stop_ids),
                                 "vllm_xargs": request_arguments(encoder, 0, end)})
-            except BadRequestError:
+            except BadRequestError as error:
+                warnings.warn(f"the server at {self._client.base_url} refused the label reader's arguments, so each "
+                              f"label is read by a second request (twice the requests per explanation): "
+                              f"{scrub(error.message, known_secrets(self._client.api_key))}", RuntimeWarning,
+                              stacklevel=4)
                 self.label_in_request = False
                 return False
             written, position = _token_ids(choice), len(encoder.forced_marker_ids)
@@ -361,7 +367,7 @@ class OpenAIBackend:
         The request (its own ``n`` among them) is sent with :data:`NEUTRAL_SAMPLING`.
         """
         request = {**NEUTRAL_SAMPLING, **request,
-                   "extra_body": {**NEUTRAL_SAMPLING["extra_body"], **request.get("extra_body", {})}}
+                   "extra_body": {**NEUTRAL_SAMPLING["extra_body"], **(request.get("extra_body") or {})}}
 
         def read(response: Completion) -> list:
             choices = sorted(response.choices or [], key=lambda choice: choice.index)

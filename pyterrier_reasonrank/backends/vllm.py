@@ -64,8 +64,9 @@ LABEL_READER = "pyterrier_reasonrank.backends.label_reader:LabelReader"
 """The logits processor every engine is started with (see :mod:`~pyterrier_reasonrank.backends.label_reader`);
 vLLM takes none with a draft model (``speculative_config``), whose labels are then read by a second request.
 It is a processor of vLLM's V1 model runner, which its Model Runner V2 (vLLM's default on a GPU with Triton)
-refuses to load: engines run the V1 runner (``VLLM_USE_V2_MODEL_RUNNER=0``) unless the environment asks for V2,
-and then read labels by a second request too."""
+refuses to load: engines run the V1 runner (``VLLM_USE_V2_MODEL_RUNNER=0``, set for the process unless the
+environment sets it) unless the environment asks for V2, or an option needs it (watermarking, HiSparse), and
+then read labels by a second request too."""
 SET_BY_THE_RANKER = {"model": "model=", "tokenizer": "tokenizer= (or the adapter's own)",
                      "dtype": "dtype= (--dtype)", "trust_remote_code": "trust_remote_code="}
 """Engine arguments the backend sets from its own arguments: not engine options."""
@@ -283,9 +284,11 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, dtype: Union[st
 
     defaults = {**ENGINE_DEFAULTS, **(CPU_ENGINE_DEFAULTS if current_platform.is_cpu() else {})}
     options = {**defaults, **(engine_options or {})}
-    label_in_request = "speculative_config" not in options and os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "0") == "0"
+    # The model runner is chosen as an engine starts, from the environment (see LABEL_READER); the first
+    # engine in a process freezes vLLM's reading of it, so it is set whatever this engine's options.
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    label_in_request = _runs_label_reader(options)
     if label_in_request:
-        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # read when the engine starts: see LABEL_READER
         options["logits_processors"] = list(dict.fromkeys([*options.get("logits_processors", []), LABEL_READER]))
     if lora is not None:
         options["enable_lora"] = True
@@ -302,6 +305,22 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, dtype: Union[st
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     return VLLMBackend(engine, tokenizer, ends=end_ids(_generation_config(name), tokenizer), lora=lora,
                        label_in_request=label_in_request)
+
+
+def _runs_label_reader(options: dict) -> bool:
+    """Whether an engine started with ``options`` can take the label reader: vLLM's V1 model runner, no draft model.
+
+    vLLM's own reading of ``VLLM_USE_V2_MODEL_RUNNER`` decides, not the environment's: after an engine
+    has started in the process vLLM keeps the value it read then. Watermarking and sparse attention
+    (HiSparse) run V2 whatever the environment says.
+    """
+    from vllm import envs
+
+    attention = options.get("attention_config")
+    hisparse = attention.get("hisparse_config") if isinstance(attention, dict) else \
+        getattr(attention, "hisparse_config", None)
+    v2_only = options.get("watermark_config") is not None or hisparse is not None
+    return envs.VLLM_USE_V2_MODEL_RUNNER is False and "speculative_config" not in options and not v2_only
 
 
 def check_engine_options(engine_options: Optional[dict]) -> None:
