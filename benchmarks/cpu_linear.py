@@ -1,18 +1,21 @@
-"""CPU matmuls of a decoding step: PyTorch's ``F.linear`` against oneDNN with the weights prepared once.
+"""CPU matmuls of a decoding step: ``F.linear`` on weights as transformers stores them and stored transposed; oneDNN.
 
-A decoding step of a small model on a CPU is its linear layers reading their weights. The
-transformers backend runs them through ``F.linear``; vLLM's CPU engine through oneDNN matmuls set
-up once per layer (its ``create_onednn_mm``), and decodes a few pairs 2.3x faster on one thread
-than the backend on two (README.md, ``test_time_compute.py --part floor``). This times one layer
-shape of Qwen2.5-0.5B (its MLP's up projection, 896 -> 4,864) for a batch of rows as a decoding step
-has (1 to 20: one per pair) and as reading prompts has (thousands), three ways:
+A decoding step of a small model on a CPU is its linear layers reading their weights. vLLM's CPU
+engine runs them through oneDNN matmuls set up once per layer (its ``create_onednn_mm``); the
+transformers backend through ``F.linear``, with float32 weights stored transposed in memory
+(``backends/weight_layout.py``). This times two layer shapes of Qwen2.5-0.5B, float32 (its MLP's up
+projection, 896 -> 4,864, and its output layer, 896 -> 151,936: a quarter of its weights), for a
+batch of rows as a decoding step has (1 to 20: one per pair) and as reading prompts has (thousands),
+three ways:
 
-* ``F.linear``: the weight as ``nn.Linear`` keeps it (out x in);
-* ``x @ W.T`` with the transpose stored (in x out, contiguous);
+* ``F.linear``: the weight as ``nn.Linear`` keeps it (out x in in memory), as transformers loads it;
+* ``F.linear``, stored transposed: the same layers after the backend's ``store_weights_transposed``
+  (same shape and values, in x out in memory);
 * oneDNN: ``torch.utils.mkldnn.MkldnnLinear``, the weight converted to oneDNN's layout once.
 
-Forty copies of the weight (700 MB, far beyond the caches) are cycled through, as a model's layers
-are; each figure is the fastest of three passes, in milliseconds per layer.
+Copies of the weight far beyond the caches (40 of the up projection: 700 MB; 2 of the output layer:
+1.1 GB) are cycled through, as a model's layers are; each figure is the fastest of three passes, in
+milliseconds per layer.
 
     python benchmarks/cpu_linear.py --output cpu_linear.md
     python benchmarks/cpu_linear.py --quick     # a second: checks that the script runs
@@ -28,8 +31,9 @@ from typing import Callable, Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import machine  # noqa: E402
 
-FULL = {"rows": (1, 4, 20, 4000), "layers": 40, "in": 896, "out": 4864, "passes": 3}
-QUICK = {"rows": (1, 4), "layers": 2, "in": 64, "out": 128, "passes": 1}
+FULL = {"rows": (1, 4, 20, 4000), "shapes": ((896, 4864, 40), (896, 151936, 2)), "passes": 3}
+"""Rows per product; layer shapes as (in, out, copies cycled)."""
+QUICK = {"rows": (1, 4), "shapes": ((64, 128, 2),), "passes": 1}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -46,24 +50,33 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 def measure(setup: dict) -> list[dict]:
-    """Per batch of rows: milliseconds per layer for each way, and oneDNN's largest difference from ``F.linear``."""
+    """Per shape and batch of rows: ms per layer for each way, and the others' largest difference from ``F.linear``."""
+    import copy
+
     import torch
     from torch.utils.mkldnn import MkldnnLinear
 
-    layers = [torch.nn.Linear(setup["in"], setup["out"], bias=False) for _ in range(setup["layers"])]
-    ways: dict[str, list[Callable]] = {
-        "F.linear": layers,
-        "x @ W.T stored": [lambda x, w=layer.weight.t().contiguous(): x @ w for layer in layers],
-        "oneDNN": [MkldnnLinear(layer, torch.float32) for layer in layers],
-    }
+    from pyterrier_reasonrank.backends.weight_layout import store_weights_transposed
+
     rows = []
-    with torch.inference_mode():
-        for n in setup["rows"]:
-            x = torch.randn(n, setup["in"])
-            row = {"rows": n, "difference": float((ways["oneDNN"][0](x) - layers[0](x)).abs().max())}
-            for name, functions in ways.items():
-                row[name] = min(_pass(functions, x) for _ in range(setup["passes"])) * 1000 / len(functions)
-            rows.append(row)
+    for inputs, outputs, copies in setup["shapes"]:
+        layers = [torch.nn.Linear(inputs, outputs, bias=False) for _ in range(copies)]
+        transposed = copy.deepcopy(torch.nn.ModuleList(layers))
+        store_weights_transposed(transposed)
+        ways: dict[str, list[Callable]] = {
+            "F.linear": layers,
+            "stored transposed": list(transposed),
+            "oneDNN": [MkldnnLinear(layer, torch.float32) for layer in layers],
+        }
+        with torch.inference_mode():
+            for n in setup["rows"]:
+                x = torch.randn(n, inputs)
+                row = {"shape": f"{inputs} -> {outputs}", "rows": n,
+                       "difference": max(float((ways[way][0](x) - layers[0](x)).abs().max())
+                                         for way in ("stored transposed", "oneDNN"))}
+                for name, functions in ways.items():
+                    row[name] = min(_pass(functions, x) for _ in range(setup["passes"])) * 1000 / len(functions)
+                rows.append(row)
     return rows
 
 
@@ -76,13 +89,15 @@ def _pass(functions: list[Callable], x: object) -> float:
 
 def _report(rows: list[dict], setup: dict) -> str:
     lines = [f"# Linear layers on a CPU ({machine('cpu')})", "",
-             f"{setup['in']} -> {setup['out']} float32, {setup['layers']} copies cycled; ms per layer, the fastest "
-             f"of {setup['passes']} passes.", "",
-             "| rows | F.linear | x @ W.T stored | oneDNN | F.linear / oneDNN | oneDNN's largest difference |",
-             "|---:|---:|---:|---:|---:|---:|"]
+             f"float32; ms per layer, the fastest of {setup['passes']} passes, copies of each weight cycled "
+             f"({', '.join(f'{i} -> {o}: {c}' for i, o, c in setup['shapes'])}).", "",
+             "| shape | rows | F.linear | F.linear, stored transposed | oneDNN | F.linear / stored transposed | "
+             "F.linear / oneDNN | largest difference from F.linear |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        lines.append(f"| {row['rows']} | {row['F.linear']:.2f} | {row['x @ W.T stored']:.2f} | {row['oneDNN']:.2f} | "
-                     f"{row['F.linear'] / row['oneDNN']:.2f}x | {row['difference']:.1e} |")
+        linear, transposed, onednn = row["F.linear"], row["stored transposed"], row["oneDNN"]
+        lines.append(f"| {row['shape']} | {row['rows']} | {linear:.2f} | {transposed:.2f} | {onednn:.2f} | "
+                     f"{linear / transposed:.2f}x | {linear / onednn:.2f}x | {row['difference']:.1e} |")
     return "\n".join(lines)
 
 

@@ -25,7 +25,9 @@ decoded. Each policy starts from an empty cache.
 
 ``--part floor`` times the decoding alone, from prompts already read, for the pairs adaptive
 escalates and for all of them: their ratio is the least share of explain's extra time that
-adaptive can cost on the machine, whatever else it saves.
+adaptive can cost on the machine, whatever else it saves. The transformers backend is timed twice,
+interleaved: with its linear weights stored transposed, as it loads them (backends/weight_layout.py),
+and as transformers stores them, which shows what that layout gains.
 
     python benchmarks/test_time_compute.py --output results.md --plot benchmarks/test-time-compute.png
     python benchmarks/test_time_compute.py --part cost --output cost.md --plot benchmarks/test-time-cost.png
@@ -36,12 +38,13 @@ adaptive can cost on the machine, whatever else it saves.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the learning tests' synthetic task, one copy for both
@@ -255,15 +258,40 @@ def decode_floor(setup: dict) -> list[dict]:
                    ranker.encoder.prompts(frame["query"].tolist(), frame["text"].tolist())]
         decode = _hf_decode if backend == "transformers" else _vllm_decode
         decode(student.engine, prompts, setup["max_new_tokens"])  # warm-up (and vLLM: the prompts cached)
-        times: dict[int, list[float]] = {escalated: [], len(prompts): []}
+        # The transformers backend also with the weights as transformers stores them: what its layout gains.
+        layouts = [None, "as transformers stores them"] if backend == "transformers" else [None]
+        times = {layout: {escalated: [], len(prompts): []} for layout in layouts}
         for _ in range(setup["repeats"]):
-            for n in times:
-                times[n].append(decode(student.engine, prompts[:n], setup["max_new_tokens"]))
-        rows.append({"backend": label, "pairs": len(prompts), "escalated": escalated,
-                     "prompt_tokens": round(sum(map(len, prompts)) / len(prompts)), "times": times,
-                     "share": min(times[escalated]) / min(times[len(prompts)])})
-        print("measured:", json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            for layout in layouts:
+                with _weights_as_loaded(student.engine.model if layout else None):
+                    for n in times[layout]:
+                        times[layout][n].append(decode(student.engine, prompts[:n], setup["max_new_tokens"]))
+        for layout in layouts:
+            rows.append({"backend": f"{label}, weights {layout}" if layout else label, "pairs": len(prompts),
+                         "escalated": escalated, "prompt_tokens": round(sum(map(len, prompts)) / len(prompts)),
+                         "times": times[layout],
+                         "share": min(times[layout][escalated]) / min(times[layout][len(prompts)])})
+            print("measured:", json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
+
+
+@contextlib.contextmanager
+def _weights_as_loaded(model: Optional[object]) -> Iterator[None]:
+    """Inside, ``model``'s linear weights as transformers stores them (out x in in memory); after, as the backend."""
+    if model is None:
+        yield
+        return
+    import torch
+
+    from pyterrier_reasonrank.backends.weight_layout import store_weights_transposed
+
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.Linear):
+            layer.weight.data = layer.weight.data.contiguous()
+    try:
+        yield
+    finally:
+        store_weights_transposed(model)
 
 
 def _hf_decode(engine: object, prompts: list[list[int]], steps: int) -> float:

@@ -19,6 +19,7 @@ from pyterrier_reasonrank.scoring import label_probabilities
 from .attention import use_grouped_attention
 from .base import Batching, Completion, end_ids, forced_ending, progress_bar, prompt_seed, stop_ids
 from .prompt_cache import PromptCache
+from .weight_layout import store_weights_transposed
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -393,5 +394,7 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, device: Union[s
     if model is None and adapter is None:
         model = DEFAULT_MODEL
     lm, tokenizer = load_causal_lm(model, adapter, dtype=dtype, trust_remote_code=trust_remote_code)
+    lm = lm.to(device).eval()
     use_grouped_attention(lm)  # on a CPU, grouped key/value heads are not copied per query head
-    return HFBackend(lm.to(device).eval(), tokenizer, prompt_cache_tokens=prompt_cache_tokens)
+    store_weights_transposed(lm)  # on a CPU in float32, decoding's products are faster so
+    return HFBackend(lm, tokenizer, prompt_cache_tokens=prompt_cache_tokens)
