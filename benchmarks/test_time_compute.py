@@ -263,7 +263,7 @@ def decode_floor(setup: dict) -> list[dict]:
         times = {layout: {escalated: [], len(prompts): []} for layout in layouts}
         for _ in range(setup["repeats"]):
             for layout in layouts:
-                with _weights_as_loaded(student.engine.model if layout else None):
+                with _transformers_layout(student.engine.model if layout else None):
                     for n in times[layout]:
                         times[layout][n].append(decode(student.engine, prompts[:n], setup["max_new_tokens"]))
         for layout in layouts:
@@ -276,18 +276,14 @@ def decode_floor(setup: dict) -> list[dict]:
 
 
 @contextlib.contextmanager
-def _weights_as_loaded(model: Optional[object]) -> Iterator[None]:
+def _transformers_layout(model: Optional[object]) -> Iterator[None]:
     """Inside, ``model``'s linear weights as transformers stores them (out x in in memory); after, as the backend."""
     if model is None:
         yield
         return
-    import torch
+    from pyterrier_reasonrank.backends.weight_layout import store_weights_as_transformers, store_weights_transposed
 
-    from pyterrier_reasonrank.backends.weight_layout import store_weights_transposed
-
-    for layer in model.modules():
-        if isinstance(layer, torch.nn.Linear):
-            layer.weight.data = layer.weight.data.contiguous()
+    store_weights_as_transformers(model)
     try:
         yield
     finally:

@@ -374,7 +374,9 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, device: Union[s
     """Load a model and tokenizer as an :class:`HFBackend` (each call loads a copy of the weights).
 
     Rankers share a loaded model by sharing the :class:`~pyterrier_reasonrank.student.Student`
-    that loaded it.
+    that loaded it. On a CPU in float32 its linear weights are stored transposed in memory, which
+    decodes faster (:mod:`.weight_layout`; :func:`~.weight_layout.store_weights_as_transformers`
+    undoes it for code that needs contiguous weights).
 
     Args:
         model: Hugging Face Hub id or local directory. ``None``: the adapter's base model, or
@@ -396,5 +398,5 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, device: Union[s
     lm, tokenizer = load_causal_lm(model, adapter, dtype=dtype, trust_remote_code=trust_remote_code)
     lm = lm.to(device).eval()
     use_grouped_attention(lm)  # on a CPU, grouped key/value heads are not copied per query head
-    store_weights_transposed(lm)  # on a CPU in float32, decoding's products are faster so
+    store_weights_transposed(lm)  # on a CPU in float32: decoding's small products are faster
     return HFBackend(lm, tokenizer, prompt_cache_tokens=prompt_cache_tokens)
