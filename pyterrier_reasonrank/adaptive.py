@@ -3,7 +3,9 @@
 In adaptive mode, ``ReasonRanker`` judges every pair in direct mode first (one forward pass), then
 explains (and samples) only the pairs where it matters: those whose direct-mode label distribution
 is uncertain, and those that sit near a rank cut-off where their order changes the ranking's
-quality — within a per-query budget of explanation tokens.
+quality — within a per-query budget of explanation tokens. It does so a group of whole queries at a
+time (:func:`reuse_groups`), so that an escalated pair's explanation continues from its prompt while
+the backend still keeps it.
 """
 from __future__ import annotations
 
@@ -91,3 +93,38 @@ def escalated(qids: Sequence, probabilities: np.ndarray, escalation: Escalation,
             candidates = candidates[:escalation.token_budget // max(cost, 1)]
         chosen[candidates] = True
     return chosen
+
+
+def reuse_groups(qids: Sequence, prompt_tokens: Sequence[int], capacity: Optional[int]) -> list[np.ndarray]:
+    """Groups of whole queries, in order of first appearance, whose prompts the backend can keep together.
+
+    Adaptive mode judges a group in direct mode, then explains its escalated pairs, before the next
+    group: an explanation continues from its prompt only while the backend keeps that prompt (its
+    prompt or prefix cache, least recently used dropped first). Groups as large as the cache allows
+    let the escalated pairs of many queries decode together, in fuller batches.
+
+    Args:
+        qids: The query of each pair.
+        prompt_tokens: The tokens of each pair's prompt.
+        capacity: The most prompt tokens the backend keeps; 0 or ``None`` (none kept, or not known):
+            one group of all pairs.
+
+    Returns:
+        The positions of each group's pairs; a query whose prompts alone exceed ``capacity`` is a group
+        of its own.
+    """
+    if not capacity:
+        return [np.arange(len(qids))] if len(qids) else []
+    queries = pd.Series(range(len(qids))).groupby(pd.Series(qids).astype(str).to_numpy(), sort=False)
+    tokens = np.asarray(prompt_tokens, dtype=np.int64)
+    groups: list[list[np.ndarray]] = []
+    held = 0
+    for _, rows in queries:
+        rows = rows.to_numpy()
+        size = int(tokens[rows].sum())
+        if not groups or held + size > capacity:
+            groups.append([])
+            held = 0
+        groups[-1].append(rows)
+        held += size
+    return [np.concatenate(group) for group in groups]

@@ -349,6 +349,18 @@ class PromptEncoder(_TemplateEncoder):
         mode shares (in format version 2)."""
         self._pieces[-1] += self.response_start_ids
 
+    def shares_prompt_with(self, other: PromptEncoder) -> bool:
+        """Whether the two encoders give every pair the same prompt up to the response's start.
+
+        True for the modes of one student in prompt format 2 (the mode is chosen by the response's
+        start), so that one mode's judgement can continue from the prompt another read.
+        """
+        def shared(encoder: PromptEncoder) -> tuple:
+            head, middle, tail = encoder._pieces
+            return (tuple(head), tuple(middle), tuple(tail[:len(tail) - len(encoder.response_start_ids)]),
+                    encoder.max_query_tokens, encoder.max_doc_tokens)
+        return shared(self) == shared(other)
+
     def encode(self, query: str, document: str, hint: Optional[str] = None, *,
                max_doc_tokens: Optional[int] = None) -> list[int]:
         """Token ids of the prompt for one pair: instructions, truncated query and document, response start.

@@ -11,7 +11,7 @@ import pyterrier as pt
 import torch
 
 from . import scoring
-from .adaptive import Escalation, escalated
+from .adaptive import Escalation, escalated, reuse_groups
 from .backends import Batching
 from .contracts import StudentTransformer
 from .display import ReasonRankResults
@@ -298,23 +298,47 @@ class ReasonRanker(StudentTransformer):
     def _judged(self, queries: np.ndarray, documents: np.ndarray, frame: pd.DataFrame) -> Judgements:
         """The judgements of the pairs in this ranker's mode; adaptive mode escalates some to explanations."""
         sampling = Sampling(self.samples, self.temperature, self.greedy_first, self.seed)
-        pairs = {"qids": frame["qid"].tolist(), "docnos": frame["docno"].tolist()}
+        qids, docnos = frame["qid"].tolist(), frame["docno"].tolist()
         first = "direct" if self.mode == "adaptive" else self.mode
-        with pt.tqdm(total=len(queries), desc=self.display_name(), unit="doc", disable=not self.verbose) as progress:
-            judged = self._judge.judge(queries, documents, mode=first, sampling=sampling, progress=progress, **pairs)
-        if self.mode != "adaptive":
+        with pt.tqdm(total=len(queries), desc=self.display_name(), unit="doc", disable=not self.verbose) as progress, \
+                pt.tqdm(total=0, desc=f"{self.display_name()}: explaining", unit="doc",
+                        disable=not self.verbose or self.mode != "adaptive") as explaining:
+            if self.mode != "adaptive":
+                return self._judge.judge(queries, documents, mode=first, sampling=sampling, progress=progress,
+                                         qids=qids, docnos=docnos)
+            judged = Judgements.empty(len(queries))
+            for rows in self._reuse_groups(queries, documents, qids):
+                group = self._judge.judge(queries[rows], documents[rows], mode="direct", sampling=sampling,
+                                          progress=progress, qids=[qids[i] for i in rows],
+                                          docnos=[docnos[i] for i in rows])
+                chosen = self._escalated([qids[i] for i in rows], group)
+                explaining.total += len(chosen)
+                explaining.refresh()
+                picked = rows[chosen]
+                group.put(chosen, self._judge.judge(queries[picked], documents[picked], mode="explain",
+                                                    sampling=sampling, progress=explaining,
+                                                    qids=[qids[i] for i in picked], docnos=[docnos[i] for i in picked]))
+                judged.put(rows, group)
             return judged
+
+    def _reuse_groups(self, queries: np.ndarray, documents: np.ndarray, qids: list) -> list[np.ndarray]:
+        """Adaptive mode's groups of whole queries: their prompts fit in what the backend keeps for reuse.
+
+        Only where an explanation can continue from a direct judgement's prompt (the modes share it,
+        prompt format 2) and the backend says how much it keeps; else one group, so that all
+        escalated pairs decode together.
+        """
+        direct, explain = self._judge.encoders["direct"], self._judge.encoders["explain"]
+        capacity = self._judge.engine.reusable_prompt_tokens if direct.shares_prompt_with(explain) else None
+        lengths = [len(prefix) + len(suffix) for prefix, suffix in direct.prompts(queries, documents)] \
+            if capacity else []
+        return reuse_groups(qids, lengths, capacity)
+
+    def _escalated(self, qids: list, judged: Judgements) -> np.ndarray:
+        """The positions of the direct-mode judgements to explain."""
         # The worst case of an explanation: its budget, then the marker appended.
         cost = self.samples * (self.max_new_tokens + len(self._judge.encoders["explain"].forced_marker_ids))
-        uncertain = self._tempered(judged)  # all judged in direct mode so far
-        chosen = np.flatnonzero(escalated(frame["qid"].tolist(), uncertain, self.escalation or Escalation(), cost))
-        with pt.tqdm(total=len(chosen), desc=f"{self.display_name()}: explaining", unit="doc",
-                     disable=not self.verbose) as bar:
-            explained = self._judge.judge(queries[chosen], documents[chosen], mode="explain", sampling=sampling,
-                                          progress=bar, qids=[pairs["qids"][i] for i in chosen],
-                                          docnos=[pairs["docnos"][i] for i in chosen])
-        judged.put(chosen, explained)
-        return judged
+        return np.flatnonzero(escalated(qids, self._tempered(judged), self.escalation or Escalation(), cost))
 
     def __getstate__(self) -> dict:
         # The loaded model (and an endpoint's client, which holds locks) stays behind: an unpickled

@@ -75,6 +75,7 @@ class Student:
             prompt_cache_tokens: For ``backend="transformers"``: the most prompt tokens whose keys and
                 values are kept, so that a prompt read once serves every judgement of its pair (direct,
                 the explanation it is escalated to, the samples, a cascade's next ranker); 0 keeps none.
+                Adaptive mode escalates a group of queries at a time, as many as their prompts fit in it.
                 Default: 32768 (see :data:`~pyterrier_reasonrank.backends.hf.DEFAULT_PROMPT_CACHE_TOKENS`).
                 vLLM's engine and server keep their own prefix caches.
 

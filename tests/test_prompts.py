@@ -78,8 +78,12 @@ def test_every_mode_shares_the_prompt_up_to_the_response_in_format_2_not_1(token
         assert suffix[:-len(explain.response_start_ids)] == direct_suffix[:-len(direct.response_start_ids)]
     assert tokenizer.decode(explain.response_start_ids) == "Explanation:"
     assert direct.response_start_ids == direct.marker_ids
+    assert explain.shares_prompt_with(direct) and direct.shares_prompt_with(explain)
+    assert not explain.shares_prompt_with(PromptEncoder(tokenizer, "direct", max_doc_tokens=5))
     old = PromptEncoder(tokenizer, "direct", format_version=1).encode("q", "d")
     assert prompts.INSTRUCTIONS["direct"] in tokenizer.decode(old)
+    assert not PromptEncoder(tokenizer, "explain", format_version=1).shares_prompt_with(
+        PromptEncoder(tokenizer, "direct", format_version=1))
     assert PromptEncoder(tokenizer, "explain", format_version=1).encode("q", "d") == explain.encode("q", "d")
     with pytest.raises(ValueError, match=r"prompt format version 3 is not one this library serves: \[1, 2\]"):
         PromptEncoder(tokenizer, format_version=3)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pyterrier_reasonrank import Escalation, ReasonRanker
-from pyterrier_reasonrank.adaptive import escalated
+from pyterrier_reasonrank.adaptive import escalated, reuse_groups
 from pyterrier_reasonrank.judging import Sampling
 from pyterrier_reasonrank.scoring import entropy, expected_label
 from test_ranker import EXPLAINS, LABEL_LOGITS, expected_score, pairs
@@ -160,3 +160,40 @@ def test_a_pairs_prompt_is_read_once_for_every_judgement_of_it(tiny_model, polic
     assert list(reused.docno) == list(read.docno) and list(reused.explanation) == list(read.explanation)
     assert reused.score.to_numpy() == pytest.approx(read.score.to_numpy(), abs=1e-4)
     assert reusing.engine.counts["cached"] > 0 and reading.engine.counts["cached"] == 0
+
+
+def test_adaptive_groups_whole_queries_whose_prompts_the_backend_keeps():
+    qids = ["a", "b", "a", "c", "d", "d"]
+    tokens = [30, 50, 30, 70, 40, 40]  # a: 60, b: 50, c: 70, d: 80
+    groups = [group.tolist() for group in reuse_groups(qids, tokens, capacity=110)]
+    assert groups == [[0, 2, 1], [3], [4, 5]]  # a + b fit; c + d do not; a query is never split
+    assert [group.tolist() for group in reuse_groups(qids, tokens, capacity=75)] == [[0, 2], [1], [3], [4, 5]]
+    for unknown in (None, 0):  # the backend keeps nothing, or does not say: every escalation decodes together
+        assert [group.tolist() for group in reuse_groups(qids, tokens, unknown)] == [list(range(6))]
+    assert reuse_groups([], [], 100) == [] and reuse_groups([], [], None) == []
+
+
+def test_an_escalated_pairs_prompt_is_still_kept_when_the_frame_outgrows_the_prompt_cache(tiny_model):
+    """Adaptive mode escalates a group of queries at a time, those whose prompts the prompt cache holds, so
+    every escalated explanation continues from its prompt however many queries the frame has (an experiment
+    passes all topics at once); the scores are those without any reuse."""
+    from pyterrier_reasonrank import Student
+
+    inp = pairs(6, 4)
+    inp["text"] = inp["text"] + " and the sun pulls too, less" * 6
+    policy = dict(mode="adaptive", escalation=Escalation(entropy=None, cutoff=2, margin=1), max_new_tokens=6)
+    reading = Student(str(tiny_model), prompt_cache_tokens=0)
+    encoder = reading.ranker(**policy).encoder
+    start = len(encoder.response_start_ids)
+    shared = {docno: len(prefix) + len(suffix) - start
+              for docno, (prefix, suffix) in zip(inp.docno, encoder.prompts(inp["query"].tolist(), inp["text"].tolist()))}
+    per_query = inp.assign(tokens=inp.docno.map(shared)).groupby("qid").tokens.sum()
+    assert per_query.sum() > 2 * per_query.max() * 2  # the cache below holds two queries, not the frame
+    reusing = Student(str(tiny_model), prompt_cache_tokens=int(2 * per_query.max()))
+    out = reusing.ranker(**policy)(inp)
+    escalated_docnos = out.docno[out.samples > 0]
+    assert len(escalated_docnos) == 12  # ranks 1 and 2 of each of the 6 queries
+    assert reusing.engine.counts["cached"] == sum(shared[docno] for docno in escalated_docnos)
+    reference = reading.ranker(**policy)(inp)
+    assert list(out.docno) == list(reference.docno) and list(out.explanation) == list(reference.explanation)
+    assert out.score.to_numpy() == pytest.approx(reference.score.to_numpy(), abs=1e-4)

@@ -71,6 +71,14 @@ class Backend(Protocol):
     """The work done so far: prompt tokens ``computed``, prompt tokens ``cached`` (served from a cache of
     earlier prompts instead), tokens ``decoded``."""
 
+    @property
+    def reusable_prompt_tokens(self) -> Optional[int]:
+        """The most prompt tokens the engine keeps for a later request to continue from.
+
+        Its prompt or prefix cache; 0: none; ``None``: not known here (a server's).
+        """
+        ...
+
     def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, max_new_tokens: int,
               batching: Batching = Batching(), temperature: float = 0.0, seed: int = 0, verbose: bool = False,
               progress: Optional[tqdm] = None) -> Judgements:

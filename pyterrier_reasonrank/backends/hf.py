@@ -74,6 +74,11 @@ class HFBackend:
         tokens served from the prompt cache instead, and tokens decoded (explanations and markers)."""
 
     @property
+    def reusable_prompt_tokens(self) -> int:
+        """The most prompt tokens the prompt cache keeps (0 for a model with sliding-window layers)."""
+        return self.prompt_cache.max_tokens if self._cacheable else 0
+
+    @property
     def device(self) -> torch.device:
         """The device the model's weights are on (where the batches are sent)."""
         return self.model.device

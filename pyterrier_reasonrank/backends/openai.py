@@ -182,6 +182,9 @@ class OpenAIBackend:
         """Whether the server writes the label in the request that writes the explanation (it runs
         :class:`~pyterrier_reasonrank.backends.label_reader.LabelReader`); asked before the first explanation."""
 
+    reusable_prompt_tokens = None
+    """A server's prefix cache is not known here."""
+
     def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, max_new_tokens: int,
               batching: Batching = Batching(), temperature: float = 0.0, seed: int = 0, verbose: bool = False,
               progress: Optional[tqdm] = None) -> Judgements:

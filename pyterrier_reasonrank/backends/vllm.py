@@ -101,6 +101,12 @@ class VLLMBackend:
         self.requests: collections.deque[tuple[int, int]] = collections.deque(maxlen=100_000)
         """(prompt tokens, of which cached) of the latest requests, from the engine's counters."""
 
+    @property
+    def reusable_prompt_tokens(self) -> int:
+        """The tokens the engine's key/value cache holds, which its prefix cache reuses (0 without prefix caching)."""
+        config = self.engine.llm_engine.vllm_config.cache_config
+        return (config.num_gpu_blocks or 0) * config.block_size if config.enable_prefix_caching else 0
+
     def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, max_new_tokens: int,
               batching: Batching = Batching(), temperature: float = 0.0, seed: int = 0, verbose: bool = False,
               progress: Optional[tqdm] = None) -> Judgements:
