@@ -349,6 +349,11 @@ class PromptEncoder(_TemplateEncoder):
         mode shares (in format version 2)."""
         self._pieces[-1] += self.response_start_ids
 
+    @property
+    def most_tokens(self) -> int:
+        """The length of the longest prompt it makes: the query and the document at their limits."""
+        return sum(map(len, self._pieces)) + self.max_query_tokens + self.max_doc_tokens
+
     def shares_prompt_with(self, other: PromptEncoder) -> bool:
         """Whether the two encoders give every pair the same prompt up to the response's start.
 

@@ -325,14 +325,16 @@ class ReasonRanker(StudentTransformer):
         """Adaptive mode's groups of whole queries: their prompts fit in what the backend keeps for reuse.
 
         Only where an explanation can continue from a direct judgement's prompt (the modes share it,
-        prompt format 2) and the backend says how much it keeps; else one group, so that all
-        escalated pairs decode together.
+        prompt format 2), the backend says how much it keeps, and the frame's prompts may outgrow it
+        (they are tokenized once more to count them); else one group, so that all escalated pairs
+        decode together.
         """
         direct, explain = self._judge.encoders["direct"], self._judge.encoders["explain"]
         capacity = self._judge.engine.reusable_prompt_tokens if direct.shares_prompt_with(explain) else None
-        lengths = [len(prefix) + len(suffix) for prefix, suffix in direct.prompts(queries, documents)] \
-            if capacity else []
-        return reuse_groups(qids, lengths, capacity)
+        if not capacity or len(queries) * direct.most_tokens <= capacity:  # all fit, however long: not tokenized
+            return reuse_groups(qids, [], None)
+        return reuse_groups(qids, [len(prefix) + len(suffix) for prefix, suffix in direct.prompts(queries, documents)],
+                            capacity)
 
     def _escalated(self, qids: list, judged: Judgements) -> np.ndarray:
         """The positions of the direct-mode judgements to explain."""

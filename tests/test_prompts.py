@@ -79,6 +79,8 @@ def test_every_mode_shares_the_prompt_up_to_the_response_in_format_2_not_1(token
     assert tokenizer.decode(explain.response_start_ids) == "Explanation:"
     assert direct.response_start_ids == direct.marker_ids
     assert explain.shares_prompt_with(direct) and direct.shares_prompt_with(explain)
+    longest = direct.prompts(["q " * 1000], ["d " * 2000])[0]
+    assert len(longest[0]) + len(longest[1]) == direct.most_tokens  # the query and document cut at their limits
     assert not explain.shares_prompt_with(PromptEncoder(tokenizer, "direct", max_doc_tokens=5))
     old = PromptEncoder(tokenizer, "direct", format_version=1).encode("q", "d")
     assert prompts.INSTRUCTIONS["direct"] in tokenizer.decode(old)
