@@ -199,5 +199,8 @@ def student_of(model: Union[str, Student, None], who: str, **options: Any) -> St
         return model
     if model is not None and not isinstance(model, (str, Path)):
         raise InputError(f"{who}: model must be a Hub id, a directory or a Student, got {type(model).__name__}")
+    if isinstance(options.get("adapter"), Student):
+        raise InputError(f"{who}: adapter is given a Student; give it as the model ({who}(student, ...), or "
+                         "student.ranker(...)) to judge with its loaded weights")
     return Student(None if model is None else str(model), **options)
 

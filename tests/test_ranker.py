@@ -287,6 +287,9 @@ def test_a_student_owns_its_options(tiny_model):
                                          r"Student\(\.\.\.\)"):
         ReasonRanker(student, dtype="bfloat16", device="cpu")
     ReasonRanker(student, dtype="float32")  # the student's own value is no conflict (pt.inspect rebuilds so)
+    with pytest.raises(InputError, match=r"ReasonRanker: adapter is given a Student; give it as the model "
+                                         r"\(ReasonRanker\(student, \.\.\.\), or student\.ranker\(\.\.\.\)\)"):
+        ReasonRanker(adapter=student)
     with pytest.raises(InputError, match="backend must be one of"):
         Student(str(tiny_model), backend="onnx")
     with pytest.raises(InputError, match="engine_options are options of the vllm backend"):
