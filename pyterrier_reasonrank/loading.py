@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Iterator, Optional, Union
 import torch
 
 from pyterrier_reasonrank.errors import InputError, ModelNotFoundError, PickleCheckpointError, UserError
+from pyterrier_reasonrank.hub import model_file
 from pyterrier_reasonrank.settings import FILENAME
 
 if TYPE_CHECKING:
@@ -148,8 +149,9 @@ def base_model(adapter: str) -> str:
 
 
 def tokenizer_source(model: str, adapter: Optional[str]) -> str:
-    """Where the tokenizer comes from: an adapter directory that saved one (training does), else the model."""
-    if adapter is not None and os.path.isfile(os.path.join(adapter, "tokenizer_config.json")):
+    """Where the tokenizer comes from: an adapter that saved one, here or on the Hub; else the model."""
+    if adapter is not None and model_file(adapter, "tokenizer_config.json",
+                                          otherwise=f"it is served with its base model's tokenizer ({model})"):
         return adapter
     return model
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 from pyterrier_reasonrank.errors import InputError
+from pyterrier_reasonrank.hub import model_file
 from pyterrier_reasonrank.numeric import positive_int, positive_number
 from pyterrier_reasonrank.prompts import (
     DEFAULT_MAX_DOC_TOKENS,
@@ -150,36 +150,15 @@ def read_settings(source: Optional[str]) -> Optional[StudentSettings]:
     """
     if source is None:
         return None
-    path = Path(source) / FILENAME if os.path.isdir(source) else _from_hub(source)
-    if path is None or not path.is_file():
+    path = model_file(source, FILENAME, otherwise="it is served with the library's default prompt settings, "
+                      "as a model not trained by this library")
+    if path is None:
         return None
     try:
         values = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise InputError(f"{path} is not valid JSON ({error})") from None
     return StudentSettings.from_dict(values, source=str(source))
-
-
-def _from_hub(repo_id: str) -> Optional[Path]:
-    """The settings file of a Hub repository (or its cached copy).
-
-    ``None`` when it has none or cannot be reached: the model's own loading says what is wrong then.
-    """
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.errors import EntryNotFoundError, HFValidationError
-
-    try:
-        cached = try_to_load_from_cache(repo_id, FILENAME)
-    except HFValidationError:  # not a repository id at all
-        return None
-    if isinstance(cached, str):
-        return Path(cached)
-    if cached is not None:  # known not to exist
-        return None
-    try:
-        return Path(hf_hub_download(repo_id, FILENAME))
-    except (EntryNotFoundError, OSError, ValueError):  # no such file or repository, offline, gated
-        return None
 
 
 def serving_settings(source: Optional[str], tokenizer: PreTrainedTokenizerBase, *, who: str, tasks: Sequence[str],

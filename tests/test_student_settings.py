@@ -159,3 +159,67 @@ def test_a_student_saved_by_a_newer_library_warns_when_loaded(student, tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same version, or an older one, says nothing
         read_settings(str(path))
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An offline Hugging Face Hub cache: ``hub(repo, folder, absent=...)`` holds ``folder``'s files as ``repo``'s, and
+    the Hub's record that ``absent`` files are not in it (a file neither held nor recorded is unknown offline)."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    def put(repo, folder, *, drop=(), absent=()):
+        root, commit = cache / f"models--{repo.replace('/', '--')}", "0" * 40
+        (root / "refs").mkdir(parents=True)
+        (root / "refs" / "main").write_text(commit)
+        shutil.copytree(folder, root / "snapshots" / commit, ignore=shutil.ignore_patterns("checkpoint-*", *drop))
+        for name in absent:
+            (root / ".no_exist" / commit).mkdir(parents=True, exist_ok=True)
+            (root / ".no_exist" / commit / name).touch()
+        return repo
+
+    return put
+
+
+def test_a_student_on_the_hub_is_served_with_its_own_tokenizer_and_settings(student, hub, tmp_path):
+    """An adapter on the Hub brings the tokenizer (chat template) and settings it was trained with, as a local one
+    does; here its template differs from its base model's."""
+    import shutil
+
+    from pyterrier_reasonrank.prompts import chat_template_sha256
+
+    path, _ = student
+    own = shutil.copytree(path, tmp_path / "own-template", ignore=shutil.ignore_patterns("checkpoint-*"))
+    tokenizer = AutoTokenizer.from_pretrained(own)
+    tokenizer.chat_template = tokenizer.chat_template.replace("Today Date", "Date of today")
+    tokenizer.save_pretrained(own)
+    settings = json.loads((own / FILENAME).read_text())
+    (own / FILENAME).write_text(json.dumps({**settings, "chat_template_sha256": chat_template_sha256(tokenizer)}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the template is the one trained with: nothing to say
+        # transformers asks for config.json, which an adapter has not (the Hub would say so)
+        ranker = ReasonRanker(adapter=hub("someone/tides-student", own, absent=["config.json"])).load()
+    assert ranker.encoder.max_doc_tokens == 64
+    served = ranker.encoder.encode("about tides", LONG_DOCUMENT)
+    assert "Date of today: 26 Jul 2024" in tokenizer.decode(served)
+    assert served == PromptEncoder(tokenizer, max_doc_tokens=64,
+                                   template_variables=settings["template_variables"]).encode("about tides",
+                                                                                              LONG_DOCUMENT)
+
+
+def test_settings_the_hub_cannot_say_anything_about_are_said_not_silently_defaulted(student, hub):
+    path, _ = student
+    known = hub("someone/no-settings", path, drop=[FILENAME], absent=[FILENAME])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_settings(known) is None  # the Hub said it has none: a model not trained here
+    unknown = hub("someone/unread-settings", path, drop=[FILENAME])  # offline, never fetched
+    with pytest.warns(RuntimeWarning, match=r"could not tell whether 'someone/unread-settings' has "
+                                            rf"{FILENAME} \(.*\); it is served with the library's default prompt "
+                                            r"settings, as a model not trained by this library"):
+        assert read_settings(unknown) is None
