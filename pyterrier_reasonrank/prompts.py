@@ -198,6 +198,22 @@ def parse_response(text: str) -> ParsedResponse:
     return ParsedResponse(explanation, int(raw))
 
 
+def read_label(response: str) -> Optional[int]:
+    """The label of a student's response as the ranker reads it: the one right after the first ``Relevance:``.
+
+    The ranker stops an explanation at the first label marker, written exactly so, and reads the
+    label after it; a think delimiter before the marker cuts the explanation short. So a reward
+    that reads a sampled response must read it so too (:func:`parse_response` reads a teacher's
+    answer, which may restate its label). ``None``: no marker, a think block before it, or no
+    label 0-2 right after it.
+    """
+    head, marker, tail = response.partition(LABEL_MARKER)
+    label = re.match(r" ?([0-9]+)", tail)
+    if not marker or _thinks(head) or label is None or int(label.group(1)) not in LABELS:
+        return None
+    return int(label.group(1))
+
+
 def query_messages(question: str) -> list[dict[str, str]]:
     """The chat messages (system, user) asking for search queries for a long question."""
     return [{"role": "system", "content": QUERY_INSTRUCTIONS}, {"role": "user", "content": f"Question:\n{question}"}]

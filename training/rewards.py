@@ -28,14 +28,16 @@ def label_reward(completions: Sequence[str], target_label: Sequence[Optional[int
                  **kwargs) -> list[Optional[float]]:
     """1 for the target label, ``partial_credit`` for a label off by one, 0 for a wrong or missing label.
 
-    A pair without a target label gets ``None`` (trl leaves it out of the reward).
+    The label is read as the ranker reads it (:func:`~pyterrier_reasonrank.prompts.read_label`: the
+    one after the first ``Relevance:``). A pair without a target label gets ``None`` (trl leaves it
+    out of the reward).
     """
     rewards: list[Optional[float]] = []
     for completion, target in zip(completions, target_label):
         if target is None:
             rewards.append(None)
             continue
-        label = prompts.parse_response(completion).label
+        label = prompts.read_label(completion)
         rewards.append(0.0 if label is None else 1.0 if label == target
                        else partial_credit if abs(label - target) == 1 else 0.0)
     return rewards
@@ -56,7 +58,7 @@ def well_formed(completion: str) -> bool:
     # The prompt already holds "Explanation:", so a completion may start without it.
     explanation = head.strip().removeprefix(prompts.EXPLANATION_PREFIX).strip()
     return bool(marker and explanation) and prompts.LABEL_MARKER not in head \
-        and tail.strip() in {str(label) for label in prompts.LABELS}
+        and tail.rstrip() in {f" {label}" for label in prompts.LABELS}  # as format_response writes it
 
 
 class RewardModelReward:
