@@ -243,9 +243,10 @@ def test_refinement_draws_its_candidates_with_the_engine(adapter, vocabulary, tm
                          sampling_backend="vllm", sampling_engine_options={"max_model_len": 1024, **ENGINE},
                          num_generations=2, temperature=1.0, max_completion_length=6, max_steps=1,
                          per_device_train_batch_size=4, save_strategy="no", disable_tqdm=True)
-    metrics = refine(config, StudentConfig(adapter=str(adapter), dtype="float32"))
+    metrics = refine(config, StudentConfig(adapter=str(adapter), use_peft=False, dtype="float32"))  # the adapter trains on
     assert metrics["sampling"]["pairs"] == 6 and metrics["sampling"]["kept"] >= 6 and metrics["steps"] == 1
     assert (tmp_path / "refined" / "adapter_model.safetensors").exists()
+    assert "\nlibrary_name: peft\n" in (tmp_path / "refined" / "README.md").read_text()  # an adapter, as saved
 
 
 def test_an_escalated_pair_is_read_from_the_engines_prefix_cache(decisive_model):

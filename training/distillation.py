@@ -185,8 +185,7 @@ def distill(config: DistillConfig, student: StudentConfig) -> dict:
         data.update(query_generation_file=config.query_generation_file,
                     query_generation_sha256=file_sha256(config.query_generation_file))
     config.push_to_hub = push
-    write_student(config.output_dir, settings, configs=[config, student], data=data, metrics=metrics,
-                  adapter=student.use_peft)
+    write_student(config.output_dir, settings, configs=[config, student], data=data, metrics=metrics)
     if push:
         push_student(config.output_dir, config, stage="distill")
     plot_curves(trainer.state.log_history, f"{config.output_dir}/curves.png", title="distillation")

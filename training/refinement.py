@@ -128,8 +128,7 @@ def refine(config: Union[RwsftConfig, GrpoRefineConfig], student: StudentConfig)
                                                     held_out_references)
     data = {"train_file": config.train_file, "train_sha256": file_sha256(config.train_file), "pairs": len(records)}
     config.push_to_hub = push
-    write_student(config.output_dir, settings, configs=[config, student], data=data, metrics=metrics,
-                  adapter=student.use_peft)
+    write_student(config.output_dir, settings, configs=[config, student], data=data, metrics=metrics)
     if push:
         push_student(config.output_dir, config, stage=f"refine-{config.algorithm}")
     plot_curves(trainer.state.log_history, f"{config.output_dir}/curves.png", title=f"refinement ({config.algorithm})")

@@ -17,18 +17,18 @@ from pyterrier_reasonrank.versions import library_versions
 from .model_card import model_card
 
 
-def write_student(output_dir: str, settings: StudentSettings, *, configs: Sequence, data: dict, metrics: dict,
-                  adapter: bool) -> None:
+def write_student(output_dir: str, settings: StudentSettings, *, configs: Sequence, data: dict, metrics: dict) -> None:
     """Write what makes the saved student self-describing, beside its weights (by the main process).
 
     That is its settings (``reasonrank_config.json``, which inference reads), its model card
-    (``README.md``, with the metadata the Hub reads) and its run card (``run_card.json``). Every
-    known secret is masked in them.
+    (``README.md``, with the metadata the Hub reads; an adapter or a whole model, as saved there) and
+    its run card (``run_card.json``). Every known secret is masked in them.
     """
     if not is_main_process():
         return
     settings.save(output_dir)
-    card = model_card(output_dir, settings, configs=configs, data=data, metrics=metrics, adapter=adapter)
+    card = model_card(output_dir, settings, configs=configs, data=data, metrics=metrics,
+                      adapter=(Path(output_dir) / "adapter_config.json").is_file())
     (Path(output_dir) / "README.md").write_text(scrub(card, config_secrets(*configs)))
     write_run_card(output_dir, stage=settings.stage, configs=configs, data=data, metrics=metrics)
 
@@ -55,8 +55,10 @@ def push_student(output_dir: str, config: TrainingArguments, *, stage: str) -> N
 
     repo_id = config.hub_model_id or Path(output_dir).name
     create_repo(repo_id, token=config.hub_token, private=config.hub_private_repo, exist_ok=True)
+    # ref/: the adapter trl's GRPO (beta > 0) keeps as its reference when refining an adapter, a copy of the start
     upload_folder(repo_id=repo_id, folder_path=output_dir, token=config.hub_token,
-                  commit_message=f"reasonrank-train {stage}", ignore_patterns=["checkpoint-*", "training_args.bin"])
+                  commit_message=f"reasonrank-train {stage}",
+                  ignore_patterns=["checkpoint-*", "training_args.bin", "ref/*"])
 
 
 class SettingsCallback(TrainerCallback):
