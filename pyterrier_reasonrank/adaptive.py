@@ -40,7 +40,8 @@ class Escalation:
         margin: How many ranks either side of ``cutoff`` (1 or more).
         token_budget: The explanation tokens a query may spend, reserved at the worst case
             (``samples x (max_new_tokens + the marker)`` per pair), so a query never spends more; the
-            most uncertain pairs go first. ``None``: no limit.
+            most uncertain pairs go first. ``None``: no limit. A ranker refuses a budget below one pair's
+            worst case (no pair could be explained).
 
     Raises:
         InputError: A value out of its range (a criterion is switched off with ``None``, not an

@@ -20,6 +20,8 @@ import math
 import numbers
 from typing import Union
 
+import numpy as np
+
 from .errors import InputError
 
 
@@ -96,6 +98,17 @@ non_negative_number = NumericOption("a finite number of 0 or more", integral=Fal
 
 proportion = NumericOption("a number from 0 to 1", integral=False, low=0.0, high=1.0)
 """Shares and thresholds on a 0-1 scale."""
+
+
+def switch(name: str, value: object) -> bool:
+    """An on/off option's value, if it is a bool (numpy's too): a string such as ``"no"`` is refused, not read as on.
+
+    Raises:
+        InputError: ``value`` is not a bool; the error names the option.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_fields(config: object, rules: dict[str, NumericOption], *, optional: tuple[str, ...] = ()) -> None:

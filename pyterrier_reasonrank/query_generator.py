@@ -11,7 +11,7 @@ import torch
 from .backends import LOCAL_BACKENDS
 from .contracts import StudentTransformer
 from .errors import InputError
-from .numeric import positive_int
+from .numeric import positive_int, switch
 from .prompts import QUERIES_PREFIX, QueryPromptEncoder, parse_queries
 from .student import Student, student_of
 from .validation import as_text, require_text
@@ -28,8 +28,9 @@ class QueryGenerator(StudentTransformer):
 
     .. code-block:: python
 
-        pipeline = QueryGenerator(adapter=student) >> bm25 >> pt.rewrite.reset() \
-            >> pt.text.get_text(dataset, "text") >> ReasonRanker(adapter=student)
+        student = Student(adapter="runs/paper-3b/refine")   # one copy of the weights for both
+        pipeline = student.query_generator() >> bm25 >> pt.rewrite.reset() \
+            >> pt.text.get_text(dataset, "text") >> student.ranker()
 
     The output keeps every input column, moves the question to ``query_0``, and adds
     ``generated_queries`` (the list the model wrote). A question for which the model writes no
@@ -82,8 +83,8 @@ class QueryGenerator(StudentTransformer):
         self.dtype = dtype
         self.backend = backend
         self.engine_options = engine_options
-        self.verbose = verbose
-        self.trust_remote_code = trust_remote_code
+        self.verbose = switch("verbose", verbose)
+        self.trust_remote_code = switch("trust_remote_code", trust_remote_code)
         self._student = student
         self._encoder: Optional[QueryPromptEncoder] = None
 

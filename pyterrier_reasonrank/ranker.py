@@ -18,11 +18,11 @@ from .display import ReasonRankResults
 from .errors import InputError
 from .judgements import Judgements
 from .judging import Judge, Sampling
-from .numeric import non_negative_int, positive_int, positive_number
+from .numeric import non_negative_int, positive_int, positive_number, switch
 from .prompts import PromptEncoder
 from .store import JudgementStore
 from .student import Student, student_of
-from .validation import as_text, is_blank, require_text
+from .validation import as_text, is_blank, require_pairs, require_text
 
 OUTPUT_COLUMNS = ["explanation", "label", "score", "probabilities", "forced", "tokens", "samples", "rank"]
 RANKER_MODES = ("explain", "direct", "adaptive")
@@ -146,6 +146,8 @@ class ReasonRanker(StudentTransformer):
         temperature = positive_number("temperature", temperature)
         label_temperature = positive_number("label_temperature", label_temperature, optional=True)
         seed = non_negative_int("seed", seed)
+        greedy_first, prefix_reuse, verbose = (switch(name, value) for name, value in (
+            ("greedy_first", greedy_first), ("prefix_reuse", prefix_reuse), ("verbose", verbose)))
         self.model = model
         self.adapter = adapter
         self.mode = mode
@@ -171,7 +173,7 @@ class ReasonRanker(StudentTransformer):
         self.tokenizer = tokenizer
         self.concurrency = concurrency
         self.verbose = verbose
-        self.trust_remote_code = trust_remote_code
+        self.trust_remote_code = switch("trust_remote_code", trust_remote_code)
         self._student = student
         self._judge: Optional[Judge] = None
 
@@ -271,6 +273,7 @@ class ReasonRanker(StudentTransformer):
                                  forced=pd.Series(dtype=bool), tokens=pd.Series(dtype="int64"),
                                  samples=pd.Series(dtype="int64"))
             return ReasonRankResults(pt.model.add_ranks(empty))
+        require_pairs(frame, who="ReasonRanker")
         require_text(frame, "query", who="ReasonRanker", what="query")
         texts_per_qid = frame.groupby(frame["qid"].astype(str), sort=False)["query"].nunique()
         if (texts_per_qid > 1).any():
@@ -306,6 +309,12 @@ class ReasonRanker(StudentTransformer):
             if self.mode != "adaptive":
                 return self._judge.judge(queries, documents, mode=first, sampling=sampling, progress=progress,
                                          qids=qids, docnos=docnos)
+            escalation = self.escalation or Escalation()
+            if escalation.token_budget is not None and escalation.token_budget < self._explanation_cost():
+                raise InputError(f"ReasonRanker: Escalation(token_budget={escalation.token_budget}) is less than one "
+                                 f"pair's explanations at their longest ({self._explanation_cost()} tokens: samples "
+                                 f"x (max_new_tokens + the marker)), so no pair would be explained; raise the budget "
+                                 "or lower max_new_tokens")
             judged = Judgements.empty(len(queries))
             for rows in self._reuse_groups(queries, documents, qids):
                 group = self._judge.judge(queries[rows], documents[rows], mode="direct", sampling=sampling,
@@ -336,11 +345,14 @@ class ReasonRanker(StudentTransformer):
         return reuse_groups(qids, [len(prefix) + len(suffix) for prefix, suffix in direct.prompts(queries, documents)],
                             capacity)
 
+    def _explanation_cost(self) -> int:
+        """The tokens a pair's explanations may take at most: each its budget, then the marker appended."""
+        return self.samples * (self.max_new_tokens + len(self._judge.encoders["explain"].forced_marker_ids))
+
     def _escalated(self, qids: list, judged: Judgements) -> np.ndarray:
         """The positions of the direct-mode judgements to explain."""
-        # The worst case of an explanation: its budget, then the marker appended.
-        cost = self.samples * (self.max_new_tokens + len(self._judge.encoders["explain"].forced_marker_ids))
-        return np.flatnonzero(escalated(qids, self._tempered(judged), self.escalation or Escalation(), cost))
+        return np.flatnonzero(escalated(qids, self._tempered(judged), self.escalation or Escalation(),
+                                        self._explanation_cost()))
 
     def __getstate__(self) -> dict:
         # The loaded model (and an endpoint's client, which holds locks) stays behind: an unpickled

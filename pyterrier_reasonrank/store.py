@@ -115,7 +115,7 @@ class JudgementStore(pt.Artifact):
     .. code-block:: python
 
         store = JudgementStore("judgements")
-        ranker = ReasonRanker(adapter=student, store=store)
+        ranker = ReasonRanker(adapter="runs/paper-3b/refine", store=store)
         pt.Experiment([bm25 >> text >> ranker, ...], ...)   # a second run reads what the first judged
         store.frame()                                        # every judgement, for audits
         store.to_hf("org/bright-judgements")                 # shared: JudgementStore.from_hf(...)

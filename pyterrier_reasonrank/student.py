@@ -27,7 +27,7 @@ from .contracts import parameters, signature_repr
 from .errors import InputError
 from .identity import student_identity
 from .loading import DEFAULT_MODEL
-from .numeric import non_negative_int, positive_int
+from .numeric import non_negative_int, positive_int, switch
 from .settings import StudentSettings, serving_settings
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ class Student:
         self.base_url = base_url
         self.tokenizer = tokenizer
         self.concurrency = positive_int("concurrency", concurrency)
-        self.trust_remote_code = trust_remote_code
+        self.trust_remote_code = switch("trust_remote_code", trust_remote_code)
         if prompt_cache_tokens is not None and backend != "transformers":
             raise InputError(f"prompt_cache_tokens is an option of the transformers backend; the {backend} backend "
                              "keeps its own prefix cache")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 
 import pandas as pd
 
@@ -49,3 +51,34 @@ def require_text(frame: pd.DataFrame, column: str, *, who: str, what: str) -> No
         qids = list(dict.fromkeys(frame.loc[blank, "qid"].astype(str)))
         raise ValueError(f"{who}: the {what} is missing or empty for qid(s) {qids[:10]}"
                          f"{' ...' if len(qids) > 10 else ''}")
+
+
+def require_pairs(frame: pd.DataFrame, *, who: str) -> None:
+    """Raise a ``ValueError`` for rows that are no (query, document) pair, and warn of a pair given twice.
+
+    No pair: a missing qid or docno, or qids of different kinds (``1`` and ``"1"``, which would group
+    as one query in one place and as two in another). A pair given twice is judged and ranked each
+    time, as given, with a warning: a ranking usually holds a document once.
+
+    Args:
+        frame: The input frame (with ``qid`` and ``docno``).
+        who: The transformer, for the messages.
+    """
+    no_qid = is_blank(frame["qid"])
+    if no_qid.any():
+        raise ValueError(f"{who}: {int(no_qid.sum())} row(s) have no qid; give each document its query's qid")
+    kinds = sorted({"str" if isinstance(qid, str) else "number" if isinstance(qid, numbers.Number)
+                    else type(qid).__name__ for qid in frame["qid"]})
+    if len(kinds) > 1:
+        raise ValueError(f"{who}: the qids are of {len(kinds)} kinds ({', '.join(kinds)}); give them one kind "
+                         "(PyTerrier's qids are strings)")
+    no_docno = is_blank(frame["docno"])
+    if no_docno.any():
+        qids = list(dict.fromkeys(frame.loc[no_docno, "qid"].astype(str)))
+        raise ValueError(f"{who}: the docno is missing for qid(s) {qids[:10]}{' ...' if len(qids) > 10 else ''}")
+    twice = frame.duplicated(["qid", "docno"])
+    if twice.any():
+        pairs = list(dict.fromkeys(zip(frame.loc[twice, "qid"].astype(str), frame.loc[twice, "docno"].astype(str))))
+        warnings.warn(f"{who}: (qid, docno) pair(s) {pairs[:10]}{' ...' if len(pairs) > 10 else ''} appear more than "
+                      "once; each row is judged and ranked (drop_duplicates(['qid', 'docno']) keeps one)",
+                      stacklevel=3)

@@ -66,10 +66,24 @@ def test_duplicate_docnos_within_a_query_are_each_judged(tiny_model):
     inp = pd.DataFrame([{"qid": "1", "query": "tides", "docno": "d", "text": "the moon"},
                         {"qid": "1", "query": "tides", "docno": "d", "text": "the moon"},
                         {"qid": "1", "query": "tides", "docno": "e", "text": "the sun"}])
-    out = ReasonRanker(str(tiny_model), mode="direct")(inp)
+    with pytest.warns(UserWarning, match=r"ReasonRanker: \(qid, docno\) pair\(s\) \[\('1', 'd'\)\] appear more "
+                                         r"than once; each row is judged and ranked"):
+        out = ReasonRanker(str(tiny_model), mode="direct")(inp)
     assert sorted(out.docno) == ["d", "d", "e"] and sorted(out["rank"]) == [0, 1, 2]
     twins = out[out.docno == "d"].score
     assert twins.iloc[0] == pytest.approx(twins.iloc[1], abs=1e-6)
+
+
+@pytest.mark.parametrize("change, error", [
+    (dict(qid=["1", None, "2"]), r"ReasonRanker: 1 row\(s\) have no qid"),
+    (dict(qid=[1, "1", 2]), r"ReasonRanker: the qids are of 2 kinds \(number, str\); give them one kind"),
+    (dict(docno=["a", float("nan"), "c"]), r"ReasonRanker: the docno is missing for qid\(s\) \['1'\]"),
+])
+def test_a_row_that_is_no_pair_is_an_error_before_any_model_work(change, error):
+    inp = pd.DataFrame({"qid": ["1", "1", "2"], "query": ["tides", "tides", "moon"], "docno": ["a", "b", "c"],
+                        "text": ["x", "y", "z"]})
+    with pytest.raises(ValueError, match=error):
+        ReasonRanker("/no/such/model")(inp.assign(**change))  # refused before the (missing) model is loaded
 
 
 def test_one_qid_with_two_query_texts_is_an_error_naming_it(tiny_model):

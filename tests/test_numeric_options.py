@@ -64,6 +64,15 @@ def test_every_numeric_option_of_the_query_generator_is_checked(option, kind):
     refused(lambda: QueryGenerator("m", **{option: BAD[kind]}), option, BAD[kind], GENERATOR_OPTIONS[option])
 
 
+@pytest.mark.parametrize("value", ["no", "false", 0, None])
+@pytest.mark.parametrize("make, option", [(ReasonRanker, "greedy_first"), (ReasonRanker, "prefix_reuse"),
+                                          (ReasonRanker, "verbose"), (ReasonRanker, "trust_remote_code"),
+                                          (QueryGenerator, "verbose"), (QueryGenerator, "trust_remote_code")])
+def test_every_on_off_option_is_a_bool_never_a_string_read_as_on(make, option, value):
+    refused(lambda: make("m", **{option: value}), option, value, "True or False")
+    assert getattr(make("m", **{option: np.False_}), option) is False
+
+
 @pytest.mark.parametrize("kind", [*BAD, "out of range"])
 @pytest.mark.parametrize("option", ESCALATION_OPTIONS)
 def test_every_option_of_the_escalation_is_checked(option, kind):

@@ -5,6 +5,7 @@ import pytest
 
 from pyterrier_reasonrank import Escalation, ReasonRanker
 from pyterrier_reasonrank.adaptive import escalated, reuse_groups
+from pyterrier_reasonrank.errors import InputError
 from pyterrier_reasonrank.judging import Sampling
 from pyterrier_reasonrank.scoring import entropy, expected_label
 from test_ranker import EXPLAINS, LABEL_LOGITS, expected_score, pairs
@@ -115,6 +116,10 @@ def test_adaptive_token_budget_and_cutoff_on_a_scripted_model(explaining, sample
     assert everything.tokens.tolist() == [samples * EXPLANATION_TOKENS] * 12
     ranker.escalation = Escalation(entropy=uncertainty + 1e-6)
     assert ranker(pairs(3, 4)).tokens.tolist() == [0] * 12
+    ranker.escalation = Escalation(entropy=uncertainty - 1e-6, token_budget=worst - 1)  # not one pair: refused
+    with pytest.raises(InputError, match=rf"Escalation\(token_budget={worst - 1}\) is less than one pair's "
+                                         rf"explanations at their longest \({worst} tokens"):
+        ranker(pairs(3, 4))
     ranker.escalation = Escalation(entropy=uncertainty - 1e-6, token_budget=2 * worst + 1)
     out = ranker(pairs(3, 4))
     assert out.groupby("qid").samples.apply(lambda s: (s > 0).sum()).tolist() == [2, 2, 2]
