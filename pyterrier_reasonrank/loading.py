@@ -19,7 +19,7 @@ from pyterrier_reasonrank.hub import model_file
 from pyterrier_reasonrank.settings import FILENAME
 
 if TYPE_CHECKING:
-    from peft import PeftModel
+    from peft import PeftConfig, PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
@@ -37,17 +37,32 @@ def model_name(model: Optional[str], adapter: Optional[str]) -> str:
     return base_model(adapter) if adapter is not None else DEFAULT_MODEL
 
 
+def model_revision(model: Optional[str], adapter: Optional[str]) -> Optional[str]:
+    """The revision of the model to load: the one of its base model the adapter was trained on.
+
+    That is the ``revision`` of the adapter's PEFT config (training records the revision it loaded),
+    when the model is the adapter's base; else ``None``: the model's default branch.
+    """
+    if adapter is None:
+        return None
+    config = adapter_config(adapter)
+    return config.revision if model is None or model == config.base_model_name_or_path else None
+
+
 def load_causal_lm(model: Optional[str], adapter: Optional[str] = None, *, dtype: torch.dtype,
                    trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM (with the adapter merged into it, so that it costs what the base model costs) and its tokenizer.
+
+    The base model is loaded at the revision the adapter was trained on (:func:`model_revision`).
 
     Raises:
         ModelNotFoundError: The model or adapter could not be found (locally, in the cache or on the Hub).
         PickleCheckpointError: Its weights are pickle files only.
     """
-    name = model_name(model, adapter)
-    lm = load_model(name, dtype=dtype, trust_remote_code=trust_remote_code)
-    tokenizer = load_tokenizer(tokenizer_source(name, adapter), trust_remote_code=trust_remote_code)
+    name, revision = model_name(model, adapter), model_revision(model, adapter)
+    lm = load_model(name, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision)
+    source, source_revision = tokenizer_source(name, adapter, revision)
+    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code, revision=source_revision)
     if adapter is not None:
         lm = load_adapter(lm, adapter).merge_and_unload()
     return lm, tokenizer
@@ -90,14 +105,14 @@ def load_adapter(model: PreTrainedModel, adapter: str, *, trainable: bool = Fals
         return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
 
 
-def fingerprint(source: str) -> str:
+def fingerprint(source: str, revision: Optional[str] = None) -> str:
     """What identifies the weights at ``source`` (a directory, or a Hub id), without reading them all.
 
     For a directory: a hash of its weight files' names and sizes, of the first and last MiB of each,
     and of its configs — whole files when they are small (an adapter's). The student's settings
     (``reasonrank_config.json``) are not its weights: calibrating a student changes them, not what
-    it judges. For a Hub id: the revision of its snapshot in the local cache (``hub:<id>`` when it is
-    not cached).
+    it judges. For a Hub id: the commit of its snapshot at ``revision`` (default: the default branch)
+    in the local cache (``hub:<id>`` when it is not cached).
     """
     import hashlib
 
@@ -105,7 +120,7 @@ def fingerprint(source: str) -> str:
         from huggingface_hub import try_to_load_from_cache
 
         for config in ("config.json", "adapter_config.json"):  # a model's, an adapter's
-            cached = try_to_load_from_cache(source, config)
+            cached = try_to_load_from_cache(source, config, revision=revision)
             if isinstance(cached, str):
                 return f"hub:{source}@{Path(cached).parent.name}"
         return f"hub:{source}"
@@ -128,8 +143,14 @@ def fingerprint(source: str) -> str:
 _FINGERPRINT_CHUNK = 1 << 20
 
 
-def load_tokenizer(source: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+def load_tokenizer(source: str, *, trust_remote_code: bool = False, revision: Optional[str] = None,
+                   ) -> PreTrainedTokenizerBase:
     """The tokenizer at ``source`` (a Hub id or directory).
+
+    Args:
+        source: Where it is: a model's, or an adapter's that saved one (:func:`tokenizer_source`).
+        trust_remote_code: Allow the tokenizer's own code to run.
+        revision: Its revision on the Hub (default: the default branch's).
 
     Raises:
         ModelNotFoundError: It could not be found.
@@ -137,23 +158,33 @@ def load_tokenizer(source: str, *, trust_remote_code: bool = False) -> PreTraine
     from transformers import AutoTokenizer
 
     with clear_load_errors("tokenizer", source):
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
+
+
+def adapter_config(adapter: str) -> PeftConfig:
+    """A PEFT adapter's configuration (its base model, the base's revision, its rank...)."""
+    from peft import PeftConfig
+
+    with clear_load_errors("adapter", adapter):
+        return PeftConfig.from_pretrained(adapter)
 
 
 def base_model(adapter: str) -> str:
     """The base model a PEFT adapter was trained on, from its configuration."""
-    from peft import PeftConfig
-
-    with clear_load_errors("adapter", adapter):
-        return PeftConfig.from_pretrained(adapter).base_model_name_or_path
+    return adapter_config(adapter).base_model_name_or_path
 
 
-def tokenizer_source(model: str, adapter: Optional[str]) -> str:
-    """Where the tokenizer comes from: an adapter that saved one, here or on the Hub; else the model."""
+def tokenizer_source(model: str, adapter: Optional[str], revision: Optional[str] = None,
+                     ) -> tuple[str, Optional[str]]:
+    """Where the tokenizer comes from, and its revision.
+
+    That is an adapter that saved one (here or on the Hub; its files are its own), else the model at
+    ``revision`` (:func:`model_revision`).
+    """
     if adapter is not None and model_file(adapter, "tokenizer_config.json",
                                           otherwise=f"it is served with its base model's tokenizer ({model})"):
-        return adapter
-    return model
+        return adapter, None
+    return model, revision
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ import datetime as real_datetime
 import json
 import warnings
 
+import numpy as np
 import pytest
 from transformers import AutoTokenizer
 from transformers.utils import chat_template_utils
@@ -163,8 +164,9 @@ def test_a_student_saved_by_a_newer_library_warns_when_loaded(student, tmp_path)
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    """An offline Hugging Face Hub cache: ``hub(repo, folder, absent=...)`` holds ``folder``'s files as ``repo``'s, and
-    the Hub's record that ``absent`` files are not in it (a file neither held nor recorded is unknown offline)."""
+    """An offline Hugging Face Hub cache: ``hub(repo, folder, absent=...)`` holds ``folder``'s files as ``repo``'s at
+    ``commit`` (its default branch's when ``main``), and the Hub's record that ``absent`` files are not in it (a file
+    neither held nor recorded is unknown offline)."""
     import shutil
 
     from huggingface_hub import constants
@@ -173,10 +175,11 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
-    def put(repo, folder, *, drop=(), absent=()):
-        root, commit = cache / f"models--{repo.replace('/', '--')}", "0" * 40
-        (root / "refs").mkdir(parents=True)
-        (root / "refs" / "main").write_text(commit)
+    def put(repo, folder, *, drop=(), absent=(), commit="0" * 40, main=True):
+        root = cache / f"models--{repo.replace('/', '--')}"
+        (root / "refs").mkdir(parents=True, exist_ok=True)
+        if main:
+            (root / "refs" / "main").write_text(commit)
         shutil.copytree(folder, root / "snapshots" / commit, ignore=shutil.ignore_patterns("checkpoint-*", *drop))
         for name in absent:
             (root / ".no_exist" / commit).mkdir(parents=True, exist_ok=True)
@@ -223,3 +226,28 @@ def test_settings_the_hub_cannot_say_anything_about_are_said_not_silently_defaul
                                             rf"{FILENAME} \(.*\); it is served with the library's default prompt "
                                             r"settings, as a model not trained by this library"):
         assert read_settings(unknown) is None
+
+
+def test_a_student_is_served_on_the_revision_of_its_base_model_it_was_trained_on(hub, tmp_path, vocabulary):
+    """Training loads the base at ``model_revision`` and records it in the adapter's PEFT config; serving the
+    adapter loads the base at that revision, not at the default branch's newer weights."""
+    import pandas as pd
+
+    old, new = "a" * 40, "b" * 40
+    bases = {commit: build_tiny_model(tmp_path / commit[0], seed=seed) for commit, seed in ((old, 0), (new, 1))}
+    hub("someone/tiny", bases[old], commit=old, main=False)
+    hub("someone/tiny", bases[new], commit=new, absent=["adapter_config.json"])  # main: the newer weights
+    data = write_annotations(vocabulary, tmp_path / "train.jsonl", 8)
+    config = DistillConfig(output_dir=str(tmp_path / "distill"), train_file=str(data), max_steps=1,
+                           per_device_train_batch_size=8, save_strategy="no", disable_tqdm=True)
+    distill(config, StudentConfig(model_name_or_path="someone/tiny", model_revision=old, lora_r=4, lora_alpha=8,
+                                  lora_target_modules=["q_proj", "v_proj"]))
+    adapter = str(tmp_path / "distill")
+    recorded = json.loads((tmp_path / "distill" / "adapter_config.json").read_text())
+    assert (recorded["base_model_name_or_path"], recorded["revision"]) == ("someone/tiny", old)
+    inp = pd.DataFrame({"qid": ["1", "1"], "query": ["tides", "tides"], "docno": ["a", "b"],
+                        "text": ["the moon pulls the ocean", "volcanoes erupt"]})
+    served = ReasonRanker(adapter=adapter, mode="direct")(inp).score.to_numpy()
+    on_old, on_new = (ReasonRanker(str(bases[commit]), adapter=adapter, mode="direct")(inp).score.to_numpy()
+                      for commit in (old, new))
+    assert served == pytest.approx(on_old, abs=1e-6) and not np.allclose(served, on_new, atol=1e-4)

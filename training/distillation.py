@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from transformers import set_seed
-from trl import SFTConfig, SFTTrainer, get_peft_config
+from trl import SFTConfig, SFTTrainer
 
 from pyterrier_reasonrank.errors import InputError
 from pyterrier_reasonrank.numeric import check_fields, proportion
@@ -168,7 +168,7 @@ def distill(config: DistillConfig, student: StudentConfig) -> dict:
     dataset = Dataset.from_list(examples).shuffle(seed=config.seed)
     push = deferred_push(config)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=get_peft_config(student) if student.use_peft and student.adapter is None else None,
+                         peft_config=student.peft_config() if student.use_peft and student.adapter is None else None,
                          callbacks=[SettingsCallback(settings)])
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)

@@ -21,7 +21,6 @@ import time
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 from transformers import set_seed
-from trl import get_peft_config
 
 from pyterrier_reasonrank.errors import InputError
 from pyterrier_reasonrank.outputs import writable_folder
@@ -76,7 +75,7 @@ def refine(config: Union[RwsftConfig, GrpoRefineConfig], student: StudentConfig)
     if student.use_peft and student.adapter is None:
         from peft import get_peft_model
 
-        model = get_peft_model(model, get_peft_config(student))
+        model = get_peft_model(model, student.peft_config())
     settings = config.student_settings(student, tokenizer, tasks=["explain"], stage=f"refine-{config.algorithm}")
     encoder = settings.encoder(tokenizer)
     # Built once the student is loaded: the ranking rewards score rollouts with it.

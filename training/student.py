@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Union
 
 import torch
-from trl import ModelConfig, get_quantization_config
+from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from pyterrier_reasonrank.errors import InputError
 from pyterrier_reasonrank.loading import (
@@ -13,6 +13,7 @@ from pyterrier_reasonrank.loading import (
     load_adapter,
     load_model,
     load_tokenizer,
+    model_revision,
     resolve_device,
     resolve_dtype,
     tokenizer_source,
@@ -21,7 +22,7 @@ from pyterrier_reasonrank.loading import (
 from .packages import require_packages
 
 if TYPE_CHECKING:
-    from peft import PeftModel
+    from peft import LoraConfig, PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
@@ -46,6 +47,25 @@ class StudentConfig(ModelConfig):
     def base_model_name(self) -> str:
         """The model the student is built on: ``model_name_or_path``, else the adapter's base model."""
         return self.model_name_or_path or base_model(self.adapter)
+
+    def base_model_revision(self) -> Optional[str]:
+        """The base model's revision.
+
+        That is ``model_revision`` when set (other than trl's default, ``main``), else the one the
+        adapter was trained on; ``None``: the default branch.
+        """
+        if self.model_revision not in (None, "main"):
+            return self.model_revision
+        return model_revision(self.model_name_or_path, self.adapter)
+
+    def peft_config(self) -> LoraConfig:
+        """The new adapter's LoRA configuration (trl's), with the base model's revision recorded.
+
+        The student is then served on the base it was trained on (:func:`~pyterrier_reasonrank.loading.model_revision`).
+        """
+        config = get_peft_config(self)
+        config.revision = self.base_model_revision()
+        return config
 
 
 def load_student(config: StudentConfig, *, trust_remote_code: bool = False, gradient_checkpointing: bool = True,
@@ -80,10 +100,12 @@ def load_student(config: StudentConfig, *, trust_remote_code: bool = False, grad
         quantization = get_quantization_config(config)
     name = config.base_model_name()
     dtype = "auto" if config.dtype == "auto" else resolve_dtype(config.dtype, resolve_device(None))
-    model = load_model(name, dtype=dtype, trust_remote_code=trust_remote_code, revision=config.model_revision,
+    revision = config.base_model_revision()
+    model = load_model(name, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision,
                        attn_implementation=config.attn_implementation, quantization_config=quantization,
                        device_map=_local_gpu() if quantization is not None else None)
-    tokenizer = load_tokenizer(tokenizer_source(name, config.adapter), trust_remote_code=trust_remote_code)
+    source, source_revision = tokenizer_source(name, config.adapter, revision)
+    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code, revision=source_revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # batches need one; masked, so its value does not matter
     if quantization is not None:

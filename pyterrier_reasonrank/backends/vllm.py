@@ -36,6 +36,7 @@ from pyterrier_reasonrank.loading import (
     clear_load_errors,
     load_tokenizer,
     model_name,
+    model_revision,
     refuse_pickle_weights,
     resolve_device,
     resolve_dtype,
@@ -248,7 +249,7 @@ _LORA_REQUESTS: dict[str, LoRARequest] = {}
 
 
 def running_engines() -> list[tuple]:
-    """The keys (model, tokenizer, dtype, options, trust_remote_code) of the engines this process has started."""
+    """The keys (model, revision, tokenizer, dtype, options, trust_remote_code) of the engines this process started."""
     return list(_ENGINES)
 
 
@@ -283,7 +284,7 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, dtype: Union[st
     check_engine_options(engine_options)
     # A script without a __main__ guard cannot spawn vLLM's engine process; in this process it always runs.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    name = model_name(model, adapter)
+    name, revision = model_name(model, adapter), model_revision(model, adapter)
     refuse_pickle_weights("model", name)
     lora = _lora_request(adapter) if adapter is not None else None
     from vllm.platforms import current_platform
@@ -300,15 +301,17 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, dtype: Union[st
         options["enable_lora"] = True
         options["max_lora_rank"] = max(options.get("max_lora_rank", 0), _lora_rank(adapter))
     dtype = resolve_dtype(dtype, resolve_device(None))
-    source = tokenizer_source(name, adapter)
-    key = (name, source, str(dtype), json.dumps(options, sort_keys=True, default=str), trust_remote_code)
+    source, source_revision = tokenizer_source(name, adapter, revision)
+    key = (name, revision, source, str(dtype), json.dumps(options, sort_keys=True, default=str), trust_remote_code)
     with _STARTING:
         engine = _ENGINES.get(key)
         if engine is None:
             with clear_load_errors("model", name), _blaming_options(options):
-                engine = _ENGINES[key] = vllm.LLM(model=name, tokenizer=source, dtype=str(dtype).removeprefix("torch."),
+                engine = _ENGINES[key] = vllm.LLM(model=name, revision=revision, tokenizer=source,
+                                                  tokenizer_revision=source_revision,
+                                                  dtype=str(dtype).removeprefix("torch."),
                                                   trust_remote_code=trust_remote_code, **options)
-    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code, revision=source_revision)
     return VLLMBackend(engine, tokenizer, ends=end_ids(_generation_config(name), tokenizer), lora=lora,
                        label_in_request=label_in_request)
 
