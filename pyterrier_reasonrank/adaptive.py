@@ -81,8 +81,7 @@ def escalated(qids: Sequence, probabilities: np.ndarray, escalation: Escalation,
     uncertainty = entropy(probabilities)
     scores = expected_label(probabilities)
     chosen = np.zeros(len(qids), dtype=bool)
-    for rows in pd.Series(range(len(qids))).groupby(pd.Series(qids).astype(str).to_numpy(), sort=False):
-        rows = rows[1].to_numpy()
+    for rows in _queries(qids):
         ranks = np.empty(len(rows), dtype=np.int64)
         ranks[np.argsort(-scores[rows], kind="stable")] = np.arange(len(rows))
         wanted = uncertainty[rows] >= escalation.entropy if escalation.entropy is not None \
@@ -116,12 +115,10 @@ def reuse_groups(qids: Sequence, prompt_tokens: Sequence[int], capacity: Optiona
     """
     if not capacity:
         return [np.arange(len(qids))] if len(qids) else []
-    queries = pd.Series(range(len(qids))).groupby(pd.Series(qids).astype(str).to_numpy(), sort=False)
     tokens = np.asarray(prompt_tokens, dtype=np.int64)
     groups: list[list[np.ndarray]] = []
     held = 0
-    for _, rows in queries:
-        rows = rows.to_numpy()
+    for rows in _queries(qids):
         size = int(tokens[rows].sum())
         if not groups or held + size > capacity:
             groups.append([])
@@ -129,3 +126,9 @@ def reuse_groups(qids: Sequence, prompt_tokens: Sequence[int], capacity: Optiona
         groups[-1].append(rows)
         held += size
     return [np.concatenate(group) for group in groups]
+
+
+def _queries(qids: Sequence) -> list[np.ndarray]:
+    """The positions of each query's pairs, queries in order of first appearance."""
+    return [rows.to_numpy() for _, rows in pd.Series(range(len(qids))).groupby(
+        pd.Series(qids).astype(str).to_numpy(), sort=False)]

@@ -19,7 +19,7 @@ from .display import write_report
 from .errors import InputError
 from .fusion import cross_validated_fusion
 from .indexing import bm25
-from .numeric import positive_int
+from .numeric import positive_int, switch
 from .qrels import judged_labels
 
 if TYPE_CHECKING:
@@ -176,6 +176,7 @@ def evaluate(datasets: Sequence[str], rerankers: dict[str, pt.Transformer], *, k
     """
     k, num_queries = positive_int("k", k), positive_int("num_queries", num_queries, optional=True)
     fusion_folds = positive_int("fusion_folds", fusion_folds)
+    fusion, verbose = switch("fusion", fusion), switch("verbose", verbose)
     rows, per_query, runs, labels, folds = [], [], {}, {}, {}
     loaded = {dataset_id: get_dataset(dataset_id) for dataset_id in dataset_ids(datasets)}  # every id checked first
     for dataset_id, dataset in loaded.items():

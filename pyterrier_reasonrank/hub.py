@@ -2,9 +2,11 @@
 
 A student carries files besides its weights (its prompt settings, the tokenizer and chat template
 it was trained with); where it lives on the Hub, they are looked up there (or in the Hub's cache),
-as the weights are. When the Hub cannot say whether the file is there (offline and never fetched,
-or no answer), a warning says what the student is served with instead, so that a student is never
-quietly served with a prompt it was not trained on.
+as the weights are. When the Hub cannot say whether an adapter has the file (offline and never
+fetched, or no answer), a warning says what the student is served with instead, so that a student
+is never quietly served with a prompt it was not trained on. Offline, a plain model (no adapter:
+the students this library trains are adapters, unless fully fine-tuned) and a repository the cache
+holds whole are taken to lack a file the cache has not: a base model used offline is not warned of.
 """
 from __future__ import annotations
 
@@ -47,8 +49,12 @@ def model_file(source: str, filename: str, *, otherwise: str) -> Optional[Path]:
         return None
     try:
         return Path(hf_hub_download(source, filename))
-    except LocalEntryNotFoundError as error:  # offline, and never fetched: whether it exists is unknown
+    except LocalEntryNotFoundError as error:  # offline, and never fetched: whether it exists is unknown...
         reason = error
+        whole = isinstance(try_to_load_from_cache(source, ".gitattributes"), str)  # hf download fetches it too
+        adapter = isinstance(try_to_load_from_cache(source, "adapter_config.json"), str)
+        if whole or not adapter:  # ...unless the cache holds all of it, or it is no adapter (see the module's doc)
+            return None
     except (EntryNotFoundError, RepositoryNotFoundError):  # no such file; or no such (or a gated) repository
         return None
     except (OSError, ValueError) as error:  # the Hub did not answer

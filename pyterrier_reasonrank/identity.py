@@ -25,7 +25,7 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Optional
 
-from .loading import fingerprint, model_name, model_revision, resolve_device, resolve_dtype
+from .loading import fingerprint, model_source, resolve_device, resolve_dtype
 from .prompts import Mode, PromptEncoder, chat_template_sha256
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def student_identity(student: Student) -> dict:
     if student.backend == "openai":
         return {"model": student.model, "served": True, "tokenizer_fingerprint": fingerprint(student.source),
                 "dtype": "server", "backend": student.backend}
-    name, revision = model_name(student.model, student.adapter), model_revision(student.model, student.adapter)
+    name, revision = model_source(student.model, student.adapter)
     dtype = resolve_dtype(student.dtype, resolve_device(student.device if student.backend == "transformers" else None))
     identity = {"model": name, "model_fingerprint": fingerprint(name, revision), "adapter": student.adapter,
                 "adapter_fingerprint": fingerprint(student.adapter) if student.adapter else None, "dtype": str(dtype),

@@ -37,32 +37,37 @@ def model_name(model: Optional[str], adapter: Optional[str]) -> str:
     return base_model(adapter) if adapter is not None else DEFAULT_MODEL
 
 
-def model_revision(model: Optional[str], adapter: Optional[str]) -> Optional[str]:
-    """The revision of the model to load: the one of its base model the adapter was trained on.
+def model_source(model: Optional[str], adapter: Optional[str], revision: Optional[str] = None,
+                 ) -> tuple[str, Optional[str]]:
+    """The model to load (:func:`model_name`) and its revision.
 
-    That is the ``revision`` of the adapter's PEFT config (training records the revision it loaded),
-    when the model is the adapter's base; else ``None``: the model's default branch.
+    The revision is ``revision`` when given; else, for the adapter's base model, the one the adapter
+    was trained on (its PEFT config's ``revision``, which training records); else ``None``, the
+    default branch.
     """
     if adapter is None:
-        return None
+        return model_name(model, adapter), revision
     config = adapter_config(adapter)
-    return config.revision if model is None or model == config.base_model_name_or_path else None
+    name = model if model is not None else config.base_model_name_or_path
+    if revision is None and name == config.base_model_name_or_path:
+        revision = config.revision
+    return name, revision
 
 
 def load_causal_lm(model: Optional[str], adapter: Optional[str] = None, *, dtype: torch.dtype,
-                   trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+                   trust_remote_code: bool = False, revision: Optional[str] = None,
+                   ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM (with the adapter merged into it, so that it costs what the base model costs) and its tokenizer.
 
-    The base model is loaded at the revision the adapter was trained on (:func:`model_revision`).
+    The model is loaded at ``revision``, by default the one the adapter was trained on (:func:`model_source`).
 
     Raises:
         ModelNotFoundError: The model or adapter could not be found (locally, in the cache or on the Hub).
         PickleCheckpointError: Its weights are pickle files only.
     """
-    name, revision = model_name(model, adapter), model_revision(model, adapter)
+    name, revision = model_source(model, adapter, revision)
     lm = load_model(name, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision)
-    source, source_revision = tokenizer_source(name, adapter, revision)
-    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code, revision=source_revision)
+    tokenizer = load_tokenizer(*tokenizer_source(name, adapter, revision), trust_remote_code=trust_remote_code)
     if adapter is not None:
         lm = load_adapter(lm, adapter).merge_and_unload()
     return lm, tokenizer
@@ -143,7 +148,7 @@ def fingerprint(source: str, revision: Optional[str] = None) -> str:
 _FINGERPRINT_CHUNK = 1 << 20
 
 
-def load_tokenizer(source: str, *, trust_remote_code: bool = False, revision: Optional[str] = None,
+def load_tokenizer(source: str, revision: Optional[str] = None, *, trust_remote_code: bool = False,
                    ) -> PreTrainedTokenizerBase:
     """The tokenizer at ``source`` (a Hub id or directory).
 
@@ -179,7 +184,7 @@ def tokenizer_source(model: str, adapter: Optional[str], revision: Optional[str]
     """Where the tokenizer comes from, and its revision.
 
     That is an adapter that saved one (here or on the Hub; its files are its own), else the model at
-    ``revision`` (:func:`model_revision`).
+    ``revision`` (:func:`model_source`); what :func:`load_tokenizer` takes.
     """
     if adapter is not None and model_file(adapter, "tokenizer_config.json",
                                           otherwise=f"it is served with its base model's tokenizer ({model})"):

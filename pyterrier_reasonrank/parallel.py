@@ -37,7 +37,7 @@ import pandas as pd
 import pyterrier as pt
 
 from .contracts import parameters, signature_repr
-from .numeric import non_negative_number, positive_int, positive_number
+from .numeric import non_negative_number, positive_int, positive_number, switch
 from .ranker import ReasonRanker
 from .store import DATABASE, JudgementStore
 
@@ -66,13 +66,14 @@ class RayParallel(pt.Transformer):
                 machines. Off: the workers write the stores themselves (one machine).
 
         Raises:
-            InputError: A count that is not a positive integer, or a share of a GPU or core out of range.
+            InputError: A count that is not a positive integer, a share of a GPU or core out of range, or
+                ``per_worker_stores`` not a bool.
         """
         self.pipeline = pipeline
         self.workers = positive_int("workers", workers)
         self.gpus_per_worker = non_negative_number("gpus_per_worker", gpus_per_worker)
         self.cpus_per_worker = positive_number("cpus_per_worker", cpus_per_worker)
-        self.per_worker_stores = per_worker_stores
+        self.per_worker_stores = switch("per_worker_stores", per_worker_stores)
         self._actors: Optional[list] = None
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:

@@ -205,13 +205,11 @@ def read_label(response: str) -> Optional[int]:
     label after it; a think delimiter before the marker cuts the explanation short. So a reward
     that reads a sampled response must read it so too (:func:`parse_response` reads a teacher's
     answer, which may restate its label). ``None``: no marker, a think block before it, or no
-    label 0-2 right after it.
+    label 0-2 right after it (``02`` is none: the ranker reads ``0`` and the model wrote more).
     """
     head, marker, tail = response.partition(LABEL_MARKER)
-    label = re.match(r" ?([0-9]+)", tail)
-    if not marker or _thinks(head) or label is None or int(label.group(1)) not in LABELS:
-        return None
-    return int(label.group(1))
+    label = re.match(rf" ?([{LABELS[0]}-{LABELS[-1]}])(?![0-9])", tail)  # one label token: not "02", not "20"
+    return None if not marker or _thinks(head) or label is None else int(label.group(1))
 
 
 def query_messages(question: str) -> list[dict[str, str]]:

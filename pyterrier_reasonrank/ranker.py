@@ -303,9 +303,7 @@ class ReasonRanker(StudentTransformer):
         sampling = Sampling(self.samples, self.temperature, self.greedy_first, self.seed)
         qids, docnos = frame["qid"].tolist(), frame["docno"].tolist()
         first = "direct" if self.mode == "adaptive" else self.mode
-        with pt.tqdm(total=len(queries), desc=self.display_name(), unit="doc", disable=not self.verbose) as progress, \
-                pt.tqdm(total=0, desc=f"{self.display_name()}: explaining", unit="doc",
-                        disable=not self.verbose or self.mode != "adaptive") as explaining:
+        with pt.tqdm(total=len(queries), desc=self.display_name(), unit="doc", disable=not self.verbose) as progress:
             if self.mode != "adaptive":
                 return self._judge.judge(queries, documents, mode=first, sampling=sampling, progress=progress,
                                          qids=qids, docnos=docnos)
@@ -321,12 +319,13 @@ class ReasonRanker(StudentTransformer):
                                           progress=progress, qids=[qids[i] for i in rows],
                                           docnos=[docnos[i] for i in rows])
                 chosen = self._escalated([qids[i] for i in rows], group)
-                explaining.total += len(chosen)
-                explaining.refresh()
                 picked = rows[chosen]
-                group.put(chosen, self._judge.judge(queries[picked], documents[picked], mode="explain",
-                                                    sampling=sampling, progress=explaining,
-                                                    qids=[qids[i] for i in picked], docnos=[docnos[i] for i in picked]))
+                with pt.tqdm(total=len(chosen), desc=f"{self.display_name()}: explaining", unit="doc",
+                             disable=not self.verbose) as explaining:
+                    group.put(chosen, self._judge.judge(queries[picked], documents[picked], mode="explain",
+                                                        sampling=sampling, progress=explaining,
+                                                        qids=[qids[i] for i in picked],
+                                                        docnos=[docnos[i] for i in picked]))
                 judged.put(rows, group)
             return judged
 

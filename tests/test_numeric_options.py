@@ -17,6 +17,7 @@ from pyterrier_reasonrank.calibrating import calibrate
 from pyterrier_reasonrank.calibration import MIN_PAIRS, fit_temperature, fittable
 from pyterrier_reasonrank.cli import main as reasonrank
 from pyterrier_reasonrank.errors import InputError
+from pyterrier_reasonrank.parallel import RayParallel
 from pyterrier_reasonrank.settings import FILENAME, StudentSettings, read_settings
 from pyterrier_reasonrank.training.cli import main as reasonrank_train
 from synthetic import write_annotations
@@ -67,7 +68,8 @@ def test_every_numeric_option_of_the_query_generator_is_checked(option, kind):
 @pytest.mark.parametrize("value", ["no", "false", 0, None])
 @pytest.mark.parametrize("make, option", [(ReasonRanker, "greedy_first"), (ReasonRanker, "prefix_reuse"),
                                           (ReasonRanker, "verbose"), (ReasonRanker, "trust_remote_code"),
-                                          (QueryGenerator, "verbose"), (QueryGenerator, "trust_remote_code")])
+                                          (QueryGenerator, "verbose"), (QueryGenerator, "trust_remote_code"),
+                                          (RayParallel, "per_worker_stores")])
 def test_every_on_off_option_is_a_bool_never_a_string_read_as_on(make, option, value):
     refused(lambda: make("m", **{option: value}), option, value, "True or False")
     assert getattr(make("m", **{option: np.False_}), option) is False

@@ -165,8 +165,8 @@ def test_a_student_saved_by_a_newer_library_warns_when_loaded(student, tmp_path)
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
     """An offline Hugging Face Hub cache: ``hub(repo, folder, absent=...)`` holds ``folder``'s files as ``repo``'s at
-    ``commit`` (its default branch's when ``main``), and the Hub's record that ``absent`` files are not in it (a file
-    neither held nor recorded is unknown offline)."""
+    ``commit`` (its default branch's when ``main``), with ``extra`` files (name -> text), and the Hub's record that
+    ``absent`` files are not in it (a file neither held nor recorded is unknown offline)."""
     import shutil
 
     from huggingface_hub import constants
@@ -175,12 +175,14 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
-    def put(repo, folder, *, drop=(), absent=(), commit="0" * 40, main=True):
+    def put(repo, folder, *, drop=(), absent=(), extra=None, commit="0" * 40, main=True):
         root = cache / f"models--{repo.replace('/', '--')}"
         (root / "refs").mkdir(parents=True, exist_ok=True)
         if main:
             (root / "refs" / "main").write_text(commit)
         shutil.copytree(folder, root / "snapshots" / commit, ignore=shutil.ignore_patterns("checkpoint-*", *drop))
+        for name, text in (extra or {}).items():
+            (root / "snapshots" / commit / name).write_text(text)
         for name in absent:
             (root / ".no_exist" / commit).mkdir(parents=True, exist_ok=True)
             (root / ".no_exist" / commit / name).touch()
@@ -215,13 +217,17 @@ def test_a_student_on_the_hub_is_served_with_its_own_tokenizer_and_settings(stud
                                                                                               LONG_DOCUMENT)
 
 
-def test_settings_the_hub_cannot_say_anything_about_are_said_not_silently_defaulted(student, hub):
+def test_settings_the_hub_cannot_say_anything_about_are_said_not_silently_defaulted(student, hub, tiny_model):
     path, _ = student
     known = hub("someone/no-settings", path, drop=[FILENAME], absent=[FILENAME])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_settings(known) is None  # the Hub said it has none: a model not trained here
-    unknown = hub("someone/unread-settings", path, drop=[FILENAME])  # offline, never fetched
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # offline: a plain model, or a repository the cache holds whole, lacks it
+        assert read_settings(hub("someone/base", tiny_model)) is None
+        assert read_settings(hub("someone/whole", path, drop=[FILENAME], extra={".gitattributes": ""})) is None
+    unknown = hub("someone/unread-settings", path, drop=[FILENAME])  # an adapter, offline, never fetched
     with pytest.warns(RuntimeWarning, match=r"could not tell whether 'someone/unread-settings' has "
                                             rf"{FILENAME} \(.*\); it is served with the library's default prompt "
                                             r"settings, as a model not trained by this library"):

@@ -75,11 +75,12 @@ def test_a_long_example_has_its_document_cut_to_fit(tiny_model, tmp_path):
 def test_label_and_format_rewards():
     completions = [" It explains.\nRelevance: 2", " Close.\nRelevance: 1", " Wrong.\nRelevance: 0", "no label",
                    " Twice.\nRelevance: 1\nRelevance: 2", "\nRelevance: 2", " Trailing.\nRelevance: 2 and more",
-                   " Lower case.\nrelevance: 2", " Far.\nRelevance:\n\n2", " Big.\nRelevance: 20"]
-    # as the ranker reads them: the label right after the first marker, written exactly so
-    assert label_reward(completions, [2] * 10, partial_credit=0.25) == [1.0, 0.25, 0.0, 0.0, 0.25, 1.0, 1.0, 0.0,
-                                                                         0.0, 0.0]
-    assert format_reward(completions + [" Tight.\nRelevance:2"]) == [1.0, 1.0, 1.0] + [0.0] * 8
+                   " Lower case.\nrelevance: 2", " Far.\nRelevance:\n\n2", " Big.\nRelevance: 20",
+                   " Padded.\nRelevance: 02"]
+    # as the ranker reads them: one label token right after the first marker, written exactly so
+    assert label_reward(completions, [2] * 11, partial_credit=0.25) == [1.0, 0.25, 0.0, 0.0, 0.25, 1.0, 1.0, 0.0,
+                                                                         0.0, 0.0, 0.0]
+    assert format_reward(completions + [" Tight.\nRelevance:2"]) == [1.0, 1.0, 1.0] + [0.0] * 9
     assert label_reward(completions[:1], [None]) == [None]
     label, form = reward_functions(["label", "format"], partial_credit=0.1)
     assert label.__name__ == "label_reward" and label([" x\nRelevance: 1"], target_label=[2]) == [0.1]

@@ -269,7 +269,8 @@ def test_an_escalated_pair_is_read_from_the_engines_prefix_cache(decisive_model)
     block_size = engine.engine.llm_engine.vllm_config.cache_config.block_size
     assert block_size == engine_backend.CPU_ENGINE_DEFAULTS["block_size"] == 32
     # what adaptive mode sizes its groups of queries by: the tokens the engine's KV cache holds
-    assert engine.reusable_prompt_tokens == engine.engine.llm_engine.vllm_config.cache_config.num_gpu_blocks * 32 > 0
+    cache = engine.engine.llm_engine.vllm_config.cache_config
+    assert engine.reusable_prompt_tokens == cache.kv_cache_size_tokens == cache.num_gpu_blocks * 32 > 0
     reference = Student(str(decisive_model), prompt_cache_tokens=0).ranker(**policy)(inp)
     assert list(out.docno) == list(reference.docno) and list(out.explanation) == list(reference.explanation)
     assert out.score.to_numpy() == pytest.approx(reference.score.to_numpy(), abs=1e-4)

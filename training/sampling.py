@@ -40,14 +40,15 @@ def draw(prompts: list[list[int]], config: RwsftConfig, student: StudentConfig, 
                                                   verbose=not config.disable_tqdm, **options)
     dtype = None if student.dtype in (None, "auto") else student.dtype
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(sample_with_vllm, (student.base_model_name(), student.adapter, dtype,
-                                             config.sampling_engine_options, config.trust_remote_code, prompts),
+        return pool.apply(sample_with_vllm, (student.base_model_name(), student.base_model_revision(), student.adapter,
+                                             dtype, config.sampling_engine_options, config.trust_remote_code, prompts),
                           options)
 
 
-def sample_with_vllm(model: str, adapter: Optional[str], dtype: Optional[str], engine_options: Optional[dict],
-                     trust_remote_code: bool, prompts: list[list[int]], **options: object) -> list[list[Completion]]:
-    """Responses to the prompts from vLLM's engine (run in the process that calls it)."""
+def sample_with_vllm(model: str, revision: Optional[str], adapter: Optional[str], dtype: Optional[str],
+                     engine_options: Optional[dict], trust_remote_code: bool, prompts: list[list[int]],
+                     **options: object) -> list[list[Completion]]:
+    """Responses to the prompts from vLLM's engine (run in the process that calls it), the model at ``revision``."""
     backend = load_local("vllm", model, adapter=adapter, dtype=dtype, engine_options=engine_options,
-                         trust_remote_code=trust_remote_code)
+                         trust_remote_code=trust_remote_code, revision=revision)
     return backend.sample(prompts, **options)

@@ -13,7 +13,7 @@ from pyterrier_reasonrank.loading import (
     load_adapter,
     load_model,
     load_tokenizer,
-    model_revision,
+    model_source,
     resolve_device,
     resolve_dtype,
     tokenizer_source,
@@ -56,12 +56,12 @@ class StudentConfig(ModelConfig):
         """
         if self.model_revision not in (None, "main"):
             return self.model_revision
-        return model_revision(self.model_name_or_path, self.adapter)
+        return model_source(self.model_name_or_path, self.adapter)[1]
 
     def peft_config(self) -> LoraConfig:
         """The new adapter's LoRA configuration (trl's), with the base model's revision recorded.
 
-        The student is then served on the base it was trained on (:func:`~pyterrier_reasonrank.loading.model_revision`).
+        The student is then served on the base it was trained on (:func:`~pyterrier_reasonrank.loading.model_source`).
         """
         config = get_peft_config(self)
         config.revision = self.base_model_revision()
@@ -104,8 +104,7 @@ def load_student(config: StudentConfig, *, trust_remote_code: bool = False, grad
     model = load_model(name, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision,
                        attn_implementation=config.attn_implementation, quantization_config=quantization,
                        device_map=_local_gpu() if quantization is not None else None)
-    source, source_revision = tokenizer_source(name, config.adapter, revision)
-    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code, revision=source_revision)
+    tokenizer = load_tokenizer(*tokenizer_source(name, config.adapter, revision), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # batches need one; masked, so its value does not matter
     if quantization is not None:

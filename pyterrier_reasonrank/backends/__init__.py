@@ -16,7 +16,7 @@ BACKENDS = (*LOCAL_BACKENDS, "openai")
 def load_local(backend: str, model: Optional[str], *, adapter: Optional[str] = None,
                device: Union[str, torch.device, None] = None, dtype: Union[str, torch.dtype, None] = None,
                engine_options: Optional[dict] = None, trust_remote_code: bool = False,
-               prompt_cache_tokens: Optional[int] = None) -> Backend:
+               prompt_cache_tokens: Optional[int] = None, revision: Optional[str] = None) -> Backend:
     """Load (or reuse) a model in an engine of this process: ``"transformers"`` or ``"vllm"``.
 
     Args:
@@ -29,6 +29,8 @@ def load_local(backend: str, model: Optional[str], *, adapter: Optional[str] = N
         trust_remote_code: Allow the model's own code from its repository to run.
         prompt_cache_tokens: For transformers: the most prompt tokens whose keys and values are kept
             for reuse (``None``: its default; vLLM's engine has its own prefix cache).
+        revision: The model's revision on the Hub (default: the one the adapter was trained on, else
+            the default branch).
 
     Raises:
         InputError: An unknown backend, or options it does not take.
@@ -39,7 +41,7 @@ def load_local(backend: str, model: Optional[str], *, adapter: Optional[str] = N
         from . import vllm
 
         return vllm.load(model, adapter=adapter, dtype=dtype, engine_options=engine_options,
-                         trust_remote_code=trust_remote_code)
+                         trust_remote_code=trust_remote_code, revision=revision)
     if backend != "transformers":
         raise InputError(f"backend must be one of {LOCAL_BACKENDS}, got {backend!r}")
     if engine_options:
@@ -47,7 +49,8 @@ def load_local(backend: str, model: Optional[str], *, adapter: Optional[str] = N
     from . import hf
 
     cache = {} if prompt_cache_tokens is None else {"prompt_cache_tokens": prompt_cache_tokens}
-    return hf.load(model, adapter=adapter, device=device, dtype=dtype, trust_remote_code=trust_remote_code, **cache)
+    return hf.load(model, adapter=adapter, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                   revision=revision, **cache)
 
 
 __all__ = ["Backend", "Batching", "Completion", "BACKENDS", "LOCAL_BACKENDS", "load_local"]

@@ -75,7 +75,7 @@ class HFBackend:
 
     @property
     def reusable_prompt_tokens(self) -> int:
-        """The most prompt tokens the prompt cache keeps (0 for a model with sliding-window layers)."""
+        """The most prompt tokens the prompt cache keeps (0 once the model is found to have sliding-window layers)."""
         return self.prompt_cache.max_tokens if self._cacheable else 0
 
     @property
@@ -375,7 +375,7 @@ def batches(prompts: Sequence[Prompt], batch_size: int, max_batch_tokens: Option
 
 def load(model: Optional[str], *, adapter: Optional[str] = None, device: Union[str, torch.device, None] = None,
          dtype: Union[str, torch.dtype, None] = None, trust_remote_code: bool = False,
-         prompt_cache_tokens: int = DEFAULT_PROMPT_CACHE_TOKENS) -> HFBackend:
+         prompt_cache_tokens: int = DEFAULT_PROMPT_CACHE_TOKENS, revision: Optional[str] = None) -> HFBackend:
     """Load a model and tokenizer as an :class:`HFBackend` (each call loads a copy of the weights).
 
     Rankers share a loaded model by sharing the :class:`~pyterrier_reasonrank.student.Student`
@@ -392,6 +392,8 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, device: Union[s
             it, float32 otherwise.
         trust_remote_code: Allow a model's own Python code from its repository to run.
         prompt_cache_tokens: The most prompt tokens whose keys and values are kept for reuse.
+        revision: The model's revision on the Hub (default: the one the adapter was trained on, else the
+            default branch).
 
     Raises:
         ModelNotFoundError: The model or adapter could not be found (locally, in the cache or on the Hub).
@@ -400,7 +402,7 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, device: Union[s
     dtype = resolve_dtype(dtype, device)
     if model is None and adapter is None:
         model = DEFAULT_MODEL
-    lm, tokenizer = load_causal_lm(model, adapter, dtype=dtype, trust_remote_code=trust_remote_code)
+    lm, tokenizer = load_causal_lm(model, adapter, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision)
     lm = lm.to(device).eval()
     use_grouped_attention(lm)  # on a CPU, grouped key/value heads are not copied per query head
     store_weights_transposed(lm)  # on a CPU in float32: decoding's small products are faster

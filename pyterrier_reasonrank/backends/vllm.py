@@ -35,8 +35,7 @@ from pyterrier_reasonrank.judgements import Judgements
 from pyterrier_reasonrank.loading import (
     clear_load_errors,
     load_tokenizer,
-    model_name,
-    model_revision,
+    model_source,
     refuse_pickle_weights,
     resolve_device,
     resolve_dtype,
@@ -103,10 +102,20 @@ class VLLMBackend:
         """(prompt tokens, of which cached) of the latest requests, from the engine's counters."""
 
     @property
-    def reusable_prompt_tokens(self) -> int:
-        """The tokens the engine's key/value cache holds, which its prefix cache reuses (0 without prefix caching)."""
+    def reusable_prompt_tokens(self) -> Optional[int]:
+        """The tokens the engine's key/value cache holds, which its prefix cache reuses.
+
+        0 without prefix caching; ``None`` when the engine does not say. vLLM's own count
+        (``kv_cache_size_tokens``) where it has one: blocks x block size overstates it for models
+        whose requests take blocks in several cache groups (sliding windows beside full attention).
+        """
         config = self.engine.llm_engine.vllm_config.cache_config
-        return (config.num_gpu_blocks or 0) * config.block_size if config.enable_prefix_caching else 0
+        if not config.enable_prefix_caching:
+            return 0
+        tokens = getattr(config, "kv_cache_size_tokens", None)
+        if tokens is None and config.num_gpu_blocks is not None:
+            tokens = config.num_gpu_blocks * config.block_size
+        return tokens
 
     def judge(self, prompts: Sequence[Prompt], encoder: PromptEncoder, *, mode: Mode, max_new_tokens: int,
               batching: Batching = Batching(), temperature: float = 0.0, seed: int = 0, verbose: bool = False,
@@ -254,7 +263,8 @@ def running_engines() -> list[tuple]:
 
 
 def load(model: Optional[str], *, adapter: Optional[str] = None, dtype: Union[str, torch.dtype, None] = None,
-         engine_options: Optional[dict] = None, trust_remote_code: bool = False) -> VLLMBackend:
+         engine_options: Optional[dict] = None, trust_remote_code: bool = False,
+         revision: Optional[str] = None) -> VLLMBackend:
     """Start (or reuse) a vLLM engine for the model, with the adapter applied per request.
 
     Backends of one model with the same dtype and engine options share one engine, so a cascade, a
@@ -269,6 +279,8 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, dtype: Union[st
             ``max_model_len``, ``enforce_eager``...), over :data:`ENGINE_DEFAULTS` (and on a CPU
             :data:`CPU_ENGINE_DEFAULTS`).
         trust_remote_code: Allow the model's own code from its repository to run.
+        revision: The model's revision on the Hub (default: the one the adapter was trained on, else the
+            default branch).
 
     Raises:
         InputError: vLLM is not installed, an engine option is refused (named: before the engine
@@ -284,7 +296,7 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, dtype: Union[st
     check_engine_options(engine_options)
     # A script without a __main__ guard cannot spawn vLLM's engine process; in this process it always runs.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    name, revision = model_name(model, adapter), model_revision(model, adapter)
+    name, revision = model_source(model, adapter, revision)
     refuse_pickle_weights("model", name)
     lora = _lora_request(adapter) if adapter is not None else None
     from vllm.platforms import current_platform
@@ -311,8 +323,8 @@ def load(model: Optional[str], *, adapter: Optional[str] = None, dtype: Union[st
                                                   tokenizer_revision=source_revision,
                                                   dtype=str(dtype).removeprefix("torch."),
                                                   trust_remote_code=trust_remote_code, **options)
-    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code, revision=source_revision)
-    return VLLMBackend(engine, tokenizer, ends=end_ids(_generation_config(name), tokenizer), lora=lora,
+    tokenizer = load_tokenizer(source, source_revision, trust_remote_code=trust_remote_code)
+    return VLLMBackend(engine, tokenizer, ends=end_ids(_generation_config(name, revision), tokenizer), lora=lora,
                        label_in_request=label_in_request)
 
 
@@ -472,11 +484,11 @@ def _token_ids(output: object) -> list[int]:
     return ids
 
 
-def _generation_config(name: str) -> Optional[GenerationConfig]:
-    """The model's generation config (its ends of sequence), or ``None`` when it has none."""
+def _generation_config(name: str, revision: Optional[str]) -> Optional[GenerationConfig]:
+    """The model's generation config (its ends of sequence) at ``revision``, or ``None`` when it has none."""
     from transformers import GenerationConfig
 
     try:
-        return GenerationConfig.from_pretrained(name)
+        return GenerationConfig.from_pretrained(name, revision=revision)
     except OSError:
         return None
