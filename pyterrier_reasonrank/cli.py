@@ -12,7 +12,7 @@ from .errors import InputError, debugging, run_command
 from .loading import DEFAULT_MODEL
 from .numeric import non_negative_int, positive_int
 from .prompts import DEFAULT_MAX_DOC_TOKENS, DEFAULT_MAX_QUERY_TOKENS
-from .ranker import RANKER_MODES, ReasonRanker
+from .ranker import RANKER_MODES, SAMPLING_OPTIONS, ReasonRanker
 from .redaction import known_secrets, scrub
 from .student import Student
 
@@ -137,9 +137,10 @@ class _Parser(argparse.ArgumentParser):
 def _ranker(args: argparse.Namespace, mode: str, student: Optional[Student] = None) -> ReasonRanker:
     """The ranker the options describe, in ``mode``; a command's rankers share one student (one copy of the weights)."""
     given = {name: getattr(args, name) for name in (option.replace("-", "_") for option in RANKER_OPTIONS)}
+    unused = SAMPLING_OPTIONS if mode == "direct" else ()  # --samples is the other modes'
     student = student or Student(args.model, adapter=args.adapter, device=args.device, backend=args.backend)
     return ReasonRanker(student, mode=mode, store=args.store, verbose=True,
-                        **{name: value for name, value in given.items() if value is not None})
+                        **{name: value for name, value in given.items() if value is not None and name not in unused})
 
 
 def _calibrate(args: argparse.Namespace) -> int:

@@ -250,10 +250,17 @@ def refuse_pickle_weights(what: str, name: str) -> None:
 
 
 def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
-    """The given device, or CUDA when available, else CPU."""
+    """The given device, or CUDA when available, else CPU.
+
+    Raises:
+        InputError: ``device`` is not one torch knows.
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device {device!r} is not a torch device such as 'cpu', 'cuda' or 'cuda:1'") from None
 
 
 def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> torch.dtype:

@@ -148,6 +148,8 @@ class ReasonRanker(StudentTransformer):
         seed = non_negative_int("seed", seed)
         greedy_first, prefix_reuse, verbose = (switch(name, value) for name, value in (
             ("greedy_first", greedy_first), ("prefix_reuse", prefix_reuse), ("verbose", verbose)))
+        _warn_of_unused(mode, {"samples": samples, "temperature": temperature, "greedy_first": greedy_first,
+                               "seed": seed, "escalation": escalation})
         self.model = model
         self.adapter = adapter
         self.mode = mode
@@ -376,3 +378,24 @@ class ReasonRanker(StudentTransformer):
         """How PyTerrier draws this ranker in a pipeline: labelled with its mode, with no help link."""
         # help_url given, so that drawing a pipeline does not look the class up online.
         return {"label": f"ReasonRank {self.mode}", "help_url": None}
+
+
+SAMPLING_OPTIONS = ("samples", "temperature", "greedy_first", "seed")
+"""How a ranker draws explanations: unused in direct mode, which writes none."""
+
+
+def _warn_of_unused(mode: str, given: dict[str, Any]) -> None:
+    """Warn of options given other than their default that the mode does not use.
+
+    They change how the ranker prints, not what it judges (as transformers' ``generate`` warns of
+    sampling settings without sampling). The explanation budget, shared by a pipeline's rankers, is
+    not warned of.
+    """
+    defaults = ReasonRanker.__init__.__kwdefaults__
+    unused = [name for name in (SAMPLING_OPTIONS if mode == "direct" else ()) if given[name] != defaults[name]]
+    if mode != "adaptive" and given["escalation"] is not None:
+        unused.append("escalation")
+    if unused:
+        warnings.warn(f"ReasonRanker: {', '.join(f'{name}={given[name]!r}' for name in unused)} "
+                      f"{'has' if len(unused) == 1 else 'have'} no effect in {mode} mode, only on how the ranker "
+                      "prints (pt.Experiment names systems so)", stacklevel=3)

@@ -26,7 +26,7 @@ from .backends import BACKENDS, load_local, openai
 from .contracts import parameters, signature_repr
 from .errors import InputError
 from .identity import student_identity
-from .loading import DEFAULT_MODEL
+from .loading import DEFAULT_MODEL, resolve_device
 from .numeric import non_negative_int, positive_int, switch
 from .settings import StudentSettings, serving_settings
 
@@ -91,6 +91,8 @@ class Student:
         self.backend = backend
         self.engine_options = engine_options
         self.device = device
+        if device is not None:
+            resolve_device(device)  # an unknown device is refused here, not when the model loads
         self.dtype = dtype
         self.base_url = base_url
         self.tokenizer = tokenizer

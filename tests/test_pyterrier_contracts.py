@@ -180,7 +180,16 @@ def test_transform_outputs_answers_without_a_model_and_as_transform_does(tiny_mo
 
 def test_repr_is_the_constructor_call_of_the_settings_that_are_not_the_defaults(tiny_model, tmp_path):
     assert repr(ReasonRanker("m")) == "ReasonRanker('m')"
-    assert repr(ReasonRanker(mode="direct", samples=2)) == "ReasonRanker(mode='direct', samples=2)"
+    assert repr(ReasonRanker(mode="direct", max_new_tokens=2)) == "ReasonRanker(mode='direct', max_new_tokens=2)"
+    with pytest.warns(UserWarning, match=r"ReasonRanker: samples=2, seed=3 have no effect in direct mode, only on how "
+                                         r"the ranker prints"):
+        unused = ReasonRanker(mode="direct", samples=2, seed=3)
+    assert repr(unused) == "ReasonRanker(mode='direct', samples=2, seed=3)"  # as given: it rebuilds so
+    with pytest.warns(UserWarning, match=r"escalation=Escalation\(.*\) has no effect in explain mode"):
+        ReasonRanker(escalation=Escalation(cutoff=3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ReasonRanker(mode="adaptive", escalation=Escalation(cutoff=3), samples=2)  # every option used
     store = JudgementStore(tmp_path / "j")
     assert repr(ReasonRanker("m", max_doc_tokens=512, label_temperature=0.5, store=store, backend="vllm")) == (
         f"ReasonRanker('m', store=JudgementStore({str(tmp_path / 'j')!r}), label_temperature=0.5, "

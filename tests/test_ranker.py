@@ -287,6 +287,8 @@ def test_a_student_owns_its_options(tiny_model):
                                          r"Student\(\.\.\.\)"):
         ReasonRanker(student, dtype="bfloat16", device="cpu")
     ReasonRanker(student, dtype="float32")  # the student's own value is no conflict (pt.inspect rebuilds so)
+    with pytest.raises(InputError, match=r"^device 'gpu' is not a torch device such as 'cpu', 'cuda' or 'cuda:1'$"):
+        Student(str(tiny_model), device="gpu")  # at once, not when the model loads
     with pytest.raises(InputError, match=r"ReasonRanker: adapter is given a Student; give it as the model "
                                          r"\(ReasonRanker\(student, \.\.\.\), or student\.ranker\(\.\.\.\)\)"):
         ReasonRanker(adapter=student)
