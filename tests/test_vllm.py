@@ -435,3 +435,41 @@ def test_engines_that_must_run_model_runner_v2_read_labels_by_a_second_request(m
                     {"attention_config": {"hisparse_config": {}}}):
         assert not engine_backend._runs_label_reader(options), options
     assert engine_backend._runs_label_reader({"attention_config": AttentionConfig()})  # a config object too
+
+
+def test_an_adapter_is_served_on_the_revision_of_its_base_model_that_it_records(tmp_path, monkeypatch):
+    """vLLM's engine loads an adapter's base at the revision its PEFT config records (training writes it), not at the
+    default branch's newer weights: the scores are those of the older base with the adapter on the transformers
+    backend. The Hub is an offline cache holding both revisions."""
+    import shutil
+
+    from huggingface_hub import constants
+    from peft import LoraConfig, get_peft_model
+
+    from pyterrier_reasonrank import Student
+    from pyterrier_reasonrank.testing import build_tiny_model
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    old, new = "a" * 40, "b" * 40
+    root = tmp_path / "hub" / "models--someone--tiny"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(new)
+    bases = {commit: build_tiny_model(tmp_path / commit[0], hidden_size=256, seed=seed)  # head_dim 64: vLLM's CPU
+             for commit, seed in ((old, 0), (new, 1))}
+    for commit, base in bases.items():
+        shutil.copytree(base, root / "snapshots" / commit)
+    torch.manual_seed(1)
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(bases[old]),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    recorded = tmp_path / "adapter" / "adapter_config.json"
+    recorded.write_text(json.dumps({**json.loads(recorded.read_text()), "base_model_name_or_path": "someone/tiny",
+                                    "revision": old}))
+    inp = pairs(1, 3)
+    student = Student(adapter=str(tmp_path / "adapter"), backend="vllm", dtype="float32", engine_options=ENGINE)
+    served = student.ranker(mode="direct")(inp).set_index("docno").loc[inp.docno].score.to_numpy()
+    assert student.engine.engine.llm_engine.vllm_config.model_config.revision == old
+    on_old, on_new = (ReasonRanker(str(bases[commit]), adapter=str(tmp_path / "adapter"), mode="direct")(inp)
+                      .set_index("docno").loc[inp.docno].score.to_numpy() for commit in (old, new))
+    assert served == pytest.approx(on_old, abs=1e-4) and not np.allclose(served, on_new, atol=1e-3)
