@@ -303,35 +303,35 @@ class ReasonRanker(StudentTransformer):
     def _judged(self, queries: np.ndarray, documents: np.ndarray, frame: pd.DataFrame) -> Judgements:
         """The judgements of the pairs in this ranker's mode; adaptive mode escalates some to explanations."""
         sampling = Sampling(self.samples, self.temperature, self.greedy_first, self.seed)
-        qids, docnos = frame["qid"].tolist(), frame["docno"].tolist()
+        qids, docnos = frame["qid"].to_numpy(dtype=object), frame["docno"].to_numpy(dtype=object)
         first = "direct" if self.mode == "adaptive" else self.mode
         with pt.tqdm(total=len(queries), desc=self.display_name(), unit="doc", disable=not self.verbose) as progress:
             if self.mode != "adaptive":
                 return self._judge.judge(queries, documents, mode=first, sampling=sampling, progress=progress,
                                          qids=qids, docnos=docnos)
             escalation = self.escalation or Escalation()
-            if escalation.token_budget is not None and escalation.token_budget < self._explanation_cost():
+            # A pair's explanations at their longest: each its budget, then the marker appended.
+            cost = self.samples * (self.max_new_tokens + len(self._judge.encoders["explain"].forced_marker_ids))
+            if escalation.token_budget is not None and escalation.token_budget < cost:
                 raise InputError(f"ReasonRanker: Escalation(token_budget={escalation.token_budget}) is less than one "
-                                 f"pair's explanations at their longest ({self._explanation_cost()} tokens: samples "
-                                 f"x (max_new_tokens + the marker)), so no pair would be explained; raise the budget "
-                                 "or lower max_new_tokens")
+                                 f"pair's explanations at their longest ({cost} tokens: samples x (max_new_tokens + "
+                                 "the marker)), so no pair would be explained; raise the budget or lower "
+                                 "max_new_tokens")
             judged = Judgements.empty(len(queries))
             for rows in self._reuse_groups(queries, documents, qids):
                 group = self._judge.judge(queries[rows], documents[rows], mode="direct", sampling=sampling,
-                                          progress=progress, qids=[qids[i] for i in rows],
-                                          docnos=[docnos[i] for i in rows])
-                chosen = self._escalated([qids[i] for i in rows], group)
+                                          progress=progress, qids=qids[rows], docnos=docnos[rows])
+                chosen = np.flatnonzero(escalated(qids[rows], self._tempered(group), escalation, cost))
                 picked = rows[chosen]
                 with pt.tqdm(total=len(chosen), desc=f"{self.display_name()}: explaining", unit="doc",
                              disable=not self.verbose) as explaining:
                     group.put(chosen, self._judge.judge(queries[picked], documents[picked], mode="explain",
-                                                        sampling=sampling, progress=explaining,
-                                                        qids=[qids[i] for i in picked],
-                                                        docnos=[docnos[i] for i in picked]))
+                                                        sampling=sampling, progress=explaining, qids=qids[picked],
+                                                        docnos=docnos[picked]))
                 judged.put(rows, group)
             return judged
 
-    def _reuse_groups(self, queries: np.ndarray, documents: np.ndarray, qids: list) -> list[np.ndarray]:
+    def _reuse_groups(self, queries: np.ndarray, documents: np.ndarray, qids: np.ndarray) -> list[np.ndarray]:
         """Adaptive mode's groups of whole queries: their prompts fit in what the backend keeps for reuse.
 
         Only where an explanation can continue from a direct judgement's prompt (the modes share it,
@@ -345,15 +345,6 @@ class ReasonRanker(StudentTransformer):
             return reuse_groups(qids, [], None)
         return reuse_groups(qids, [len(prefix) + len(suffix) for prefix, suffix in direct.prompts(queries, documents)],
                             capacity)
-
-    def _explanation_cost(self) -> int:
-        """The tokens a pair's explanations may take at most: each its budget, then the marker appended."""
-        return self.samples * (self.max_new_tokens + len(self._judge.encoders["explain"].forced_marker_ids))
-
-    def _escalated(self, qids: list, judged: Judgements) -> np.ndarray:
-        """The positions of the direct-mode judgements to explain."""
-        return np.flatnonzero(escalated(qids, self._tempered(judged), self.escalation or Escalation(),
-                                        self._explanation_cost()))
 
     def __getstate__(self) -> dict:
         # The loaded model (and an endpoint's client, which holds locks) stays behind: an unpickled

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from typing import Iterable
 
 import pandas as pd
 
@@ -48,9 +49,8 @@ def require_text(frame: pd.DataFrame, column: str, *, who: str, what: str) -> No
     """
     blank = is_blank(frame[column])
     if blank.any():
-        qids = list(dict.fromkeys(frame.loc[blank, "qid"].astype(str)))
-        raise ValueError(f"{who}: the {what} is missing or empty for qid(s) {qids[:10]}"
-                         f"{' ...' if len(qids) > 10 else ''}")
+        raise ValueError(f"{who}: the {what} is missing or empty for qid(s) "
+                         f"{_first_ten(frame.loc[blank, 'qid'].astype(str))}")
 
 
 def require_pairs(frame: pd.DataFrame, *, who: str) -> None:
@@ -74,11 +74,15 @@ def require_pairs(frame: pd.DataFrame, *, who: str) -> None:
                          "(PyTerrier's qids are strings)")
     no_docno = is_blank(frame["docno"])
     if no_docno.any():
-        qids = list(dict.fromkeys(frame.loc[no_docno, "qid"].astype(str)))
-        raise ValueError(f"{who}: the docno is missing for qid(s) {qids[:10]}{' ...' if len(qids) > 10 else ''}")
+        raise ValueError(f"{who}: the docno is missing for qid(s) {_first_ten(frame.loc[no_docno, 'qid'].astype(str))}")
     twice = frame.duplicated(["qid", "docno"])
     if twice.any():
-        pairs = list(dict.fromkeys(zip(frame.loc[twice, "qid"].astype(str), frame.loc[twice, "docno"].astype(str))))
-        warnings.warn(f"{who}: (qid, docno) pair(s) {pairs[:10]}{' ...' if len(pairs) > 10 else ''} appear more than "
-                      "once; each row is judged and ranked (drop_duplicates(['qid', 'docno']) keeps one)",
-                      stacklevel=3)
+        pairs = zip(frame.loc[twice, "qid"].astype(str), frame.loc[twice, "docno"].astype(str))
+        warnings.warn(f"{who}: (qid, docno) pair(s) {_first_ten(pairs)} appear more than once; each row is judged "
+                      "and ranked (drop_duplicates(['qid', 'docno']) keeps one)", stacklevel=3)
+
+
+def _first_ten(values: Iterable) -> str:
+    """The distinct values, in order, as a list of the first ten (`` ...`` after it when there are more)."""
+    distinct = list(dict.fromkeys(values))
+    return f"{distinct[:10]}{' ...' if len(distinct) > 10 else ''}"

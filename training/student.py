@@ -54,9 +54,8 @@ class StudentConfig(ModelConfig):
         That is ``model_revision`` when set (other than trl's default, ``main``), else the one the
         adapter was trained on; ``None``: the default branch.
         """
-        if self.model_revision not in (None, "main"):
-            return self.model_revision
-        return model_source(self.model_name_or_path, self.adapter)[1]
+        pinned = None if self.model_revision == "main" else self.model_revision
+        return model_source(self.model_name_or_path, self.adapter, pinned)[1]
 
     def peft_config(self) -> LoraConfig:
         """The new adapter's LoRA configuration (trl's), with the base model's revision recorded.
